@@ -1,0 +1,262 @@
+"""Typed run configuration: nested dataclasses, validation, dotted overrides, JSON round trip.
+
+Every knob of a run lives here, so a run is fully described by one JSON document (saved in each
+run directory and inside each artifact). Presets (presets.py) are functions returning a RunConfig;
+users change them with `--set section.field=value`, never with environment variables.
+Standard library only: this module ships inside artifacts and exported scripts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+
+BUDGET_BYTES = 16_000_000  # the challenge's decimal artifact cap: code bytes + compressed weights
+
+
+class ConfigError(ValueError):
+    """An impossible or malformed configuration; the message names the field and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 1024
+    dim: int = 512
+    n_heads: int = 8
+    n_kv_heads: int = 4
+    mlp: str = "relu2"  # relu2 | leaky_relu2 | swiglu
+    mlp_hidden: int = 1024  # hidden width of the MLP (SwiGLU: width of each of gate/up)
+    # Recurrence plan spec, parsed by model/recurrence.py: "9" (flat), "1x12" (1 block x 12 loops),
+    # "3x4", "4c7" (4 blocks cycled over 7 layers), "11:4-5x2" (11 layers, 4..5 run twice), "0,1,0,1".
+    plan: str = "9"
+    unet_skips: bool = True  # U-Net skips over the virtual layer sequence (baseline L670-713)
+    rope_base: float = 10000.0
+    qk_gain_init: float = 1.5
+    logit_softcap: float = 30.0
+    tie_embeddings: bool = True
+    embed_init_std: float = 0.005
+
+    def validate(self) -> None:
+        if self.dim % self.n_heads:
+            raise ConfigError(f"model.dim={self.dim} is not divisible by model.n_heads={self.n_heads}")
+        if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"model.n_heads={self.n_heads} is not a multiple of model.n_kv_heads={self.n_kv_heads}")
+        if (self.dim // self.n_heads) % 2:
+            raise ConfigError(f"head dim {self.dim // self.n_heads} must be even for RoPE")
+        if self.mlp not in ("relu2", "leaky_relu2", "swiglu"):
+            raise ConfigError(f"model.mlp={self.mlp!r}: choose relu2, leaky_relu2 or swiglu")
+        if not 2 <= self.vocab_size <= 65536:
+            raise ConfigError(f"model.vocab_size={self.vocab_size}: shards store uint16, so 2..65536")
+        if self.mlp_hidden < 1:
+            raise ConfigError("model.mlp_hidden must be >= 1")
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # glob of training shards (*.bin)
+    val: str = ""  # glob of validation shards
+    tokenizer: str = ""  # SentencePiece .model used for the byte tables
+    seq_len: int = 1024
+
+    def validate(self) -> None:
+        if self.seq_len < 2:
+            raise ConfigError(f"data.seq_len={self.seq_len} must be >= 2")
+
+
+@dataclass
+class OptimConfig:
+    matrix_lr: float = 0.04  # Muon, 2-D block matrices
+    scalar_lr: float = 0.04  # Adam, control tensors and skip weights
+    tied_embed_lr: float = 0.05  # Adam, tied embedding
+    embed_lr: float = 0.6  # Adam, untied input embedding
+    head_lr: float = 0.008  # Adam, untied output head
+    momentum: float = 0.95
+    momentum_warmup_start: float = 0.85
+    momentum_warmup_frac: float = 0.0  # fraction of the budget over which momentum ramps up
+    momentum_warmup_steps: int = 0  # baseline-compatible alternative, in steps (baseline: 500)
+    ns_steps: int = 5
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_frac: float = 0.0  # linear LR warm-up, fraction of the budget
+    warmdown_frac: float = 0.0  # linear LR warm-down to 0 over the last fraction of the budget
+    # Baseline-compatible warm-down measured in wall clock: warmdown_iters x average step time
+    # (baseline L924-933). 0 = off; when both are set the smaller multiplier wins.
+    warmdown_iters: int = 0
+    grad_clip: float = 0.0
+
+    def validate(self) -> None:
+        for name in ("momentum_warmup_frac", "warmup_frac", "warmdown_frac"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"optim.{name}={v} must be a fraction in [0, 1]")
+        if self.warmup_frac + self.warmdown_frac > 1.0:
+            raise ConfigError("optim.warmup_frac + optim.warmdown_frac must be <= 1")
+        if self.ns_steps < 1:
+            raise ConfigError("optim.ns_steps must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    batch_tokens: int = 524_288  # global tokens per optimizer step, fixed for any world size
+    micro_batch_seqs: int = 64  # sequences per forward/backward on one rank
+    budget_s: float = 600.0  # wall-clock training budget (compile warm-up excluded); 0 = none
+    max_steps: int = 20_000
+    val_every: int = 0  # steps between periodic validations; 0 = only at the end
+    val_tokens: int = 0  # tokens of val used by periodic validation; 0 = all
+    log_every: int = 50
+    compile: bool = True  # torch.compile on CUDA (ignored on CPU)
+    warmup_steps: int = 20  # compile-priming steps; weights and optimizer are restored afterwards
+    seed: int = 1337
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end
+    device: str = "auto"  # auto | cpu | cuda
+
+    def validate(self, seq_len: int) -> None:
+        if self.batch_tokens % seq_len:
+            raise ConfigError(
+                f"train.batch_tokens={self.batch_tokens} is not a multiple of data.seq_len={seq_len}")
+        if self.micro_batch_seqs < 1:
+            raise ConfigError("train.micro_batch_seqs must be >= 1")
+        if self.max_steps < 1:
+            raise ConfigError("train.max_steps must be >= 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device={self.device!r}: choose auto, cpu or cuda")
+
+
+@dataclass
+class QuantConfig:
+    scheme: str = "int8_row"  # per-row int8 with fp16 scales (baseline L321-334)
+    codec: str = "zlib"  # zlib | zstd | lzma | brotli
+    level: int = -1  # codec level; -1 = the codec's strongest (zlib 9, zstd 22, lzma 9, brotli 11)
+    clip_percentile: float = 99.99984  # per-row clip quantile of |w| (baseline L321)
+    passthrough_max_numel: int = 65_536  # float tensors this small are stored as fp16/fp32
+    # Floor of per-row scales: the baseline clamps them to >= 1/127 (baseline L330); 0 = only
+    # guard against a zero scale (fp16's smallest normal is used instead).
+    row_scale_min: float = 1.0 / 127.0
+
+    def validate(self) -> None:
+        if self.row_scale_min < 0.0:
+            raise ConfigError(f"quant.row_scale_min={self.row_scale_min} must be >= 0")
+        if self.codec not in ("zlib", "zstd", "lzma", "brotli"):
+            raise ConfigError(f"quant.codec={self.codec!r}: choose zlib, zstd, lzma or brotli")
+        if not 50.0 < self.clip_percentile <= 100.0:
+            raise ConfigError(f"quant.clip_percentile={self.clip_percentile} must be in (50, 100]")
+
+
+@dataclass
+class EvalConfig:
+    batch_tokens: int = 524_288  # tokens per eval batch across all ranks
+    max_tokens: int = 0  # 0 = the whole validation set; >0 truncates (demos and smoke tests)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "RunConfig":
+        self.model.validate()
+        self.data.validate()
+        self.optim.validate()
+        self.train.validate(self.data.seq_len)
+        self.quant.validate()
+        return self
+
+    # --- serialization -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        return _from_dict(cls, d, "")
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        return cls.from_dict(json.loads(text))
+
+    def override(self, assignments: list[str]) -> "RunConfig":
+        """Apply `section.field=value` strings; values are parsed as the field's type."""
+        for a in assignments:
+            if "=" not in a:
+                raise ConfigError(f"--set {a!r}: expected section.field=value")
+            key, raw = a.split("=", 1)
+            set_dotted(self, key.strip(), raw.strip())
+        return self
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _from_dict(cls, d: dict, prefix: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"config section {prefix or '<root>'} must be an object")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {sorted(prefix + k for k in unknown)}")
+    kwargs = {}
+    for k, v in d.items():
+        t = hints[k]
+        if dataclasses.is_dataclass(t):
+            kwargs[k] = _from_dict(t, v, f"{prefix}{k}.")
+        else:
+            kwargs[k] = _coerce(v, t, prefix + k)
+    return cls(**kwargs)
+
+
+def _coerce(value, t, key: str):
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}={value!r}: expected a boolean (true/false)")
+    try:
+        if t is int:
+            if isinstance(value, str):
+                value = value.replace("_", "")
+                f = float(value)
+                if not f.is_integer():
+                    raise ValueError
+                return int(f)
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if t is float:
+            return float(value.replace("_", "") if isinstance(value, str) else value)
+        if t is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r}: expected {t.__name__}") from None
+    raise ConfigError(f"{key}: unsupported field type {t}")
+
+
+def set_dotted(cfg, key: str, raw) -> None:
+    parts = key.split(".")
+    obj = cfg
+    for p in parts[:-1]:
+        if not hasattr(obj, p) or not dataclasses.is_dataclass(getattr(obj, p)):
+            raise ConfigError(f"--set {key}: no config section {p!r}")
+        obj = getattr(obj, p)
+    leaf = parts[-1]
+    hints = _hints(type(obj))
+    if leaf not in hints or dataclasses.is_dataclass(hints[leaf]):
+        valid = sorted(f.name for f in dataclasses.fields(obj))
+        raise ConfigError(f"--set {key}: unknown field {leaf!r}; valid fields: {', '.join(valid)}")
+    setattr(obj, leaf, _coerce(raw, hints[leaf], key))

@@ -1,0 +1,82 @@
+"""Token stream over shards and the per-step batch split that keeps the global batch fixed.
+
+Shards are read sequentially in sorted order and wrap around, like the baseline (techniques.md 2.3).
+Each optimizer step consumes one contiguous chunk of batch_tokens + 1 tokens, cut into
+batch_tokens / seq_len sequences; rank r of W takes sequences [r*S//W, (r+1)*S//W). The data a
+step sees is therefore identical for every world size (1, 2, 3, 8, 16, ...), and the position is a
+single integer, which makes resuming exact.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loopgolf.data.shards import load_shard, read_header
+
+
+class TokenStream:
+    def __init__(self, paths: list[Path]):
+        if not paths:
+            raise ValueError("TokenStream needs at least one shard")
+        self.paths = list(paths)
+        self.lengths = [read_header(p) for p in self.paths]
+        self.total = sum(self.lengths)
+        if self.total < 2:
+            raise ValueError(f"shards {self.paths[0]}... hold {self.total} tokens; need at least 2")
+        self.offsets = np.cumsum([0] + self.lengths)
+        self.position = 0  # global token offset of the next token to read
+        self._cache: dict[int, np.ndarray] = {}
+
+    def _shard(self, i: int) -> np.ndarray:
+        if i not in self._cache:
+            self._cache.clear()  # keep at most one memory map open
+            self._cache[i] = load_shard(self.paths[i])
+        return self._cache[i]
+
+    def take(self, n: int) -> np.ndarray:
+        """The next n tokens (wrapping around the shard list) as int64."""
+        out = np.empty(n, dtype=np.int64)
+        filled = 0
+        while filled < n:
+            pos = self.position % self.total
+            i = int(np.searchsorted(self.offsets, pos, side="right") - 1)
+            start = pos - int(self.offsets[i])
+            k = min(n - filled, self.lengths[i] - start)
+            out[filled:filled + k] = self._shard(i)[start:start + k]
+            filled += k
+            self.position += k
+        return out
+
+
+def rank_slice(n_items: int, rank: int, world: int) -> tuple[int, int]:
+    return n_items * rank // world, n_items * (rank + 1) // world
+
+
+class BatchLoader:
+    """Yields, per optimizer step, this rank's micro-batches (x, y) already on the device."""
+
+    def __init__(self, stream: TokenStream, seq_len: int, batch_tokens: int, micro_batch_seqs: int,
+                 rank: int, world: int, device: torch.device):
+        self.stream, self.seq_len = stream, seq_len
+        self.n_seqs = batch_tokens // seq_len
+        self.batch_tokens = batch_tokens
+        self.micro = micro_batch_seqs
+        self.lo, self.hi = rank_slice(self.n_seqs, rank, world)
+        self.device = device
+
+    def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        chunk = self.stream.take(self.batch_tokens + 1)
+        T = self.seq_len
+        mine = chunk[self.lo * T:self.hi * T + 1]
+        x_all = torch.from_numpy(mine[:-1].reshape(-1, T))
+        y_all = torch.from_numpy(mine[1:].reshape(-1, T))
+        pin = self.device.type == "cuda"
+        out = []
+        for i in range(0, x_all.size(0), self.micro):
+            x, y = x_all[i:i + self.micro], y_all[i:i + self.micro]
+            if pin:
+                x, y = x.pin_memory(), y.pin_memory()
+            out.append((x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)))
+        return out

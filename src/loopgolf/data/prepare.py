@@ -1,0 +1,316 @@
+"""Turn documents into challenge-format token shards; build the cached demo corpus.
+
+Each document becomes [BOS] + its SentencePiece ids (no EOS), packed back to back; shards are cut
+at exactly shard_tokens tokens, so a document may continue in the next shard, as in the challenge's
+fineweb shards. Encoding runs in worker processes that each load the tokenizer once; results are
+consumed in submission order, so the bytes written never depend on the number of workers, and at
+most one shard plus a few chunks of tokens are held in memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+from tqdm import tqdm
+
+from .atomic import atomic_write_text
+from .corpus import demo_documents, iter_documents, overlap, split_documents
+from .shards import list_shards, read_header, write_shard
+from .tokenizer import BOS_ID, TokenizerError, check_tokenizer, load_tokenizer, train_tokenizer
+
+_CHUNK_DOCS = 512  # documents per worker task
+_CHUNK_CHARS = 1 << 20  # ...or fewer, when documents are long, to bound task size
+_WINDOW_PER_WORKER = 4  # tasks in flight per worker: keeps workers busy, bounds memory
+_DEMO_FORMAT = 1  # bump when the demo layout or recipe changes, to invalidate old caches
+_DEMO_SEED = 0
+_DEMO_TOKENIZER_MAX_DOCS = 20_000  # all 10k ovos docs train in ~1 s; the cap guards larger corpora
+_DEMO_PREFIX = "demo"
+
+
+def tokenize_documents(docs: Iterable[str], tokenizer_path: str | os.PathLike, out_dir: str | os.PathLike,
+                       split: str, shard_tokens: int = 10**8, workers: int = 0, progress: bool = True,
+                       prefix: str = "fineweb") -> list[Path]:
+    """Encode documents into `{prefix}_{split}_{i:06d}.bin` shards in out_dir; returns their paths.
+
+    workers=0 uses every available CPU; workers=1 encodes in this process. Shards of this
+    prefix and split left over from an earlier, longer run are deleted.
+    """
+    if shard_tokens < 1:
+        raise ValueError(f"shard_tokens={shard_tokens} must be >= 1")
+    for name, value in (("split", split), ("prefix", prefix)):
+        if not value or os.sep in value or "/" in value or any(c in value for c in "*?["):
+            raise ValueError(f"{name}={value!r}: use a plain name such as 'train' or 'fineweb'")
+    tokenizer_path = Path(tokenizer_path)
+    sp = load_tokenizer(tokenizer_path)
+    if sp.vocab_size() > 65536:
+        raise TokenizerError(f"{tokenizer_path}: {sp.vocab_size()} pieces do not fit uint16 shards")
+    if sp.bos_id() != BOS_ID:
+        raise TokenizerError(
+            f"{tokenizer_path}: BOS id is {sp.bos_id()}, but shards start documents with id "
+            f"{BOS_ID}; train the tokenizer with bos_id={BOS_ID} (loopgolf.data.tokenizer)")
+    workers = workers or _cpu_count()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    paths: list[Path] = []
+    buf = np.empty(shard_tokens, dtype=np.uint16)  # untouched pages cost no memory
+    fill = 0
+    total = len(docs) if hasattr(docs, "__len__") else None
+    bar = tqdm(total=total, desc=f"tokenize {split}", unit="doc", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    with bar:
+        for n_docs, tokens in _encoded_chunks(docs, tokenizer_path.read_bytes(), sp, workers):
+            pos = 0
+            while pos < tokens.size:
+                take = min(shard_tokens - fill, tokens.size - pos)
+                buf[fill:fill + take] = tokens[pos:pos + take]
+                fill += take
+                pos += take
+                if fill == shard_tokens:
+                    paths.append(write_shard(_shard_path(out_dir, prefix, split, len(paths)), buf))
+                    fill = 0
+            bar.update(n_docs)
+    if fill:
+        paths.append(write_shard(_shard_path(out_dir, prefix, split, len(paths)), buf[:fill]))
+    if not paths:
+        raise ValueError(f"no documents to tokenize for split {split!r}")
+    _remove_stale_shards(out_dir, prefix, split, keep=len(paths))
+    return paths
+
+
+def _shard_path(out_dir: Path, prefix: str, split: str, index: int) -> Path:
+    return out_dir / f"{prefix}_{split}_{index:06d}.bin"
+
+
+def _shard_glob(out_dir: Path, prefix: str, split: str) -> str:
+    return str(out_dir / f"{prefix}_{split}_{'[0-9]' * 6}.bin")
+
+
+def _remove_stale_shards(out_dir: Path, prefix: str, split: str, keep: int) -> None:
+    for p in out_dir.glob(Path(_shard_glob(out_dir, prefix, split)).name):
+        if int(p.stem.rsplit("_", 1)[1]) >= keep:
+            p.unlink()
+
+
+def _cpu_count() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))  # respects taskset / container CPU limits
+    return os.cpu_count() or 1
+
+
+def _chunks(docs: Iterable[str]) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    chars = 0
+    for doc in docs:
+        chunk.append(doc)
+        chars += len(doc)
+        if len(chunk) >= _CHUNK_DOCS or chars >= _CHUNK_CHARS:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk
+
+
+def _encode(sp: spm.SentencePieceProcessor, docs: list[str]) -> tuple[int, np.ndarray]:
+    pieces = sp.encode(docs)
+    out = np.empty(sum(len(p) for p in pieces) + len(pieces), dtype=np.uint16)
+    pos = 0
+    for ids in pieces:
+        out[pos] = BOS_ID
+        out[pos + 1:pos + 1 + len(ids)] = ids
+        pos += 1 + len(ids)
+    return len(docs), out
+
+
+_worker_sp: spm.SentencePieceProcessor | None = None
+
+
+def _init_worker(model_proto: bytes) -> None:
+    global _worker_sp
+    _worker_sp = spm.SentencePieceProcessor()
+    _worker_sp.LoadFromSerializedProto(model_proto)
+
+
+def _encode_in_worker(docs: list[str]) -> tuple[int, np.ndarray]:
+    assert _worker_sp is not None, "worker started without _init_worker"
+    return _encode(_worker_sp, docs)
+
+
+def _encoded_chunks(docs: Iterable[str], model_proto: bytes, sp: spm.SentencePieceProcessor,
+                    workers: int) -> Iterator[tuple[int, np.ndarray]]:
+    if workers <= 1:
+        for chunk in _chunks(docs):
+            yield _encode(sp, chunk)
+        return
+    # apply_async with a bounded in-order window rather than Pool.imap: imap's feeder thread
+    # drains the whole input iterator into its task queue, which would load a corpus into memory.
+    # "spawn" because forking a parent that holds threads (torch, tqdm) can deadlock the children.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(model_proto,)) as pool:
+        window: deque = deque()
+        for chunk in _chunks(docs):
+            window.append(pool.apply_async(_encode_in_worker, (chunk,)))
+            if len(window) >= workers * _WINDOW_PER_WORKER:
+                yield window.popleft().get()
+        while window:
+            yield window.popleft().get()
+
+
+# --- corpora --------------------------------------------------------------------------------------
+def prepare_corpus(inputs: list[Path], tokenizer: str | os.PathLike, out_dir: str | os.PathLike,
+                   val_fraction: float = 0.01, seed: int = 0, shard_tokens: int = 10**8,
+                   workers: int = 0, prefix: str = "fineweb", text_key: str = "text",
+                   progress: bool = True) -> dict:
+    """Read documents from files, split them, tokenize both splits; write and return manifest.json.
+
+    All documents are held in memory once (the duplicate-free split needs them); tokens are not.
+    """
+    out_dir = Path(out_dir)
+    docs = list(itertools.chain.from_iterable(iter_documents(p, text_key) for p in inputs))
+    n_read = len(docs)
+    train, val = split_documents(docs, val_fraction, seed)
+    del docs
+    if not train or (val_fraction > 0 and not val):
+        raise ValueError(
+            f"{n_read} documents gave {len(train)} train and {len(val)} val documents; add "
+            "documents or change val_fraction")
+    shared = overlap(train, val)
+    if shared:  # split_documents makes this impossible; the check guards the manifest's claim
+        raise RuntimeError(f"{shared} documents are in both train and val")
+    splits = {}
+    for split, split_docs in (("val", val), ("train", train)):
+        if not split_docs:
+            continue
+        paths = tokenize_documents(split_docs, tokenizer, out_dir, split, shard_tokens, workers,
+                                   progress, prefix)
+        splits[split] = {
+            "pattern": f"{prefix}_{split}_*.bin",
+            "shards": [p.name for p in paths],
+            "docs": len(split_docs),
+            "tokens": sum(read_header(p) for p in paths),
+        }
+    manifest = {
+        "inputs": [str(p) for p in inputs],
+        "tokenizer": str(Path(tokenizer).resolve()),
+        "tokenizer_sha256": hashlib.sha256(Path(tokenizer).read_bytes()).hexdigest(),
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "shard_tokens": shard_tokens,
+        "docs_read": n_read,
+        "duplicates_dropped": n_read - len(train) - len(val),
+        "overlap": shared,
+        "splits": splits,
+    }
+    atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def prepare_demo(cache_dir: str | os.PathLike, vocab_size: int = 1024, val_fraction: float = 0.05,
+                 progress: bool = False) -> dict:
+    """Build (once) the offline demo corpus: a tokenizer plus train and val shards in cache_dir.
+
+    The cache is reused only if its stamp (written last) matches the settings and the documents,
+    and every file it lists is present and valid; otherwise everything is rebuilt.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    docs, source = demo_documents()
+    settings = {"format": _DEMO_FORMAT, "vocab_size": vocab_size, "val_fraction": val_fraction,
+                "seed": _DEMO_SEED, "docs_sha256": _docs_digest(docs), "source": source}
+    stamp_path = cache_dir / "demo_stamp.json"
+    with _locked(cache_dir / ".demo.lock"):
+        stamp = _read_json(stamp_path)
+        if stamp is None or stamp.get("settings") != settings or not _cache_valid(cache_dir, stamp):
+            stamp_path.unlink(missing_ok=True)  # an interrupted rebuild must not look complete
+            stamp = _build_demo(cache_dir, docs, settings, progress)
+            atomic_write_text(stamp_path, json.dumps(stamp, indent=2) + "\n")
+    return {
+        "train": str(cache_dir / f"{_DEMO_PREFIX}_train_*.bin"),
+        "val": str(cache_dir / f"{_DEMO_PREFIX}_val_*.bin"),
+        "tokenizer": str(cache_dir / stamp["tokenizer"]),
+        "source": source,
+        **stamp["counts"],
+    }
+
+
+def _build_demo(cache_dir: Path, docs: list[str], settings: dict, progress: bool) -> dict:
+    for old in cache_dir.glob(f"{_DEMO_PREFIX}_*.bin"):
+        old.unlink()
+    train, val = split_documents(docs, settings["val_fraction"], settings["seed"])
+    if not train or not val:
+        raise ValueError(f"demo split gave {len(train)} train / {len(val)} val documents; "
+                         "choose val_fraction in (0, 1)")
+    prefix = cache_dir / f"tokenizer_{settings['vocab_size']}"
+    model = train_tokenizer(train, settings["vocab_size"], prefix, max_docs=_DEMO_TOKENIZER_MAX_DOCS)
+    problems = check_tokenizer(load_tokenizer(model), val[:64])
+    if problems:
+        raise TokenizerError(f"{model}: demo tokenizer failed its self-test: {'; '.join(problems)}")
+    counts = {"n_train_docs": len(train), "n_val_docs": len(val)}
+    files = {}
+    for split, split_docs in (("train", train), ("val", val)):
+        paths = tokenize_documents(split_docs, model, cache_dir, split, workers=1,
+                                   progress=progress, prefix=_DEMO_PREFIX)
+        counts[f"{split}_tokens"] = sum(read_header(p) for p in paths)
+        files.update({p.name: p.stat().st_size for p in paths})
+    files[model.name] = model.stat().st_size
+    return {"settings": settings, "tokenizer": model.name, "files": files, "counts": counts}
+
+
+def _cache_valid(cache_dir: Path, stamp: dict) -> bool:
+    try:
+        files = stamp["files"]
+        for name, size in files.items():
+            path = cache_dir / name
+            if not path.is_file() or path.stat().st_size != size:
+                return False
+            if name.endswith(".bin"):
+                read_header(path)
+        for split in ("train", "val"):
+            found = {p.name for p in list_shards(str(cache_dir / f"{_DEMO_PREFIX}_{split}_*.bin"))}
+            if found != {n for n in files if n.startswith(f"{_DEMO_PREFIX}_{split}_")}:
+                return False
+        return isinstance(stamp["tokenizer"], str) and isinstance(stamp["counts"], dict)
+    except (KeyError, TypeError, AttributeError, ValueError):  # ShardError is a ValueError
+        return False
+
+
+def _docs_digest(docs: list[str]) -> str:
+    h = hashlib.sha256()
+    for d in docs:
+        h.update(d.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    # Several processes (e.g. torchrun ranks) may ask for the demo at once: one builds, others wait.
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; concurrent builds are still atomic per file
+        yield
+        return
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,0 +1,15 @@
+"""The exception types that mean "the user's input is wrong", gathered for the CLI.
+
+Each carries a one-line message naming the file or field and the fix; the CLI prints it and exits 2
+instead of showing a traceback. Anything else is a bug and keeps its traceback.
+"""
+from loopgolf.compress.artifact import ArtifactError
+from loopgolf.config import ConfigError
+from loopgolf.data.shards import ShardError
+from loopgolf.data.tokenizer import TokenizerError
+from loopgolf.model.recurrence import PlanError
+from loopgolf.train.checkpoint import CheckpointError
+from loopgolf.train.loop import TrainingDiverged
+
+USER_ERRORS = (ArtifactError, ConfigError, ShardError, TokenizerError, PlanError, CheckpointError,
+               TrainingDiverged, FileNotFoundError)

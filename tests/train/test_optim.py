@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from loopgolf.model.gpt import GPT
+from loopgolf.presets import get_preset
+from loopgolf.train.optim import Muon, assign_groups, build_optimizers, newton_schulz5
+
+
+def test_baseline_groups_match_the_challenge_split():
+    cfg = get_preset("baseline")
+    groups = assign_groups(GPT(cfg.model))
+    names = {g: {n for n, _ in ps} for g, ps in groups.items()}
+    assert names["adam_embed"] == {"tok_emb.weight"}
+    assert names["adam_head"] == set()
+    assert "blocks.0.attn.c_q.weight" in names["muon"] and "blocks.8.mlp.proj.weight" in names["muon"]
+    assert {"blocks.0.resid_mix", "blocks.0.attn.q_gain", "skip_weights"} <= names["adam_scalar"]
+    assert len(names["muon"]) == 9 * 6
+    total = sum(p.numel() for ps in groups.values() for _, p in ps)
+    assert total == 17_059_912
+
+
+def test_a_parameter_without_rule_fails_loudly():
+    model = GPT(get_preset("tiny").model)
+    model.register_parameter("mystery", torch.nn.Parameter(torch.zeros(3)))
+    with pytest.raises(ValueError, match="mystery"):
+        assign_groups(model)
+
+
+def test_newton_schulz_orthogonalizes():
+    torch.manual_seed(0)
+    g = torch.randn(64, 32)
+    x = newton_schulz5(g, steps=5).float()
+    assert x.shape == g.shape
+    s = torch.linalg.svdvals(x)
+    assert s.min() > 0.5 and s.max() < 1.5  # the quintic iteration lands singular values near 1
+
+
+def test_muon_step_moves_along_orthogonalized_momentum():
+    p = torch.nn.Parameter(torch.zeros(8, 8))
+    opt = Muon([p], lr=0.1, momentum=0.0, nesterov=False)
+    p.grad = torch.eye(8)
+    opt.step()
+    assert torch.allclose(p.detach(), -0.1 * newton_schulz5(torch.eye(8), 5).float(), atol=1e-2)
+
+
+def test_untied_model_gets_head_group_and_embed_lr():
+    cfg = get_preset("tiny").override(["model.tie_embeddings=false"])
+    opts = build_optimizers(GPT(cfg.model), cfg.optim, cfg.model)
+    adam = opts[-1]
+    lrs = {g["name"]: g["lr"] for g in adam.param_groups}
+    assert lrs["adam_embed"] == cfg.optim.embed_lr and lrs["adam_head"] == cfg.optim.head_lr

@@ -1,0 +1,47 @@
+import pytest
+
+from loopgolf.config import OptimConfig, TrainConfig
+from loopgolf.train.schedule import Clock, Progress, lr_multiplier, momentum_at, progress_fraction
+
+
+def test_progress_is_the_larger_of_steps_and_time():
+    t = TrainConfig(budget_s=100, max_steps=1000)
+    assert progress_fraction(Progress(100, 50.0, 0.5), t) == 0.5
+    assert progress_fraction(Progress(900, 50.0, 0.5), t) == 0.9
+
+
+def test_fractional_warmup_and_warmdown():
+    t = TrainConfig(budget_s=100, max_steps=10**9)
+    o = OptimConfig(warmup_frac=0.1, warmdown_frac=0.5)
+    assert lr_multiplier(Progress(0, 5.0, 0.1), o, t) == pytest.approx(0.5)
+    assert lr_multiplier(Progress(0, 30.0, 0.1), o, t) == 1.0
+    assert lr_multiplier(Progress(0, 75.0, 0.1), o, t) == pytest.approx(0.5)
+    assert lr_multiplier(Progress(0, 100.0, 0.1), o, t) == 0.0
+
+
+def test_baseline_wallclock_warmdown():
+    # baseline: warmdown window = 1200 x avg step time; at 0.3 s/step that is 360 s > a 300 s budget,
+    # so the whole proxy run is in warm-down and starts at 300/360.
+    t = TrainConfig(budget_s=300, max_steps=20000)
+    o = OptimConfig(warmdown_iters=1200)
+    assert lr_multiplier(Progress(1, 0.3, 0.3), o, t) == pytest.approx(299.7 / 360)
+    t600 = TrainConfig(budget_s=600, max_steps=20000)
+    assert lr_multiplier(Progress(100, 100.0, 0.3), o, t600) == 1.0
+
+
+def test_momentum_warmup_in_steps_and_fractions():
+    t = TrainConfig(budget_s=100, max_steps=10**6)
+    o = OptimConfig(momentum_warmup_steps=500)
+    assert momentum_at(Progress(0, 0, 0), o, t) == pytest.approx(0.85)
+    assert momentum_at(Progress(250, 0, 0), o, t) == pytest.approx(0.90)
+    assert momentum_at(Progress(600, 0, 0), o, t) == pytest.approx(0.95)
+    o = OptimConfig(momentum_warmup_frac=0.5)
+    assert momentum_at(Progress(0, 25.0, 0), o, t) == pytest.approx(0.90)
+
+
+def test_clock_pauses():
+    c = Clock(already_s=5.0)
+    assert c.seconds == 5.0
+    c.start()
+    c.pause()
+    assert c.seconds >= 5.0
