@@ -149,6 +149,21 @@ def cmd_data_demo(args) -> int:
     return 0
 
 
+def cmd_bench_prepare(args) -> int:
+    from loopgolf.lab.bench import prepare_bench_shards
+
+    prepare_bench_shards(Path(args.bench_dir), Path(args.tokenizer), Path(args.out), args.files, args.workers)
+    return 0
+
+
+def cmd_bench_run(args) -> int:
+    from loopgolf.lab.bench import run_side_by_side
+
+    results = run_side_by_side(args.presets, Path(args.shards), Path(args.tokenizer), args.budget_s,
+                               Path(args.out), args.set or [])
+    return 0 if all(r["exit_code"] == 0 for r in results) else 1
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="baseline", help="named preset (see `loopgolf presets`)")
     p.add_argument("--config", help="a config.json (e.g. from a run directory) instead of a preset")
@@ -212,6 +227,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("demo", help="build the demo corpus shards and tokenizer (cached)")
     p.add_argument("--cache-dir", default=str(DEMO_CACHE))
     p.set_defaults(fn=cmd_data_demo)
+    bench = sub.add_parser("bench", help="the proxy benchmark").add_subparsers(dest="bench_command", required=True)
+    p = bench.add_parser("prepare", help="tokenize bench .jsonl.zst files into shards")
+    p.add_argument("--bench-dir", required=True)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--files", nargs="+", default=["train-00", "train-01", "val"])
+    p.add_argument("--workers", type=int, default=0)
+    p.set_defaults(fn=cmd_bench_prepare)
+    p = bench.add_parser("run", help="presets side by side, one process per GPU")
+    p.add_argument("--shards", required=True)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--presets", nargs="+", required=True)
+    p.add_argument("--budget-s", type=float, default=300.0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
+    p.set_defaults(fn=cmd_bench_run)
     return ap
 
 
