@@ -133,7 +133,7 @@ class QuantConfig:
     level: int = -1  # codec level; -1 = the codec's strongest (zlib 9, zstd 22, lzma 9, brotli 11)
     clip_percentile: float = 99.99984  # per-row clip quantile of |w| (baseline L321)
     passthrough_max_numel: int = 65_536  # float tensors this small are stored as fp16/fp32
-    # Floor of per-row scales: the baseline clamps them to >= 1/127 (baseline L330); 0 = only
+    # Floor of per-row scales: the baseline clamps them to >= 1/127 (baseline L321-334); 0 = only
     # guard against a zero scale (fp16's smallest normal is used instead).
     row_scale_min: float = 1.0 / 127.0
 

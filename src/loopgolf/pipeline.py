@@ -108,7 +108,7 @@ def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
     if cfg.train.checkpoint_every:
         trainer.save()
 
-    pre = val_fn(trainer.model, cfg.eval.max_tokens)
+    pre = val_fn(model, cfg.eval.max_tokens)  # eager model: a ragged last batch would recompile
     logger.log("prequant", val_loss=pre["val_loss"], val_bpb=pre["val_bpb"],
                eval_s=round(pre["eval_seconds"], 2))
     result.update(val_loss_prequant=pre["val_loss"], val_bpb_prequant=pre["val_bpb"],

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import json
 import os
 import random
@@ -15,8 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loopgolf.compress import artifact
-from loopgolf.compress.artifact import (ArtifactError, inspect_artifact, pack, read_artifact, seal,
-                                        unpack, write_artifact)
+from loopgolf.compress.artifact import (
+    ArtifactError,
+    inspect_artifact,
+    pack,
+    read_artifact,
+    seal,
+    unpack,
+    write_artifact,
+)
 from loopgolf.compress.codecs import compress
 from loopgolf.config import QuantConfig
 
@@ -77,11 +85,12 @@ def test_round_trip(blob: bytes) -> None:
         assert (back[name] - state[name].float()).abs().max() < 0.05
 
 
-@pytest.mark.parametrize("codec", ["zlib", "zstd", "lzma", "brotli"])
+@pytest.mark.parametrize("codec", ["zlib", "zstd", "lzma", pytest.param("brotli", marks=pytest.mark.skipif(
+    importlib.util.find_spec("brotli") is None, reason="brotli not installed (pip install brotli)"))])
 def test_every_codec(codec: str) -> None:
     qcfg = QuantConfig(codec=codec, passthrough_max_numel=64, scheme="int4_row")
     back, meta = unpack(pack(small_state(), META, qcfg))
-    assert meta == META and header_of(pack(small_state(), META, qcfg))[0]["codec"] == codec
+    assert back["tok_emb.weight"].shape == (32, 16) and meta == META and header_of(pack(small_state(), META, qcfg))[0]["codec"] == codec
 
 
 def test_layout_and_determinism(blob: bytes) -> None:
@@ -188,7 +197,7 @@ def replaced(obj: object, path: tuple, value: object, delete: bool) -> object:
     return out_list
 
 
-HYPO = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+HYPO = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @HYPO
@@ -225,7 +234,7 @@ def test_property_random_bytes_raise_only_artifact_error(raw: bytes, prefix: byt
         unpack(prefix + raw)
 
 
-@HYPO
+@settings(HYPO, max_examples=150)
 @given(data=st.data())
 def test_property_resealed_header_mutations(blob: bytes, data) -> None:
     header, payload = header_of(blob)
@@ -288,7 +297,7 @@ class _FailingFile:
     """Writes half of what it is given, then fails, like a full disk."""
 
     def __init__(self, fd: int) -> None:
-        self.f = open(fd, "wb")
+        self.f = open(fd, "wb")  # noqa: SIM115 -- closed by __exit__, like os.fdopen's file
 
     def __enter__(self):
         return self

@@ -8,7 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loopgolf.compress import quant
-from loopgolf.compress.quant import QUANTIZERS, RULES, Rule, assign_schemes, row_quantile
+from loopgolf.compress.quant import (
+    QUANTIZERS,
+    RULES,
+    Rule,
+    assign_schemes,
+    row_quantile,
+)
 from loopgolf.config import QuantConfig
 
 FP16_SLACK = 2.0 ** -10  # fp16 keeps 11 significant bits: relative rounding error <= 2**-11
@@ -22,7 +28,8 @@ def weights(rows: int = 64, cols: int = 300, seed: int = 0) -> torch.Tensor:
     return w
 
 
-def roundtrip(scheme: str, t: torch.Tensor, qcfg: QuantConfig = QuantConfig()):
+def roundtrip(scheme: str, t: torch.Tensor, qcfg: QuantConfig | None = None):
+    qcfg = QuantConfig() if qcfg is None else qcfg
     parts = QUANTIZERS[scheme].quantize(t, qcfg)
     return parts, QUANTIZERS[scheme].dequantize(parts, tuple(t.shape), quant.dtype_name(t.dtype))
 
@@ -106,7 +113,7 @@ def test_cast_schemes_exact_where_exact() -> None:
     torch.zeros(0, 3),
 ], ids=lambda t: f"{t.dtype}{list(t.shape)}")
 def test_raw_is_exact_for_any_dtype(t: torch.Tensor) -> None:
-    parts, back = roundtrip("raw", t)
+    _, back = roundtrip("raw", t)
     assert back.dtype == t.dtype and back.shape == t.shape
     assert torch.equal(back, t)  # no NaNs here, so equality means bit-exact
 

@@ -30,13 +30,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loopgolf.compress.codecs import CODECS, CodecError, compress, decompress, resolve_level
-from loopgolf.compress.quant import PART_DTYPES, QUANTIZERS, TORCH_DTYPES, assign_schemes, dtype_name
+from loopgolf.compress.codecs import (
+    CODECS,
+    CodecError,
+    compress,
+    decompress,
+    resolve_level,
+)
+from loopgolf.compress.quant import (
+    PART_DTYPES,
+    QUANTIZERS,
+    TORCH_DTYPES,
+    assign_schemes,
+    dtype_name,
+)
 from loopgolf.config import QuantConfig
 
 MAGIC = b"LOOPGOLF"
 FORMAT_VERSION = 1
-MAX_PAYLOAD_BYTES = 1 << 31  # uncompressed; a 16 MB submission is far below, hostile headers are not
+MAX_PAYLOAD_BYTES = 1 << 31  # uncompressed; real artifacts are far below, hostile headers are not
 _PREAMBLE = struct.Struct("<8sIQ")  # magic, version, header length
 _U64 = struct.Struct("<Q")
 _DIGEST = 32
@@ -71,10 +83,10 @@ class ArtifactReport:
 
     def format_table(self) -> str:
         ratio = self.payload_raw_bytes / self.payload_bytes if self.payload_bytes else 0.0
-        lines = [f"{self.path}: {self.total_bytes:,} B total = header {self.header_bytes:,} B + "
-                 f"payload {self.payload_bytes:,} B ({self.codec} level {self.level}, "
-                 f"{self.payload_raw_bytes:,} B raw, x{ratio:.2f}) + "
-                 f"{self.total_bytes - self.header_bytes - self.payload_bytes} B framing",
+        framing = self.total_bytes - self.header_bytes - self.payload_bytes
+        lines = [(f"{self.path}: {self.total_bytes:,} B total = header {self.header_bytes:,} B + "
+                  f"payload {self.payload_bytes:,} B ({self.codec} level {self.level}, "
+                  f"{self.payload_raw_bytes:,} B raw, x{ratio:.2f}) + {framing} B framing"),
                  f"{'scheme':<16}{'tensors':>8}{'raw bytes':>16}"]
         for s in sorted(self.scheme_counts):
             lines.append(f"{s:<16}{self.scheme_counts[s]:>8,}{self.scheme_raw_bytes[s]:>16,}")
@@ -89,9 +101,9 @@ def group_of(name: str) -> str:
     return ".".join(name.split(".")[:2])
 
 
-# --- writing ---------------------------------------------------------------------------------------
+# --- writing -------------------------------------------------------------------------------------
 def pack(state: dict[str, torch.Tensor], meta: dict, qcfg: QuantConfig) -> bytes:
-    """Quantize `state` per the rules, compress it, and return the artifact bytes (deterministic)."""
+    """Quantize `state` per the rules, compress it, return the artifact bytes (deterministic)."""
     if not isinstance(meta, dict):
         raise TypeError(f"meta must be a dict (a JSON object), got {type(meta).__name__}")
     schemes = assign_schemes(state, qcfg)
@@ -118,7 +130,8 @@ def pack(state: dict[str, torch.Tensor], meta: dict, qcfg: QuantConfig) -> bytes
                         "dtype": dtype_name(t.dtype), "parts": table})
     payload = b"".join(chunks)
     if len(payload) > MAX_PAYLOAD_BYTES:
-        raise ValueError(f"payload of {len(payload):,} B exceeds the format's {MAX_PAYLOAD_BYTES:,} B")
+        raise ValueError(f"payload of {len(payload):,} B exceeds the format's "
+                         f"{MAX_PAYLOAD_BYTES:,} B")
     header = {"codec": qcfg.codec, "level": resolve_level(qcfg.codec, qcfg.level), "meta": meta,
               "payload_raw_len": len(payload),
               "payload_sha256": hashlib.sha256(payload).hexdigest(), "tensors": tensors}
@@ -138,7 +151,7 @@ def seal(header: dict, compressed_payload: bytes) -> bytes:
 
 def write_artifact(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict,
                    qcfg: QuantConfig) -> ArtifactReport:
-    """Pack and write atomically: the file at `path` is either the old one or the complete new one."""
+    """Pack and write atomically: `path` holds either the old file or the complete new one."""
     path = Path(path)
     blob = pack(state, meta, qcfg)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +177,7 @@ def write_artifact(path: str | os.PathLike, state: dict[str, torch.Tensor], meta
     return inspect_artifact(blob, str(path))
 
 
-# --- reading ---------------------------------------------------------------------------------------
+# --- reading -------------------------------------------------------------------------------------
 def read_artifact(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         blob = Path(path).read_bytes()
@@ -286,9 +299,10 @@ def _get(d: object, key: str, kind: type, where: str):
 
 
 def _shape(v: object, where: str) -> tuple[int, ...]:
-    _need(isinstance(v, list) and len(v) <= _MAX_NDIM, f"{where} must be a list of <= 32 ints")
-    _need(all(type(d) is int and 0 <= d < 1 << 62 for d in v), f"{where} has a bad dimension")  # type: ignore[union-attr]
-    return tuple(v)  # type: ignore[arg-type]
+    if not isinstance(v, list) or len(v) > _MAX_NDIM:
+        raise _Malformed(f"{where} must be a list of <= {_MAX_NDIM} ints")
+    _need(all(type(d) is int and 0 <= d < 1 << 62 for d in v), f"{where} has a bad dimension")
+    return tuple(v)
 
 
 def _check_header(h: object) -> None:
@@ -326,8 +340,8 @@ def _check_header(h: object) -> None:
             pwhere = f"{where}.parts.{p['name']}"
             pdtype = _get(p, "dtype", str, pwhere)
             pshape = _shape(p.get("shape"), f"{pwhere}.shape")
-            _need((pdtype, pshape) == spec[p["name"]], f"{pwhere}: dtype/shape disagree with scheme")
-            _need(_get(p, "offset", int, pwhere) == offset, f"{pwhere}: parts must tile the payload")
+            _need((pdtype, pshape) == spec[p["name"]], f"{pwhere}: dtype/shape differ from scheme")
+            _need(_get(p, "offset", int, pwhere) == offset, f"{pwhere}: parts must tile payload")
             nbytes = _get(p, "nbytes", int, pwhere)
             _need(nbytes == math.prod(pshape) * np.dtype(pdtype).itemsize,
                   f"{pwhere}: nbytes disagrees with dtype and shape")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import lzma
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import zstandard
@@ -34,7 +34,8 @@ class Codec:
             return self.levels[1]
         lo, hi = self.levels
         if not lo <= level <= hi:
-            raise CodecError(f"{self.name} level {level} is out of range; use {lo}..{hi} or -1 for {hi}")
+            raise CodecError(f"{self.name} level {level} is out of range; use {lo}..{hi} "
+                             f"or -1 for {hi}")
         return level
 
 
@@ -163,7 +164,7 @@ def decompress(data: bytes, codec: str, max_size: int) -> bytes:
 def shuffle_bytes(buf: bytes, itemsize: int) -> bytes:
     """Byte-plane transpose: byte 0 of every item, then byte 1 of every item, ..."""
     if itemsize < 1 or len(buf) % itemsize:
-        raise ValueError(f"buffer of {len(buf)} bytes is not a whole number of {itemsize}-byte items")
+        raise ValueError(f"{len(buf)} bytes are not a whole number of {itemsize}-byte items")
     if itemsize == 1:
         return bytes(buf)
     a = np.frombuffer(buf, dtype=np.uint8).reshape(-1, itemsize)
@@ -173,7 +174,7 @@ def shuffle_bytes(buf: bytes, itemsize: int) -> bytes:
 def unshuffle_bytes(buf: bytes, itemsize: int) -> bytes:
     """Inverse of `shuffle_bytes`."""
     if itemsize < 1 or len(buf) % itemsize:
-        raise ValueError(f"buffer of {len(buf)} bytes is not a whole number of {itemsize}-byte items")
+        raise ValueError(f"{len(buf)} bytes are not a whole number of {itemsize}-byte items")
     if itemsize == 1:
         return bytes(buf)
     a = np.frombuffer(buf, dtype=np.uint8).reshape(itemsize, -1)

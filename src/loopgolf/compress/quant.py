@@ -1,10 +1,10 @@
 """Per-tensor storage schemes for the artifact, and the name-pattern rules that pick one per tensor.
 
-The first scheme set reproduces the challenge baseline's int8 export (train_gpt.py L296-360):
-non-float tensors pass through untouched; float tensors of <= 65,536 elements are kept (fp32 for
-the control tensors such as `q_gain` and `resid_mix`, fp16 otherwise); larger matrices get per-row
-int8 with fp16 scales clipped at the 99.99984th percentile of |w|; other large tensors get a single
-fp32 scale. Per-row intN (N = 2..8, int8 container) is there for the lower bit widths to come.
+The first scheme set reproduces the challenge baseline's int8 export (per-row path: baseline
+L321-334): non-float tensors pass through untouched; float tensors of <= 65,536 elements are kept
+(fp32 for the control tensors such as `q_gain` and `resid_mix`, fp16 otherwise); larger matrices
+get per-row int8 with fp16 scales clipped at the 99.99984th percentile of |w|; other large tensors
+get a single fp32 scale. Per-row intN (N = 2..8, int8 container) is there for lower bit widths.
 
 Each quantizer turns a tensor into named numpy parts (the artifact stores raw bytes, never pickles)
 and back into float32. Quantization always runs on CPU so that identical weights give identical
@@ -288,7 +288,7 @@ RULES: tuple[Rule, ...] = (
 
 def assign_schemes(state: dict[str, torch.Tensor], qcfg: QuantConfig,
                    rules: tuple[Rule, ...] | list[Rule] = RULES) -> dict[str, str]:
-    """Tensor name -> scheme name; ValueError lists every tensor matched by zero or several rules."""
+    """Tensor name -> scheme; ValueError lists every tensor matched by zero or several rules."""
     if qcfg.scheme not in QUANTIZERS:
         raise ValueError(f"quant.scheme={qcfg.scheme!r} is not a known scheme; "
                          f"choose one of {', '.join(sorted(QUANTIZERS))}")

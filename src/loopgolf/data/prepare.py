@@ -16,6 +16,8 @@ import multiprocessing
 import os
 import sys
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -152,18 +154,28 @@ def _encoded_chunks(docs: Iterable[str], model_proto: bytes, sp: spm.SentencePie
         for chunk in _chunks(docs):
             yield _encode(sp, chunk)
         return
-    # apply_async with a bounded in-order window rather than Pool.imap: imap's feeder thread
-    # drains the whole input iterator into its task queue, which would load a corpus into memory.
+    # A bounded window of futures, consumed in submission order, rather than Pool.imap: imap's
+    # feeder thread drains the whole input iterator into memory, and a multiprocessing.Pool whose
+    # worker dies (OOM kill, failed start) hangs forever, where ProcessPoolExecutor raises.
     # "spawn" because forking a parent that holds threads (torch, tqdm) can deadlock the children.
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(model_proto,)) as pool:
-        window: deque = deque()
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(model_proto,))
+    window: deque = deque()
+    try:
         for chunk in _chunks(docs):
-            window.append(pool.apply_async(_encode_in_worker, (chunk,)))
+            window.append(pool.submit(_encode_in_worker, chunk))
             if len(window) >= workers * _WINDOW_PER_WORKER:
-                yield window.popleft().get()
+                yield window.popleft().result()
         while window:
-            yield window.popleft().get()
+            yield window.popleft().result()
+    except BrokenProcessPool as e:
+        raise RuntimeError(
+            f"a tokenizing worker process died ({e}); retry with workers=1, check memory, and "
+            "call from a script file guarded by `if __name__ == '__main__':`") from None
+    finally:
+        for future in window:
+            future.cancel()
+        pool.shutdown(wait=True)
 
 
 # --- corpora --------------------------------------------------------------------------------------

@@ -57,7 +57,12 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def hidden(self, idx: torch.Tensor) -> torch.Tensor:
-        x = rms_norm(self.tok_emb(idx))
+        x = self.tok_emb(idx)
+        if torch.is_autocast_enabled(x.device.type):
+            # the residual stream runs in the autocast dtype (bf16), as the baseline's bf16 model
+            # does; weights stay fp32 masters. Without this cast every elementwise op runs in fp32.
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        x = rms_norm(x)
         x0 = x
         skips: list[torch.Tensor] = []
         for v, b in enumerate(self.plan.schedule):

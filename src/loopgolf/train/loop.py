@@ -90,8 +90,6 @@ class Trainer:
         for _ in range(n):
             self._set_schedules(Progress(0, 0.0, 0.0))
             self._train_step()
-        if self.val_fn is not None:  # compile the no-grad graph too, outside the clock
-            self.val_fn(self.model, self.loader.seq_len * self.loader.micro * dist.info().world_size)
         self.raw_model.load_state_dict(model_state)
         for o, s in zip(self.opts, opt_states):
             o.load_state_dict(s)
@@ -154,7 +152,7 @@ class Trainer:
                                 step_ms=round(1000 * self.clock.seconds / max(self.step, 1), 1))
             if t.val_every and self.step % t.val_every == 0 and self.val_fn and not stop:
                 self.clock.pause()
-                res = self.val_fn(self.model, t.val_tokens)
+                res = self.val_fn(self.raw_model, t.val_tokens)  # eager: no recompiles on ragged batches
                 self.logger.log("val", step=self.step, **{k: res[k] for k in ("val_loss", "val_bpb")})
                 self.clock.start()
             if t.checkpoint_every and self.step % t.checkpoint_every == 0 and not stop:
