@@ -16,9 +16,9 @@ import multiprocessing
 import os
 import sys
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +71,7 @@ def tokenize_documents(docs: Iterable[str], tokenizer_path: str | os.PathLike, o
     bar = tqdm(total=total, desc=f"tokenize {split}", unit="doc", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     with bar:
-        for n_docs, tokens in _encoded_chunks(docs, tokenizer_path.read_bytes(), sp, workers):
+        for n_docs, tokens in _encoded_chunks(docs, tokenizer_path, sp, workers):
             pos = 0
             while pos < tokens.size:
                 take = min(shard_tokens - fill, tokens.size - pos)
@@ -137,10 +137,9 @@ def _encode(sp: spm.SentencePieceProcessor, docs: list[str]) -> tuple[int, np.nd
 _worker_sp: spm.SentencePieceProcessor | None = None
 
 
-def _init_worker(model_proto: bytes) -> None:
+def _init_worker(model_path: str, sha256: str) -> None:
     global _worker_sp
-    _worker_sp = spm.SentencePieceProcessor()
-    _worker_sp.LoadFromSerializedProto(model_proto)
+    _worker_sp = load_tokenizer(model_path, expected_sha256=sha256)
 
 
 def _encode_in_worker(docs: list[str]) -> tuple[int, np.ndarray]:
@@ -148,7 +147,7 @@ def _encode_in_worker(docs: list[str]) -> tuple[int, np.ndarray]:
     return _encode(_worker_sp, docs)
 
 
-def _encoded_chunks(docs: Iterable[str], model_proto: bytes, sp: spm.SentencePieceProcessor,
+def _encoded_chunks(docs: Iterable[str], model_path: Path, sp: spm.SentencePieceProcessor,
                     workers: int) -> Iterator[tuple[int, np.ndarray]]:
     if workers <= 1:
         for chunk in _chunks(docs):
@@ -158,8 +157,11 @@ def _encoded_chunks(docs: Iterable[str], model_proto: bytes, sp: spm.SentencePie
     # feeder thread drains the whole input iterator into memory, and a multiprocessing.Pool whose
     # worker dies (OOM kill, failed start) hangs forever, where ProcessPoolExecutor raises.
     # "spawn" because forking a parent that holds threads (torch, tqdm) can deadlock the children.
+    # Workers get the path and digest, not the model bytes: CPython's spawn launcher blocks
+    # forever writing start-up data larger than a pipe buffer to a child that died on start.
+    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(model_proto,))
+                               initializer=_init_worker, initargs=(str(model_path.resolve()), digest))
     window: deque = deque()
     try:
         for chunk in _chunks(docs):
