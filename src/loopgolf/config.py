@@ -30,7 +30,25 @@ class ModelConfig:
     # Recurrence plan spec, parsed by model/recurrence.py: "9" (flat), "1x12" (1 block x 12 loops),
     # "3x4", "4c7" (4 blocks cycled over 7 layers), "11:4-5x2" (11 layers, 4..5 run twice), "0,1,0,1".
     plan: str = "9"
+    # Earlier plans used before the final one, "spec@until;...": "11@0.35" runs flat until 35% of the
+    # budget, "3x2@0.3;3x3@0.5" ramps depth 2 -> 3 -> final (PR #1453); "@s3000" means a step count.
+    plan_stages: str = ""
     unet_skips: bool = True  # U-Net skips over the virtual layer sequence (baseline L670-713)
+    skip_gated: bool = False  # sigmoid-gated skips: x = lerp(w*skip, x, sigmoid(g)) (record (a) L416)
+    per_layer_scales: bool = False  # attn/mlp scale and resid_mix per virtual layer (PR #927)
+    loop_embed: bool = False  # a learned vector added before each virtual layer (PR #1453)
+    cross_repeat: bool = False  # add a block's previous-repeat output, learned scale (PR #1453)
+    value_embeds: int = 0  # residual-form value embeddings: full-width tables (PR #1453)
+    ve_dim: int = 0  # V-injection value embedding width; 0 = off (record (a) VE128)
+    ve_layers: str = ""  # virtual layers that get V-injection, e.g. "-2,-1" (the last two)
+    xsa_last: int = 0  # XSA on the last n virtual layers of the running plan; -1 = all
+    smear_gate: bool = False  # per-dim gate mixing x_{t-1} into x_t, masked at BOS
+    bigram_buckets: int = 0  # BigramHash table rows; 0 = off (record (a) L308-317)
+    bigram_dim: int = 128
+    rope_dims: int = 0  # rotary dims per head; 0 = all (records: 16)
+    ln_scale: bool = False  # scale normalized block inputs by 1/sqrt(block+1) (record (c) L445)
+    parallel_from: int = -1  # physical blocks >= this use a parallel residual (record (d)); -1 = off
+    untie_repeat_mlp: bool = False  # repeated visits of a block use their own MLP (record (a))
     rope_base: float = 10000.0
     qk_gain_init: float = 1.5
     logit_softcap: float = 30.0
@@ -51,6 +69,13 @@ class ModelConfig:
             raise ConfigError(f"model.vocab_size={self.vocab_size}: shards store uint16, so 2..65536")
         if self.mlp_hidden < 1:
             raise ConfigError("model.mlp_hidden must be >= 1")
+        hd = self.dim // self.n_heads
+        if self.rope_dims and (self.rope_dims % 2 or not 0 < self.rope_dims <= hd):
+            raise ConfigError(f"model.rope_dims={self.rope_dims} must be even and in 2..{hd}")
+        if self.ve_dim and not self.ve_layers:
+            raise ConfigError("model.ve_dim is set but model.ve_layers is empty; e.g. model.ve_layers=-2,-1")
+        if self.bigram_buckets and self.bigram_buckets < 2:
+            raise ConfigError("model.bigram_buckets must be >= 2 (or 0 to disable)")
 
 
 @dataclass
@@ -80,7 +105,15 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     adam_eps: float = 1e-8
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # Muon, decoupled: p *= 1 - lr * wd
+    adam_weight_decay: float = 0.0  # AdamW, scalars and head
+    embed_weight_decay: float = 0.0  # AdamW, embedding tables
+    muon_row_norm: bool = False  # MuonEq-R (record (b) L347)
+    ns_coeffs: str = "standard"  # standard | polar (Polar Express, top record L1716-1748)
+    min_lr_frac: float = 0.0  # LR floor during warm-down, as a fraction of the base LR (top record)
+    ema_horizon_frac: float = 0.0  # EMA time constant as a fraction of the run's steps; 0 = off
+    swa_start_frac: float = 0.0  # average snapshots from this fraction of the run on; 0 = off
+    swa_every_frac: float = 0.01  # snapshot spacing, fraction of the run
     warmup_frac: float = 0.0  # linear LR warm-up, fraction of the budget
     warmdown_frac: float = 0.0  # linear LR warm-down to 0 over the last fraction of the budget
     # Baseline-compatible warm-down measured in wall clock: warmdown_iters x average step time
@@ -97,6 +130,13 @@ class OptimConfig:
             raise ConfigError("optim.warmup_frac + optim.warmdown_frac must be <= 1")
         if self.ns_steps < 1:
             raise ConfigError("optim.ns_steps must be >= 1")
+        if self.ns_coeffs not in ("standard", "polar"):
+            raise ConfigError(f"optim.ns_coeffs={self.ns_coeffs!r}: choose standard or polar")
+        if self.ema_horizon_frac and self.swa_start_frac:
+            raise ConfigError("optim.ema_horizon_frac and optim.swa_start_frac are exclusive; pick one")
+        for name in ("min_lr_frac", "ema_horizon_frac", "swa_start_frac", "swa_every_frac"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"optim.{name}={getattr(self, name)} must be a fraction in [0, 1]")
 
 
 @dataclass
@@ -136,14 +176,50 @@ class QuantConfig:
     # Floor of per-row scales: the baseline clamps them to >= 1/127 (baseline L321-334); 0 = only
     # guard against a zero scale (fp16's smallest normal is used instead).
     row_scale_min: float = 1.0 / 127.0
+    # Per-row clip of intN: "percentile" (clip_percentile), "search" (per row, the lowest-MSE clip
+    # among candidate percentiles; record (a)) or "sdclip" (clip = sdclip_k * std(row); PR #1394).
+    clip: str = "percentile"
+    sdclip_k: float = 12.85  # PR #1394: 12.85 for int6 matrices, 20 for the int8 embedding
+    # Per-pattern scheme of the large matrices, "mlp=5,attn=6,tok_emb=8" (a number N = intN_row, or
+    # a scheme name such as ternary_row); when set, every matrix must match exactly one pattern.
+    bits_rules: str = ""
+    shuffle: bool = False  # byte-shuffle multi-byte parts before compression (records (a)-(d))
+    prune_frac: float = 0.0  # fraction of quantized +-1 values zeroed, smallest |w| first
+    gptq: bool = False  # full-Hessian GPTQ of the matrices (compress/gptq.py)
+    gptq_damp: float = 0.01  # fraction of mean(diag H) added to the diagonal
+    gptq_block: int = 128
+    gptq_act_order: bool = True
+    gptq_calib: str = "train"  # train (batches inside the training budget) | self (sampled)
+    gptq_calib_batches: int = 64  # calibration batches (train) or sequences (self)
+    gptq_calib_temp: float = 0.8  # sampling temperature of self-generated calibration
+    gptq_reserve_s: float = 10.0  # seconds of the training budget kept for train calibration
+    qat: str = "off"  # off | ste (fake-quant, straight-through) | noise (uniform noise at the step)
+    qat_start_frac: float = 0.0  # fraction of the budget after which QAT switches on
 
     def validate(self) -> None:
         if self.row_scale_min < 0.0:
             raise ConfigError(f"quant.row_scale_min={self.row_scale_min} must be >= 0")
-        if self.codec not in ("zlib", "zstd", "lzma", "brotli"):
-            raise ConfigError(f"quant.codec={self.codec!r}: choose zlib, zstd, lzma or brotli")
+        if self.codec not in ("zlib", "zstd", "lzma", "brotli", "best"):
+            raise ConfigError(f"quant.codec={self.codec!r}: choose zlib, zstd, lzma, brotli or best")
+        if self.codec == "best" and self.level != -1:
+            raise ConfigError("quant.codec=best compares every codec at its strongest level; "
+                              "leave quant.level=-1")
         if not 50.0 < self.clip_percentile <= 100.0:
             raise ConfigError(f"quant.clip_percentile={self.clip_percentile} must be in (50, 100]")
+        if self.clip not in ("percentile", "search", "sdclip"):
+            raise ConfigError(f"quant.clip={self.clip!r}: choose percentile, search or sdclip")
+        if not self.sdclip_k > 0.0:
+            raise ConfigError(f"quant.sdclip_k={self.sdclip_k} must be > 0")
+        if not 0.0 <= self.prune_frac <= 1.0:
+            raise ConfigError(f"quant.prune_frac={self.prune_frac} must be a fraction in [0, 1]")
+        if not 0.0 <= self.gptq_damp < 1.0 or self.gptq_block < 1:
+            raise ConfigError("quant.gptq_damp must be in [0, 1) and quant.gptq_block >= 1")
+        if self.gptq_calib not in ("train", "self"):
+            raise ConfigError(f"quant.gptq_calib={self.gptq_calib!r}: choose train or self")
+        if self.qat not in ("off", "ste", "noise"):
+            raise ConfigError(f"quant.qat={self.qat!r}: choose off, ste or noise")
+        if not 0.0 <= self.qat_start_frac <= 1.0:
+            raise ConfigError(f"quant.qat_start_frac={self.qat_start_frac} must be in [0, 1]")
 
 
 @dataclass

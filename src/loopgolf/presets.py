@@ -38,6 +38,92 @@ def universal() -> RunConfig:
     )
 
 
+def seed_universal_mqa() -> RunConfig:
+    """Seed 1 (Universal Transformer): one shared block x 12 loops, MQA 8Q/1KV, SwiGLU, full RoPE,
+    tied embeddings; the `universal` preset under its seed name (3,478,536 parameters)."""
+    cfg = universal()
+    cfg.name = "seed-universal-mqa"
+    return cfg
+
+
+def seed_shared_3x4() -> RunConfig:
+    """Seed PR #1453 (techniques.md 4f1): 3 shared blocks x 4 repeats at d=880, 8/4 heads, LeakyReLU^2
+    MLP 3x, per-virtual-layer loop embeddings, a cross-repeat skip (each block's previous-repeat output,
+    3x3x880 scales), 2 full-width value embeddings added to the residual with 12x2x880 scales, XSA on
+    the last 4 virtual layers, no U-Net, progressive depth 2 -> 3 -> 4 repeats at 30% / 50% of the
+    budget, SWA from 60%. 23,662,344 parameters, as published. Differences from the published script:
+    the depth ramp compiles all three graphs before the clock instead of recompiling mid-run, and SWA
+    snapshots are spaced by run fraction instead of every 30 steps."""
+    return RunConfig(
+        name="seed-shared-3x4",
+        model=ModelConfig(dim=880, n_heads=8, n_kv_heads=4, mlp="leaky_relu2", mlp_hidden=2640, plan="3x4",
+                          plan_stages="3x2@0.3;3x3@0.5", unet_skips=False, loop_embed=True,
+                          cross_repeat=True, value_embeds=2, xsa_last=4),
+        optim=OptimConfig(matrix_lr=0.018, tied_embed_lr=0.021, scalar_lr=0.018, weight_decay=0.04,
+                          momentum_warmup_frac=0.1, warmdown_frac=0.7, swa_start_frac=0.6, swa_every_frac=0.007),
+        train=TrainConfig(budget_s=600.0),
+    )
+
+
+def seed_loop45() -> RunConfig:
+    """Mini recurrence (record (a) lineage, PR #1204/#1285): 11 layers d=512, 8/4 heads, LeakyReLU^2 MLP
+    3x, layers 4-5 run twice (13 virtual layers) once 48% of the budget has passed (record (a): step 3000
+    of ~6,240), sigmoid-gated U-Net skips, XSA on every virtual layer, partial RoPE 16, LN scale,
+    BigramHash 3072x112, MuonEq-R, Muon/Adam weight decay 0.04, grad clip 0.3, EMA, seq 2048,
+    786,432 tokens per step. 26,906,713 parameters. Record (a)'s variant has 30,352,046: it also unties
+    the repeated MLPs (+3,145,728), uses a 2816-row bigram table (-28,672), VE128 on layers 9-10
+    (+163,842), a static SmearGate (+512), two-lane parallel residuals and per-virtual-layer block
+    scalars; those stay available as config fields (model.untie_repeat_mlp, ve_dim, smear_gate, ...)."""
+    return RunConfig(
+        name="seed-loop45",
+        model=ModelConfig(mlp="leaky_relu2", mlp_hidden=1536, plan="11:4-5x2", plan_stages="11@0.48",
+                          skip_gated=True, xsa_last=-1, rope_dims=16, ln_scale=True, bigram_buckets=3072,
+                          bigram_dim=112),
+        optim=OptimConfig(matrix_lr=0.03, tied_embed_lr=0.035, scalar_lr=0.025, momentum=0.99,
+                          momentum_warmup_start=0.92, momentum_warmup_frac=0.24, muon_row_norm=True,
+                          weight_decay=0.04, adam_weight_decay=0.04, grad_clip=0.3, warmdown_frac=0.56,
+                          ema_horizon_frac=0.05),
+        train=TrainConfig(batch_tokens=786_432, micro_batch_seqs=32, budget_s=600.0),
+    ).override(["data.seq_len=2048"])
+
+
+def seed_recursive_4b() -> RunConfig:
+    """Seed PR #927 (techniques.md 4f2): 4 shared blocks cycled over 7 virtual layers (0 1 2 3 0 1 2),
+    d=1024, 32/8 heads, ReLU^2 MLP 2x, attention/MLP scales and resid_mix per virtual layer, U-Net
+    skips across loops (3 encoder / 4 decoder), XSA on the last 4 virtual layers, VE128 injected into V
+    on virtual layers 5 and 6, SmearGate, BigramHash 10240x128, seq 2048, SWA. 29,950,083 parameters:
+    one more than published (29,950,082) because each V-injected layer has its own scale here.
+    Intended behaviour, not the published one: PR #927 set the XSA flag on the shared block objects,
+    so all 4 blocks ran XSA on every visit; here XSA applies to the last 4 virtual layers only."""
+    return RunConfig(
+        name="seed-recursive-4b",
+        model=ModelConfig(dim=1024, n_heads=32, n_kv_heads=8, mlp_hidden=2048, plan="4c7",
+                          per_layer_scales=True, xsa_last=4, ve_dim=128, ve_layers="5,6", smear_gate=True,
+                          bigram_buckets=10240, bigram_dim=128),
+        optim=OptimConfig(warmdown_frac=0.5, momentum_warmup_frac=0.1, swa_start_frac=0.7, swa_every_frac=0.02),
+        train=TrainConfig(micro_batch_seqs=32, budget_s=600.0),
+    ).override(["data.seq_len=2048"])
+
+
+def record_loop345() -> RunConfig:
+    """The April record shape (record (d), PR #1493): 11 layers d=512, 8/4 heads, LeakyReLU^2 MLP 4x,
+    layers 3-5 run three times (17 virtual layers) from 35% of the budget, single-lane parallel
+    residuals from layer 7, QK gain 5.25, XSA on all layers, partial RoPE 16, LN scale, sigmoid-gated
+    skips, vocab 8192, MuonEq-R, Muon WD 0.095, EMA, warm-down 72%. 35,944,536 parameters, as
+    published (35,943,512 for record (c)'s 15-layer loop: one skip pair fewer)."""
+    return RunConfig(
+        name="record-loop345",
+        model=ModelConfig(vocab_size=8192, mlp="leaky_relu2", mlp_hidden=2048, plan="11:3-5x3",
+                          plan_stages="11@0.35", parallel_from=7, qk_gain_init=5.25, xsa_last=-1,
+                          rope_dims=16, ln_scale=True, skip_gated=True),
+        optim=OptimConfig(matrix_lr=0.022, tied_embed_lr=0.03, scalar_lr=0.02, momentum=0.99,
+                          momentum_warmup_start=0.92, momentum_warmup_frac=0.33, muon_row_norm=True,
+                          weight_decay=0.095, adam_weight_decay=0.02, embed_weight_decay=0.085,
+                          grad_clip=0.3, warmdown_frac=0.72, ema_horizon_frac=0.06),
+        train=TrainConfig(batch_tokens=786_432, micro_batch_seqs=32, budget_s=600.0),
+    ).override(["data.seq_len=2048"])
+
+
 def demo() -> RunConfig:
     """A looped model small enough to train on 2 CPU cores in under two minutes (`loopgolf demo`):
     2 shared blocks x 3 loops at d=128, seq 256, 8,192 tokens per step."""
@@ -65,6 +151,11 @@ def tiny() -> RunConfig:
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "baseline": baseline,
     "universal": universal,
+    "seed-universal-mqa": seed_universal_mqa,
+    "seed-shared-3x4": seed_shared_3x4,
+    "seed-loop45": seed_loop45,
+    "seed-recursive-4b": seed_recursive_4b,
+    "record-loop345": record_loop345,
     "demo": demo,
     "tiny": tiny,
 }

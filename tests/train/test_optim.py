@@ -49,3 +49,37 @@ def test_untied_model_gets_head_group_and_embed_lr():
     adam = opts[-1]
     lrs = {g["name"]: g["lr"] for g in adam.param_groups}
     assert lrs["adam_embed"] == cfg.optim.embed_lr and lrs["adam_head"] == cfg.optim.head_lr
+
+
+def test_polar_express_and_row_norm_orthogonalize():
+    from loopgolf.train.optim import POLAR_EXPRESS_NS
+    torch.manual_seed(0)
+    g = torch.randn(3, 48, 32)
+    x = newton_schulz5(g, steps=5, coeffs=POLAR_EXPRESS_NS).float()
+    s = torch.linalg.svdvals(x)
+    assert s.min() > 0.5 and s.max() < 1.5
+    p = torch.nn.Parameter(torch.zeros(16, 8))
+    opt = Muon([p], lr=0.1, momentum=0.0, nesterov=False, row_norm=True, coeffs="polar")
+    p.grad = torch.randn(16, 8) * torch.logspace(-3, 3, 16)[:, None]  # wildly scaled rows
+    opt.step()
+    assert torch.isfinite(p).all() and p.abs().max() > 0
+
+
+def test_lr_floor_and_weight_average():
+    from loopgolf.config import OptimConfig, TrainConfig
+    from loopgolf.train.averaging import WeightAverage
+    from loopgolf.train.schedule import Progress, lr_multiplier
+    t = TrainConfig(budget_s=100, max_steps=10**9)
+    assert lr_multiplier(Progress(0, 99.0, 0.1), OptimConfig(warmdown_frac=0.5, min_lr_frac=0.1), t) == 0.1
+    model = torch.nn.Linear(2, 2, bias=False)
+    ema = WeightAverage(model, ema_horizon_frac=0.5)
+    for value in (0.0, 1.0, 1.0, 1.0):
+        model.weight.data.fill_(value)
+        ema.update(frac=0.5, expected_steps=4)  # tau = 2 steps -> decay 0.5
+    ema.swap_in()
+    assert torch.allclose(model.weight, torch.full((2, 2), 0.875))
+    swa = WeightAverage(model, swa_start_frac=0.5, swa_every_frac=0.1)
+    for frac, value in ((0.2, 9.0), (0.5, 1.0), (0.55, 5.0), (0.6, 3.0)):
+        model.weight.data.fill_(value)
+        swa.update(frac=frac, expected_steps=100)
+    assert swa.swap_in() == 2 and torch.allclose(model.weight, torch.full((2, 2), 2.0))

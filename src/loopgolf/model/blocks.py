@@ -1,10 +1,12 @@
-"""Transformer pieces of the challenge baseline: rotary attention with QK-norm and q gain, MLPs, Block.
+"""Transformer pieces: rotary attention with QK-norm and q gain, MLPs, and the Block.
 
-Shapes follow the baseline `train_gpt.py` (techniques.md section 2.1): RMSNorm without weights,
-GQA attention with full RoPE and per-head `q_gain`, ReLU^2 MLP, per-block `attn_scale`,
-`mlp_scale` and `resid_mix` (mixing the running residual with x0, the normalized embedding), and
-zero-initialized output projections so every block starts as the identity. Parameter names are an
-API: the optimizer table (train/optim.py) and the quantization table (compress/quant.py) match them.
+Defaults reproduce the challenge baseline (techniques.md 2.1): RMSNorm without weights, GQA attention
+with full RoPE and per-head `q_gain`, ReLU^2 MLP, per-block `attn_scale`, `mlp_scale` and `resid_mix`
+(mixing the running residual with x0, the normalized embedding), zero-initialized output projections
+so every block starts as the identity. Options that the records use are decided at construction or
+come in through the per-virtual-layer `LayerSpec` (model/recurrence.py), so a block shared by several
+virtual layers can, e.g., use XSA on its last visit only. Parameter names are an API: the optimizer
+table (train/optim.py) and the quantization table (compress/quant.py) match them.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loopgolf.config import ModelConfig
+from loopgolf.model.recurrence import LayerSpec
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -20,26 +23,25 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 class Rotary(nn.Module):
-    """RoPE over the full head dimension (baseline: base 10000, all 64 dims)."""
+    """RoPE over the first `dims` dims of each head (baseline: all 64; records: 16, partial RoPE)."""
 
-    def __init__(self, head_dim: int, base: float):
+    def __init__(self, dims: int, base: float):
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        inv_freq = 1.0 / (base ** (torch.arange(0, dims, 2, dtype=torch.float32) / dims))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.dims = dims
 
-    def forward(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        # Recomputed each call: a T x D/2 outer product is free next to attention, and stateless
-        # code keeps torch.compile free of guards on a Python-side cache.
-        t = torch.arange(seq_len, device=device, dtype=torch.float32)
-        freqs = torch.outer(t, self.inv_freq)
-        return freqs.cos()[None, None], freqs.sin()[None, None]  # (1,1,T,D/2)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    d = x.size(-1) // 2
-    x1, x2 = x[..., :d], x[..., d:]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # cos/sin recomputed per call: a T x D/2 outer product is free next to attention, and
+        # stateless code keeps torch.compile free of guards on a Python-side cache.
+        T = x.size(-2)
+        freqs = torch.outer(torch.arange(T, device=x.device, dtype=torch.float32), self.inv_freq)
+        cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)  # (T, dims/2)
+        rot, rest = x[..., :self.dims], x[..., self.dims:]
+        d = self.dims // 2
+        x1, x2 = rot[..., :d], rot[..., d:]
+        rot = torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+        return torch.cat((rot, rest), dim=-1) if rest.size(-1) else rot
 
 
 class Attention(nn.Module):
@@ -53,18 +55,23 @@ class Attention(nn.Module):
         self.c_v = nn.Linear(cfg.dim, kv_dim, bias=False)
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.q_gain = nn.Parameter(torch.full((cfg.n_heads,), cfg.qk_gain_init))
-        self.rotary = Rotary(self.head_dim, cfg.rope_base)
+        self.rotary = Rotary(cfg.rope_dims or self.head_dim, cfg.rope_base)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spec: LayerSpec, v_extra: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q = self.c_q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B,H,T,D)
-        k = self.c_k(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.c_v(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = rms_norm(q), rms_norm(k)
-        cos, sin = self.rotary(T, x.device)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        k = self.c_k(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B,KV,T,D)
+        v = self.c_v(x)
+        if v_extra is not None:  # value embedding injected into V (record (a) L318-326)
+            v = v + v_extra
+        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
+        if spec.xsa:
+            # XSA: remove the component along the token's own normalized value (record (c) L393-400)
+            vh = F.normalize(v, dim=-1).repeat_interleave(self.n_heads // self.n_kv, dim=1)
+            y = y - (y * vh).sum(-1, keepdim=True) * vh
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -100,16 +107,36 @@ MLPS = {
 
 
 class Block(nn.Module):
+    """One physical block. Its residual controls (attn_scale, mlp_scale, resid_mix) live here unless
+    model.per_layer_scales moves them to one set per virtual layer (PR #927), in which case the GPT
+    passes them in."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.attn = Attention(cfg)
         self.mlp = MLPS[cfg.mlp](cfg)
-        self.attn_scale = nn.Parameter(torch.ones(cfg.dim))
-        self.mlp_scale = nn.Parameter(torch.ones(cfg.dim))
-        self.resid_mix = nn.Parameter(torch.stack([torch.ones(cfg.dim), torch.zeros(cfg.dim)]))
+        if not cfg.per_layer_scales:
+            self.attn_scale = nn.Parameter(torch.ones(cfg.dim))
+            self.mlp_scale = nn.Parameter(torch.ones(cfg.dim))
+            self.resid_mix = nn.Parameter(torch.stack([torch.ones(cfg.dim), torch.zeros(cfg.dim)]))
 
-    def forward(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        mix = self.resid_mix.to(x.dtype)
+    def controls(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.attn_scale, self.mlp_scale, self.resid_mix
+
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, spec: LayerSpec,
+                controls: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                v_extra: torch.Tensor | None = None, mlp: nn.Module | None = None) -> torch.Tensor:
+        attn_scale, mlp_scale, mix = (c.to(x.dtype) for c in controls)
+        mlp = self.mlp if mlp is None else mlp
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x))
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x))
+        h = rms_norm(x)
+        if spec.ln_scale != 1.0:
+            h = h * spec.ln_scale
+        a = attn_scale * self.attn(h, spec, v_extra)
+        if spec.parallel:  # GPT-J single-lane parallel residual (record (d) L109-113)
+            return x + a + mlp_scale * mlp(h)
+        x = x + a
+        h = rms_norm(x)
+        if spec.ln_scale != 1.0:
+            h = h * spec.ln_scale
+        return x + mlp_scale * mlp(h)

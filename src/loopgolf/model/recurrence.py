@@ -124,3 +124,86 @@ def _positive(text: str, what: str) -> int:
     if v < 1:
         raise PlanError(f"{what} must be >= 1")
     return v
+
+
+# --- per-virtual-layer flags ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Static facts about one virtual layer of one plan; blocks read flags from here, so a flag set
+    "on the last n layers" applies per VIRTUAL layer even when blocks are shared (PR #927 set XSA on
+    the shared block objects, so the last assignment won for every visit)."""
+
+    v: int  # virtual index
+    block: int  # physical block
+    visit: int  # how many earlier visits this block had in the plan
+    xsa: bool = False
+    ln_scale: float = 1.0
+    parallel: bool = False
+    ve_slot: int = -1  # index into the V-injection scales, -1 = none
+
+
+def layer_specs(plan: RecurrencePlan, xsa_last: int = 0, ln_scale: bool = False, parallel_from: int = -1,
+                ve_layers: tuple[int, ...] = ()) -> tuple[LayerSpec, ...]:
+    n = plan.n_virtual
+    xsa_from = 0 if xsa_last < 0 else n - xsa_last
+    ve = [v % n for v in ve_layers]
+    return tuple(
+        LayerSpec(v=v, block=b, visit=visit, xsa=xsa_last != 0 and v >= xsa_from,
+                  ln_scale=(b + 1) ** -0.5 if ln_scale else 1.0,
+                  parallel=parallel_from >= 0 and b >= parallel_from,
+                  ve_slot=ve.index(v) if v in ve else -1)
+        for v, (b, visit) in enumerate(zip(plan.schedule, plan.visit_index)))
+
+
+def parse_int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
+    except ValueError:
+        raise PlanError(f"{text!r} is not a comma list of integers") from None
+
+
+# --- stages: plans that change during training (loop activation, progressive depth) --------------
+
+@dataclass(frozen=True)
+class Stage:
+    plan: RecurrencePlan
+    until_frac: float = float("inf")  # this stage runs while progress < until_frac ...
+    until_step: int = 2**62  # ... and step < until_step
+
+    def covers(self, frac: float, step: int) -> bool:
+        return frac < self.until_frac and step < self.until_step
+
+
+def parse_stages(stages: str, final: str) -> tuple[Stage, ...]:
+    """"11@0.35;..." + final plan -> stages in order; every stage must use the final plan's blocks."""
+    out = []
+    for item in filter(None, (t.strip() for t in stages.split(";"))):
+        if "@" not in item:
+            raise PlanError(f"plan stage {item!r}: expected SPEC@FRACTION or SPEC@sSTEP, e.g. 11@0.35")
+        spec, until = item.rsplit("@", 1)
+        try:
+            stage = (Stage(parse_plan(spec), until_step=int(until[1:])) if until.startswith("s")
+                     else Stage(parse_plan(spec), until_frac=float(until)))
+        except ValueError as e:
+            if isinstance(e, PlanError):
+                raise
+            raise PlanError(f"plan stage {item!r}: {until!r} is not a fraction or sSTEP") from None
+        out.append(stage)
+    out.append(Stage(parse_plan(final)))
+    n_blocks = out[-1].plan.n_blocks
+    for st in out[:-1]:
+        if st.plan.n_blocks > n_blocks:
+            raise PlanError(f"plan stage {st.plan.spec!r} uses {st.plan.n_blocks} blocks but the final "
+                            f"plan {final!r} has {n_blocks}")
+    fracs = [s.until_frac for s in out[:-1] if s.until_frac != float("inf")]
+    if fracs != sorted(fracs) or any(not 0 < f <= 1 for f in fracs):
+        raise PlanError(f"plan stages {stages!r}: fractions must increase within (0, 1]")
+    return tuple(out)
+
+
+def stage_index(stages: tuple[Stage, ...], frac: float, step: int) -> int:
+    for i, st in enumerate(stages):
+        if st.covers(frac, step):
+            return i
+    return len(stages) - 1

@@ -22,8 +22,9 @@ from loopgolf.config import RunConfig
 from loopgolf.data.loader import BatchLoader
 from loopgolf.metrics import Logger
 from loopgolf.train.checkpoint import load_checkpoint, save_checkpoint
+from loopgolf.train.averaging import WeightAverage
 from loopgolf.train.optim import build_optimizers
-from loopgolf.train.schedule import Clock, Progress, lr_multiplier, momentum_at
+from loopgolf.train.schedule import Clock, Progress, lr_multiplier, momentum_at, progress_fraction
 
 
 class TrainingDiverged(RuntimeError):
@@ -45,6 +46,8 @@ class Trainer:
         self.step = 0
         self.clock = Clock()
         self.last_loss = float("nan")
+        o = cfg.optim
+        self.average = WeightAverage(model, o.ema_horizon_frac, o.swa_start_frac, o.swa_every_frac)
 
     # --- one optimizer step ---------------------------------------------------------------------
     def _set_schedules(self, prog: Progress) -> float:
@@ -87,9 +90,14 @@ class Trainer:
         model_state = copy.deepcopy(self.raw_model.state_dict())
         opt_states = [copy.deepcopy(o.state_dict()) for o in self.opts]
         position = self.loader.stream.position
-        for _ in range(n):
-            self._set_schedules(Progress(0, 0.0, 0.0))
-            self._train_step()
+        final_stage = self.raw_model.stage
+        # every plan stage is its own graph: compile and warm each one now, never in the timed loop
+        for stage in range(len(self.raw_model.stages)):
+            self.raw_model.stage = stage
+            for _ in range(n):
+                self._set_schedules(Progress(0, 0.0, 0.0))
+                self._train_step()
+        self.raw_model.stage = final_stage
         self.raw_model.load_state_dict(model_state)
         for o, s in zip(self.opts, opt_states):
             o.load_state_dict(s)
@@ -129,18 +137,28 @@ class Trainer:
         info = dist.info()
         start_step, start_seconds = self.step, self.clock.seconds
         self.clock.start()
-        stats = torch.zeros(2, dtype=torch.float64, device=self.device)
+        stats = torch.zeros(3, dtype=torch.float64, device=self.device)
+        agreed_s = self.clock.seconds  # mean clock over ranks, so every rank picks the same schedule
         while self.step < t.max_steps:
             steps_done = self.step - start_step
-            avg = (self.clock.seconds - start_seconds) / steps_done if steps_done else 0.0
-            prog = Progress(self.step, self.clock.seconds, avg)
+            avg = (agreed_s - start_seconds) / steps_done if steps_done else 0.0
+            prog = Progress(self.step, agreed_s, avg)
+            frac = progress_fraction(prog, t)
+            if self.raw_model.select_stage(frac, self.step):
+                self.logger.log("plan_stage", step=self.step, frac=round(frac, 4), stage=self.raw_model.stage,
+                                plan=self.raw_model.plan.spec, virtual_layers=self.raw_model.plan.n_virtual)
             mult = self._set_schedules(prog)
             loss = self._train_step()
             self.step += 1
             stats[0] = loss
             stats[1] = 1.0 if (t.budget_s > 0 and self.clock.seconds >= t.budget_s) else 0.0
+            stats[2] = self.clock.seconds
             dist.all_reduce_sum(stats)
-            loss_v, stop = stats.tolist()  # one host sync per step, as the baseline's stop all-reduce
+            loss_v, stop, clock_sum = stats.tolist()  # one host sync per step, like the baseline's stop all-reduce
+            agreed_s = clock_sum / info.world_size
+            if self.average.enabled:
+                expected = t.budget_s / avg if (t.budget_s > 0 and avg > 0) else t.max_steps
+                self.average.update(frac, min(expected, t.max_steps))
             self.last_loss = loss_v
             if not math.isfinite(loss_v):
                 raise TrainingDiverged(
@@ -162,6 +180,9 @@ class Trainer:
             if stop:
                 break
         self.clock.pause()
+        if self.average.enabled:
+            n_avg = self.average.swap_in()
+            self.logger.log("averaging", kind="ema" if self.cfg.optim.ema_horizon_frac else "swa", snapshots=n_avg)
         seconds = self.clock.seconds
         steps = self.step - start_step
         run_seconds = seconds - start_seconds

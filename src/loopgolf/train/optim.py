@@ -17,7 +17,11 @@ from torch import nn
 
 from loopgolf.config import ModelConfig, OptimConfig
 
-CONTROL = re.compile(r"(attn_scale|mlp_scale|resid_mix|q_gain|skip_weight)")
+# Linear weights orthogonalized by Muon, wherever they sit (blocks, repeat MLPs, bigram/VE projections)
+MATRIX = re.compile(r"\.(c_q|c_k|c_v|proj|fc)\.weight$")
+EMBEDDING = re.compile(r"^(tok_emb|value_embeds\.\d+|bigram\.table|ve_inject\.table)\.weight$")
+CONTROL = re.compile(r"(attn_scale|mlp_scale|resid_mix|q_gain|skip_weights|skip_gates|loop_embed|"
+                     r"cross_repeat_scales|ve_scales|bigram\.scale|smear\.gate|ve_inject\.scales)$")
 
 
 @dataclass(frozen=True)
@@ -27,19 +31,11 @@ class ParamRule:
     lr_field: str  # OptimConfig field holding the base learning rate
 
 
-def _block_matrix(n: str, p: torch.Tensor) -> bool:
-    return n.startswith("blocks.") and p.ndim == 2 and not CONTROL.search(n)
-
-
-def _scalar(n: str, p: torch.Tensor) -> bool:
-    return (n.startswith("blocks.") and (p.ndim < 2 or bool(CONTROL.search(n)))) or n == "skip_weights"
-
-
 PARAM_RULES: tuple[ParamRule, ...] = (
-    ParamRule("adam_embed", lambda n, p: n == "tok_emb.weight", "tied_embed_lr"),
+    ParamRule("adam_embed", lambda n, p: bool(EMBEDDING.match(n)), "tied_embed_lr"),
     ParamRule("adam_head", lambda n, p: n == "lm_head.weight", "head_lr"),
-    ParamRule("muon", _block_matrix, "matrix_lr"),
-    ParamRule("adam_scalar", _scalar, "scalar_lr"),
+    ParamRule("muon", lambda n, p: p.ndim == 2 and bool(MATRIX.search(n)), "matrix_lr"),
+    ParamRule("adam_scalar", lambda n, p: bool(CONTROL.search(n)), "scalar_lr"),
 )
 
 
@@ -58,15 +54,28 @@ def assign_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]
     return groups
 
 
-def newton_schulz5(g: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.Tensor:
+STANDARD_NS = ((3.4445, -4.7750, 2.0315),)  # modded-nanogpt / baseline L96-109, every iteration
+# Polar Express: one minimax (a, b, c) per iteration (top record L1716-1748)
+POLAR_EXPRESS_NS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+NS_COEFFS = {"standard": STANDARD_NS, "polar": POLAR_EXPRESS_NS}
+
+
+def newton_schulz5(g: torch.Tensor, steps: int, eps: float = 1e-7,
+                   coeffs: tuple = STANDARD_NS) -> torch.Tensor:
     """Approximate orthogonalization of each matrix in g (..., rows, cols), in bf16."""
-    a, b, c = 3.4445, -4.7750, 2.0315
     x = g.bfloat16()
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
     transposed = g.size(-2) > g.size(-1)
     if transposed:
         x = x.mT
-    for _ in range(steps):
+    for i in range(steps):
+        a, b, c = coeffs[min(i, len(coeffs) - 1)]
         A = x @ x.mT
         B = b * A + c * (A @ A)
         x = a * x + B @ x
@@ -90,10 +99,13 @@ class Muon(torch.optim.Optimizer):
     batched Newton-Schulz call: a few large kernels instead of thousands of tiny launches."""
 
     def __init__(self, params, lr: float, momentum: float, ns_steps: int = 5, nesterov: bool = True,
-                 weight_decay: float = 0.0, compiled: bool = False):
+                 weight_decay: float = 0.0, compiled: bool = False, row_norm: bool = False,
+                 coeffs: str = "standard"):
         super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps, nesterov=nesterov,
                                       weight_decay=weight_decay))
         self._ns = _ns_fn(compiled)
+        self.row_norm = row_norm  # MuonEq-R: unit-L2 rows before Newton-Schulz (record (b) L347)
+        self.coeffs = NS_COEFFS[coeffs]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -113,7 +125,10 @@ class Muon(torch.optim.Optimizer):
                 torch._foreach_mul_(bufs, mom)
                 torch._foreach_add_(bufs, grads)
                 upd = torch._foreach_add(grads, bufs, alpha=mom) if group["nesterov"] else bufs
-                ortho = self._ns(torch.stack(upd), group["ns_steps"])
+                g = torch.stack(upd)
+                if self.row_norm:
+                    g = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-7)
+                ortho = self._ns(g, group["ns_steps"], coeffs=self.coeffs)
                 scale = max(1.0, shape[0] / shape[1]) ** 0.5
                 if group["weight_decay"]:
                     torch._foreach_mul_(ps, 1 - lr * group["weight_decay"])
@@ -131,7 +146,8 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig, mcfg: ModelConfig,
     muon_params = [p for _, p in groups["muon"]]
     if muon_params:
         opt = Muon(muon_params, lr=cfg.matrix_lr, momentum=cfg.momentum, ns_steps=cfg.ns_steps,
-                   weight_decay=cfg.weight_decay, compiled=fused)
+                   weight_decay=cfg.weight_decay, compiled=fused, row_norm=cfg.muon_row_norm,
+                   coeffs=cfg.ns_coeffs)
         opt.param_groups[0]["base_lr"] = cfg.matrix_lr
         opts.append(opt)
     adam_groups = []
@@ -143,8 +159,9 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig, mcfg: ModelConfig,
         if name == "adam_embed" and not mcfg.tie_embeddings:
             field_name = "embed_lr"
         lr = getattr(cfg, field_name)
-        adam_groups.append(dict(params=params, lr=lr, base_lr=lr, name=name))
-    if adam_groups:
-        opts.append(torch.optim.Adam(adam_groups, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
-                                     fused=fused))
+        wd = cfg.embed_weight_decay if name == "adam_embed" else cfg.adam_weight_decay
+        adam_groups.append(dict(params=params, lr=lr, base_lr=lr, name=name, weight_decay=wd))
+    if adam_groups:  # decoupled weight decay per group (AdamW)
+        opts.append(torch.optim.AdamW(adam_groups, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
+                                      fused=fused))
     return opts

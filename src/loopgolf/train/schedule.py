@@ -67,6 +67,8 @@ def lr_multiplier(p: Progress, o: OptimConfig, t: TrainConfig) -> float:
         else:
             remaining_steps = max(0, t.max_steps - p.step)
             m = min(m, remaining_steps / o.warmdown_iters) if remaining_steps < o.warmdown_iters else m
+    if o.min_lr_frac > 0 and f >= o.warmup_frac:
+        m = max(m, o.min_lr_frac)  # the floor applies to warm-down, never to warm-up
     return m
 
 
