@@ -227,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("demo", help="build the demo corpus shards and tokenizer (cached)")
     p.add_argument("--cache-dir", default=str(DEMO_CACHE))
     p.set_defaults(fn=cmd_data_demo)
+    from loopgolf.lab import depth
+
+    depth.register(sub)
     bench = sub.add_parser("bench", help="the proxy benchmark").add_subparsers(dest="bench_command", required=True)
     p = bench.add_parser("prepare", help="tokenize bench .jsonl.zst files into shards")
     p.add_argument("--bench-dir", required=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,9 @@ def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
     if cfg.train.checkpoint_every:
         trainer.save()
 
+    phases = {"compile_warmup_s": round(warm_s, 2), "train_loop_s": result["train_seconds"]}
     pre = val_fn(model, cfg.eval.max_tokens)  # eager model: a ragged last batch would recompile
+    phases["prequant_eval_s"] = round(pre["eval_seconds"], 2)
     logger.log("prequant", val_loss=pre["val_loss"], val_bpb=pre["val_bpb"],
                eval_s=round(pre["eval_seconds"], 2))
     result.update(val_loss_prequant=pre["val_loss"], val_bpb_prequant=pre["val_bpb"],
@@ -116,14 +119,16 @@ def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
     if info.is_main:
         meta = {"config": cfg.to_dict(), "code_sha256": env["code_sha256"], "loopgolf": env["loopgolf"]}
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        t0 = time.perf_counter()
         report = write_artifact(run_dir / ARTIFACT_NAME, state, meta, cfg.quant)
+        phases["compress_s"] = round(time.perf_counter() - t0, 2)
         budget = budget_report(report.total_bytes, code_bytes())
         logger.text(report.format_table())
         logger.log("artifact", path=str(run_dir / ARTIFACT_NAME), **budget)
         logger.text(format_budget(budget))
         result.update(artifact=str(run_dir / ARTIFACT_NAME), artifact_bytes=budget["model_bytes"],
                       code_bytes=budget["code_bytes"], total_bytes=budget["total_bytes"],
-                      fits_budget=budget["fits"])
+                      fits_budget=budget["fits"], phases=phases)
         write_json(run_dir / "result.json", {"name": cfg.name, **result})
     dist.barrier()
     logger.close()
@@ -135,7 +140,9 @@ def evaluate_artifact(artifact: Path, val: str, tokenizer: str, device_kind: str
     """Rebuild the model from the artifact alone and score it; distributed when under torchrun."""
     device = resolve_device(device_kind)
     dist.init(device.type)
+    t0 = time.perf_counter()
     state, meta = read_artifact(artifact)
+    decompress_s = time.perf_counter() - t0
     cfg = RunConfig.from_dict(meta["config"]).validate()
     model = GPT(cfg.model)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -151,4 +158,5 @@ def evaluate_artifact(artifact: Path, val: str, tokenizer: str, device_kind: str
     res = evaluate_bpb(model, tokens, luts, cfg.data.seq_len, min(batch_seqs, 64), device,
                        max_tokens=cfg.eval.max_tokens if max_tokens is None else max_tokens)
     res["artifact_bytes"] = Path(artifact).stat().st_size
+    res["decompress_seconds"] = round(decompress_s, 3)
     return res

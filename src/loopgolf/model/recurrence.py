@@ -207,3 +207,18 @@ def stage_index(stages: tuple[Stage, ...], frac: float, step: int) -> int:
         if st.covers(frac, step):
             return i
     return len(stages) - 1
+
+
+def plan_with_loops(spec: str, loops: int) -> str:
+    """The same topology with another loop count: "3x4" -> "3x6", "11:4-5x2" -> "11:4-5x3",
+    "2+3x4+1" -> "2+3x6+1", "4c7" (4 blocks cycled) -> "4c{4*loops}"."""
+    s = spec.replace(" ", "")
+    if loops < 1:
+        raise PlanError("loop count must be >= 1")
+    for pattern, fmt in ((rf"^(.*\d)x{_INT}(\+.*)?$", None), (rf"^{_INT}c{_INT}$", "cycle")):
+        m = re.match(pattern, s)
+        if m and fmt == "cycle":
+            return f"{m[1]}c{int(m[1]) * loops}"
+        if m:
+            return f"{m[1]}x{loops}{m[3] or ''}"
+    raise PlanError(f"plan {spec!r} has no loop count to change")
