@@ -21,6 +21,16 @@ from pathlib import Path
 from loopgolf.data.corpus import iter_documents
 from loopgolf.data.prepare import tokenize_documents
 
+# dense bf16 peak by datasheet (H100 SXM and H200 share the arithmetic units); MFU = model FLOP/s / peak
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
+
+
+def mfu(result: dict) -> float | None:
+    gpus = result.get("env", {}).get("gpus") or []
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if gpus and k in gpus[0]), None)
+    tf = result.get("model_tflops_per_s")
+    return round(tf / (peak * result.get("world_size", 1)), 4) if peak and tf else None
+
 
 def prepare_bench_shards(bench_dir: Path, tokenizer: Path, out: Path, files: list[str],
                          workers: int = 0) -> dict:
@@ -68,6 +78,7 @@ def run_side_by_side(presets: list[str], shards: Path, tokenizer: Path, budget_s
         if code == 0:
             res.update(json.loads((run_dir / "result.json").read_text()))
             res["env"] = json.loads((run_dir / "env.json").read_text())
+            res["mfu"] = mfu(res)
         results.append(res)
         (out / f"{preset.replace('/', '_')}.json").write_text(json.dumps(res, indent=2, sort_keys=True, default=str))
     print(format_table(results), flush=True)
@@ -75,8 +86,8 @@ def run_side_by_side(presets: list[str], shards: Path, tokenizer: Path, budget_s
 
 
 def format_table(results: list[dict]) -> str:
-    cols = ("preset", "steps", "ms_per_step", "tokens_per_s", "peak_mem_gib", "val_bpb_prequant", "val_bpb",
-            "total_bytes")
+    cols = ("preset", "steps", "ms_per_step", "tokens_per_s", "mfu", "peak_mem_gib", "val_bpb_prequant",
+            "val_bpb", "total_bytes", "stage_ms_per_step")
     lines = [" | ".join(cols)]
     for r in results:
         lines.append(" | ".join(f"{r.get(c):.4f}" if isinstance(r.get(c), float) and c.startswith("val")

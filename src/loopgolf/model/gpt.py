@@ -104,6 +104,20 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token of the running plan (forward + backward = 3 x forward): 6 per
+        matmul weight per visit, plus causal attention's QK^T and AV (6 * T * d per layer, halved by
+        the mask: the convention of the PaLM/nanoGPT MFU estimates)."""
+        linear = 0
+        for spec in self._specs_now():
+            block = self.blocks[spec.block]
+            mlp = self._repeat_mlp(spec.block, spec.visit) or block.mlp
+            linear += sum(m.weight.numel() for m in (block.attn.c_q, block.attn.c_k, block.attn.c_v,
+                                                      block.attn.proj, mlp.fc, mlp.proj))
+        head = self.tok_emb.weight.numel()
+        attn = 6 * seq_len * self.cfg.dim * len(self._specs_now())
+        return 6.0 * (linear + head) + attn
+
     @property
     def plan(self):
         return self.stages[self.stage].plan

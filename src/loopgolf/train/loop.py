@@ -139,6 +139,7 @@ class Trainer:
         self.clock.start()
         stats = torch.zeros(3, dtype=torch.float64, device=self.device)
         agreed_s = self.clock.seconds  # mean clock over ranks, so every rank picks the same schedule
+        stage_time: dict[str, tuple[float, int]] = {}  # plan spec -> (seconds, steps)
         while self.step < t.max_steps:
             steps_done = self.step - start_step
             avg = (agreed_s - start_seconds) / steps_done if steps_done else 0.0
@@ -148,6 +149,7 @@ class Trainer:
                 self.logger.log("plan_stage", step=self.step, frac=round(frac, 4), stage=self.raw_model.stage,
                                 plan=self.raw_model.plan.spec, virtual_layers=self.raw_model.plan.n_virtual)
             mult = self._set_schedules(prog)
+            t_step = self.clock.seconds
             loss = self._train_step()
             self.step += 1
             stats[0] = loss
@@ -156,6 +158,9 @@ class Trainer:
             dist.all_reduce_sum(stats)
             loss_v, stop, clock_sum = stats.tolist()  # one host sync per step, like the baseline's stop all-reduce
             agreed_s = clock_sum / info.world_size
+            spec = self.raw_model.plan.spec
+            secs, n = stage_time.get(spec, (0.0, 0))
+            stage_time[spec] = (secs + self.clock.seconds - t_step, n + 1)
             if self.average.enabled:
                 expected = t.budget_s / avg if (t.budget_s > 0 and avg > 0) else t.max_steps
                 self.average.update(frac, min(expected, t.max_steps))
@@ -195,7 +200,12 @@ class Trainer:
             "train_tokens": self.step * self.loader.batch_tokens,
             "final_train_loss": self.last_loss,
             "world_size": info.world_size,
+            # ms/step per plan stage, e.g. before and after the loops switch on
+            "stage_ms_per_step": {k: round(1000 * v[0] / v[1], 2) for k, v in stage_time.items()},
+            "stage_steps": {k: v[1] for k, v in stage_time.items()},
         }
+        flops = self.raw_model.flops_per_token(self.loader.seq_len)
+        out["model_tflops_per_s"] = round(flops * out["tokens_per_s"] / 1e12, 2)
         if self.device.type == "cuda":
             out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         return out
