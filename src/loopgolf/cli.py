@@ -120,35 +120,6 @@ def cmd_size(args) -> int:
     return 0
 
 
-def cmd_data_tokenizer(args) -> int:
-    from itertools import chain
-
-    from loopgolf.data.corpus import iter_documents
-    from loopgolf.data.tokenizer import train_tokenizer
-
-    docs = chain.from_iterable(iter_documents(Path(p)) for p in args.input)
-    path = train_tokenizer(docs, args.vocab_size, args.out, max_docs=args.max_docs)
-    print(f"tokenizer written: {path}")
-    return 0
-
-
-def cmd_data_tokenize(args) -> int:
-    from loopgolf.data.prepare import prepare_corpus
-
-    manifest = prepare_corpus([Path(p) for p in args.input], Path(args.tokenizer), Path(args.out),
-                              val_fraction=args.val_fraction, seed=args.seed,
-                              shard_tokens=args.shard_tokens, workers=args.workers)
-    print(json.dumps(manifest, indent=2, default=str))
-    return 0
-
-
-def cmd_data_demo(args) -> int:
-    from loopgolf.data.prepare import prepare_demo
-
-    print(json.dumps(prepare_demo(Path(args.cache_dir)), indent=2, default=str))
-    return 0
-
-
 def cmd_bench_prepare(args) -> int:
     from loopgolf.lab.bench import prepare_bench_shards
 
@@ -208,25 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact")
     p.set_defaults(fn=cmd_size)
 
-    data = sub.add_parser("data", help="tokenizers and shards").add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("tokenizer", help="train a SentencePiece BPE with the challenge's settings")
-    p.add_argument("--input", nargs="+", required=True, help=".txt/.jsonl/.jsonl.zst files or folders")
-    p.add_argument("--vocab-size", type=int, default=1024)
-    p.add_argument("--out", required=True, help="output prefix (writes PREFIX.model and PREFIX.vocab)")
-    p.add_argument("--max-docs", type=int, default=None)
-    p.set_defaults(fn=cmd_data_tokenizer)
-    p = data.add_parser("tokenize", help="documents -> train/val shards ([BOS]+pieces per document)")
-    p.add_argument("--input", nargs="+", required=True)
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--val-fraction", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard-tokens", type=int, default=10**8)
-    p.add_argument("--workers", type=int, default=0, help="0 = all cores")
-    p.set_defaults(fn=cmd_data_tokenize)
-    p = data.add_parser("demo", help="build the demo corpus shards and tokenizer (cached)")
-    p.add_argument("--cache-dir", default=str(DEMO_CACHE))
-    p.set_defaults(fn=cmd_data_demo)
+    from loopgolf.lab import data_commands
+
+    data_commands.register(sub)
     from loopgolf.lab import depth
 
     depth.register(sub)

@@ -101,3 +101,30 @@ def test_demo_documents_fallback(monkeypatch):
     monkeypatch.setattr(corpus, "DEMO_PACKAGE", "surely_not_an_installed_package_xyz")
     docs, source = demo_documents()
     assert len(docs) > 20 and "pydoc" in source
+
+
+def test_parquet_documents(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from loopgolf.data.corpus import CorpusError
+
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"text": ["first", None, "", "second doc"], "n": [1, 2, 3, 4]}), path,
+                   row_group_size=2)
+    assert list(iter_documents(path)) == ["first", "second doc"]
+    with pytest.raises(CorpusError, match=r"docs.parquet: no column 'body' \(columns: text, n\)"):
+        list(iter_documents(path, text_key="body"))
+    with pytest.raises(CorpusError, match="row 1: column 'n' is int"):
+        list(iter_documents(path, text_key="n"))
+
+
+def test_parquet_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):
+    import sys
+
+    from loopgolf.data.corpus import CorpusError
+
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    (tmp_path / "x.parquet").write_bytes(b"PAR1")
+    with pytest.raises(CorpusError, match="x.parquet: reading .parquet needs pyarrow; pip install pyarrow"):
+        list(iter_documents(tmp_path / "x.parquet"))

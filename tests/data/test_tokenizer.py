@@ -80,3 +80,20 @@ def test_bit_flip_caught_by_expected_digest(tmp_path, tiny_sp_model):
     load_tokenizer(path)
     with pytest.raises(TokenizerError, match=r"flipped\.model: SHA-256 .* differs"):
         load_tokenizer(path, expected_sha256=digest)
+
+
+def test_selftest_passes_a_good_tokenizer_and_fails_one_without_a_space_piece(tmp_path, tiny_sp_model):
+    import random
+
+    from loopgolf.data.tokenizer import selftest_tokenizer
+
+    assert selftest_tokenizer(tiny_sp_model)["ok"]
+    rng = random.Random(0)
+    words = "alpha beta gamma delta river city music garden".split()
+    no_spaces = ["-".join(rng.choice(words) for _ in range(30)) for _ in range(300)]
+    bad = train_tokenizer(no_spaces, 320, tmp_path / "nospace")
+    report = selftest_tokenizer(bad)
+    assert not report["ok"]
+    assert any("no standalone" in p and "#897" in p for p in report["problems"])
+    # "The quick brown fox ...": 8 spaces each counted as 3 byte-fallback bytes
+    assert any("count 60 bytes but the normalized text has 44" in p for p in report["problems"])

@@ -58,3 +58,28 @@ def test_usable_tokens_truncates_like_the_baseline():
     assert usable_tokens(1000, 100) == 901
     assert usable_tokens(1001, 100) == 1001
     assert usable_tokens(10_000, 100, max_tokens=250) == 201
+
+
+def test_byte_sidecar_replaces_the_tables(tiny_shards):
+    import pytest
+
+    from loopgolf.data.shards import load_shard
+    from loopgolf.data.transform import IdentityTransform, piece_bytes_table, token_byte_counts
+
+    sp = load_tokenizer(tiny_shards["tokenizer"])
+    tokens = np.asarray(load_shard(tiny_shards["val"][0]))
+    luts = build_byte_luts(sp, 512).to_torch(torch.device("cpu"))
+    table = piece_bytes_table(sp)
+    bos = np.flatnonzero(tokens == 1).tolist() + [len(tokens)]
+    side = np.concatenate([token_byte_counts(tokens[a + 1:b].tolist(), table, IdentityTransform())
+                           for a, b in zip(bos[:-1], bos[1:])])
+    model = _model(512)
+    ref = evaluate_bpb(model, tokens, luts, 32, batch_seqs=8, device=torch.device("cpu"), max_tokens=1024)
+    got = evaluate_bpb(model, tokens, luts, 32, batch_seqs=8, device=torch.device("cpu"), max_tokens=1024, byte_sidecar=side)
+    assert got["val_bytes"] == ref["val_bytes"] and got["val_bpb"] == ref["val_bpb"]
+    doubled = evaluate_bpb(model, tokens, luts, 32, batch_seqs=8, device=torch.device("cpu"), max_tokens=1024,
+                           byte_sidecar=2 * side)
+    assert doubled["val_bytes"] == 2 * ref["val_bytes"]
+    assert doubled["val_bpb"] == pytest.approx(ref["val_bpb"] / 2, rel=1e-12)
+    with pytest.raises(ValueError, match="byte_sidecar has 3 entries"):
+        evaluate_bpb(model, tokens, luts, 32, batch_seqs=8, device=torch.device("cpu"), max_tokens=1024, byte_sidecar=side[:3])

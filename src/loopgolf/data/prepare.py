@@ -29,6 +29,7 @@ from .atomic import atomic_write_text
 from .corpus import demo_documents, iter_documents, overlap, split_documents
 from .shards import list_shards, read_header, write_shard
 from .tokenizer import BOS_ID, TokenizerError, check_tokenizer, load_tokenizer, train_tokenizer
+from .transform import TextTransform, get_transform, piece_bytes_table, sidecar_path, token_byte_counts
 
 _CHUNK_DOCS = 512  # documents per worker task
 _CHUNK_CHARS = 1 << 20  # ...or fewer, when documents are long, to bound task size
@@ -41,12 +42,16 @@ _DEMO_PREFIX = "demo"
 
 def tokenize_documents(docs: Iterable[str], tokenizer_path: str | os.PathLike, out_dir: str | os.PathLike,
                        split: str, shard_tokens: int = 10**8, workers: int = 0, progress: bool = True,
-                       prefix: str = "fineweb") -> list[Path]:
+                       prefix: str = "fineweb", transform: str | None = None) -> list[Path]:
     """Encode documents into `{prefix}_{split}_{i:06d}.bin` shards in out_dir; returns their paths.
 
     workers=0 uses every available CPU; workers=1 encodes in this process. Shards of this
-    prefix and split left over from an earlier, longer run are deleted.
+    prefix and split left over from an earlier, longer run are deleted. With a transform (a name
+    in transform.TRANSFORMS) documents are rewritten before encoding and each shard gets a byte
+    sidecar (transform.sidecar_path) holding every token's original UTF-8 byte count.
     """
+    if transform is not None:
+        get_transform(transform)  # fail on a bad name before any work
     if shard_tokens < 1:
         raise ValueError(f"shard_tokens={shard_tokens} must be >= 1")
     for name, value in (("split", split), ("prefix", prefix)):
@@ -66,28 +71,42 @@ def tokenize_documents(docs: Iterable[str], tokenizer_path: str | os.PathLike, o
 
     paths: list[Path] = []
     buf = np.empty(shard_tokens, dtype=np.uint16)  # untouched pages cost no memory
+    side = np.empty(shard_tokens, dtype=np.uint16) if transform else None
     fill = 0
     total = len(docs) if hasattr(docs, "__len__") else None
     bar = tqdm(total=total, desc=f"tokenize {split}", unit="doc", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     with bar:
-        for n_docs, tokens in _encoded_chunks(docs, tokenizer_path, sp, workers):
+        for n_docs, tokens, counts in _encoded_chunks(docs, tokenizer_path, sp, workers, transform):
             pos = 0
             while pos < tokens.size:
                 take = min(shard_tokens - fill, tokens.size - pos)
                 buf[fill:fill + take] = tokens[pos:pos + take]
+                if side is not None:
+                    side[fill:fill + take] = counts[pos:pos + take]
                 fill += take
                 pos += take
                 if fill == shard_tokens:
-                    paths.append(write_shard(_shard_path(out_dir, prefix, split, len(paths)), buf))
+                    paths.append(_write(out_dir, prefix, split, len(paths), buf, side))
                     fill = 0
             bar.update(n_docs)
     if fill:
-        paths.append(write_shard(_shard_path(out_dir, prefix, split, len(paths)), buf[:fill]))
+        paths.append(_write(out_dir, prefix, split, len(paths), buf[:fill],
+                            None if side is None else side[:fill]))
     if not paths:
         raise ValueError(f"no documents to tokenize for split {split!r}")
     _remove_stale_shards(out_dir, prefix, split, keep=len(paths))
+    if side is None:  # sidecars of an earlier transformed run no longer describe these tokens
+        _remove_stale_shards(out_dir / "bytes", prefix, split, keep=0)
     return paths
+
+
+def _write(out_dir: Path, prefix: str, split: str, index: int, tokens: np.ndarray,
+           counts: np.ndarray | None) -> Path:
+    path = _shard_path(out_dir, prefix, split, index)
+    if counts is not None:  # the sidecar first: a token shard without its sidecar is refused
+        write_shard(sidecar_path(path), counts)
+    return write_shard(path, tokens)
 
 
 def _shard_path(out_dir: Path, prefix: str, split: str, index: int) -> Path:
@@ -102,6 +121,7 @@ def _remove_stale_shards(out_dir: Path, prefix: str, split: str, keep: int) -> N
     for p in out_dir.glob(Path(_shard_glob(out_dir, prefix, split)).name):
         if int(p.stem.rsplit("_", 1)[1]) >= keep:
             p.unlink()
+            sidecar_path(p).unlink(missing_ok=True)
 
 
 def _cpu_count() -> int:
@@ -123,35 +143,51 @@ def _chunks(docs: Iterable[str]) -> Iterator[list[str]]:
         yield chunk
 
 
-def _encode(sp: spm.SentencePieceProcessor, docs: list[str]) -> tuple[int, np.ndarray]:
+_Encoded = tuple[int, np.ndarray, np.ndarray | None]  # docs, tokens, byte sidecar
+
+
+def _encode(sp: spm.SentencePieceProcessor, docs: list[str],
+            transform: tuple[TextTransform, list[bytes]] | None = None) -> _Encoded:
+    if transform is not None:
+        docs = [transform[0].encode(d) for d in docs]
     pieces = sp.encode(docs)
     out = np.empty(sum(len(p) for p in pieces) + len(pieces), dtype=np.uint16)
+    side = np.empty_like(out) if transform is not None else None
     pos = 0
     for ids in pieces:
         out[pos] = BOS_ID
         out[pos + 1:pos + 1 + len(ids)] = ids
+        if side is not None:
+            side[pos:pos + 1 + len(ids)] = token_byte_counts(ids, transform[1], transform[0])
         pos += 1 + len(ids)
-    return len(docs), out
+    return len(docs), out, side
+
+
+def _transform_for(sp: spm.SentencePieceProcessor, name: str | None):
+    return None if name is None else (get_transform(name), piece_bytes_table(sp))
 
 
 _worker_sp: spm.SentencePieceProcessor | None = None
+_worker_transform = None
 
 
-def _init_worker(model_path: str, sha256: str) -> None:
-    global _worker_sp
+def _init_worker(model_path: str, sha256: str, transform: str | None = None) -> None:
+    global _worker_sp, _worker_transform
     _worker_sp = load_tokenizer(model_path, expected_sha256=sha256)
+    _worker_transform = _transform_for(_worker_sp, transform)
 
 
-def _encode_in_worker(docs: list[str]) -> tuple[int, np.ndarray]:
+def _encode_in_worker(docs: list[str]) -> _Encoded:
     assert _worker_sp is not None, "worker started without _init_worker"
-    return _encode(_worker_sp, docs)
+    return _encode(_worker_sp, docs, _worker_transform)
 
 
 def _encoded_chunks(docs: Iterable[str], model_path: Path, sp: spm.SentencePieceProcessor,
-                    workers: int) -> Iterator[tuple[int, np.ndarray]]:
+                    workers: int, transform: str | None = None) -> Iterator[_Encoded]:
     if workers <= 1:
+        tf = _transform_for(sp, transform)
         for chunk in _chunks(docs):
-            yield _encode(sp, chunk)
+            yield _encode(sp, chunk, tf)
         return
     # A bounded window of futures, consumed in submission order, rather than Pool.imap: imap's
     # feeder thread drains the whole input iterator into memory, and a multiprocessing.Pool whose
@@ -161,7 +197,8 @@ def _encoded_chunks(docs: Iterable[str], model_path: Path, sp: spm.SentencePiece
     # forever writing start-up data larger than a pipe buffer to a child that died on start.
     digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(str(model_path.resolve()), digest))
+                               initializer=_init_worker,
+                               initargs=(str(model_path.resolve()), digest, transform))
     window: deque = deque()
     try:
         for chunk in _chunks(docs):
@@ -184,10 +221,11 @@ def _encoded_chunks(docs: Iterable[str], model_path: Path, sp: spm.SentencePiece
 def prepare_corpus(inputs: list[Path], tokenizer: str | os.PathLike, out_dir: str | os.PathLike,
                    val_fraction: float = 0.01, seed: int = 0, shard_tokens: int = 10**8,
                    workers: int = 0, prefix: str = "fineweb", text_key: str = "text",
-                   progress: bool = True) -> dict:
+                   progress: bool = True, transform: str | None = None) -> dict:
     """Read documents from files, split them, tokenize both splits; write and return manifest.json.
 
     All documents are held in memory once (the duplicate-free split needs them); tokens are not.
+    The split is checked by SHA-256 of each document's text: the manifest's overlap must be 0.
     """
     out_dir = Path(out_dir)
     docs = list(itertools.chain.from_iterable(iter_documents(p, text_key) for p in inputs))
@@ -206,7 +244,7 @@ def prepare_corpus(inputs: list[Path], tokenizer: str | os.PathLike, out_dir: st
         if not split_docs:
             continue
         paths = tokenize_documents(split_docs, tokenizer, out_dir, split, shard_tokens, workers,
-                                   progress, prefix)
+                                   progress, prefix, transform)
         splits[split] = {
             "pattern": f"{prefix}_{split}_*.bin",
             "shards": [p.name for p in paths],
@@ -223,6 +261,7 @@ def prepare_corpus(inputs: list[Path], tokenizer: str | os.PathLike, out_dir: st
         "docs_read": n_read,
         "duplicates_dropped": n_read - len(train) - len(val),
         "overlap": shared,
+        "transform": transform,
         "splits": splits,
     }
     atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")

@@ -21,6 +21,20 @@ from .atomic import atomic_write_bytes
 BOS_ID = 1  # every document in a shard starts with this id (challenge convention; no EOS)
 SPACE_PIECE = "\u2581"  # SentencePiece's visible space
 _MAX_SENTENCE_BYTES = 1 << 16  # longer trainer inputs are split at newlines (see _trainer_inputs)
+# Texts that exercise the byte rules: spaces before rare characters (#897), digits, accents, CJK,
+# emoji, control-ish whitespace, a literal U+2581, and text with no spaces at all.
+SELFTEST_TEXTS = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Numbers 1234567890 and 3.14159, dates 2024-05-20.",
+    "caf\u00e9 na\u00efve Z\u00fcrich \u00c5ngstr\u00f6m r\u00e9sum\u00e9",
+    "\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8 \u4e2d\u6587 \ud55c\uad6d\uc5b4",
+    "emoji \U0001f600 \U0001f680 \u2603 and symbols \u00a9 \u20ac \u2192 \u221e",
+    "line one\nline two\n\nparagraph\ttab",
+    "a \u2581 literal visible-space character",
+    "nospacesatallinthistext",
+    "  leading and   repeated   spaces  ",
+    "\ue001 private use \ue004 operators",
+)
 
 
 class TokenizerError(ValueError):
@@ -65,12 +79,12 @@ def load_tokenizer(path: str | os.PathLike,
 
 
 def train_tokenizer(documents: Iterable[str], vocab_size: int, out_prefix: str | os.PathLike,
-                    max_docs: int | None = None) -> Path:
+                    max_docs: int | None = None, user_defined_symbols: Iterable[str] = ()) -> Path:
     """Train a byte-fallback BPE tokenizer; writes <out_prefix>.model and .vocab atomically.
 
     Trainer settings are the challenge's (its fineweb_1024_bpe tokenizer). max_docs keeps only the
     first max_docs non-empty documents (shuffle beforehand for a uniform sample). Returns the path
-    of the .model file.
+    of the .model file. user_defined_symbols reserves pieces, e.g. a text transform's operators.
     """
     if vocab_size < 1 or vocab_size > 65536:
         raise TokenizerError(f"vocab_size={vocab_size}: shards store uint16 ids, so 1..65536")
@@ -98,6 +112,7 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int, out_prefix: str |
             eos_id=2,
             unk_id=3,
             hard_vocab_limit=False,
+            user_defined_symbols=list(user_defined_symbols),
             # Documents are capped by max_docs above, so load all of them, in order:
             # no trainer-side sampling keeps training deterministic.
             input_sentence_size=0,
@@ -137,7 +152,8 @@ def check_tokenizer(sp: spm.SentencePieceProcessor, texts: Iterable[str]) -> lis
     """Self-test a tokenizer against the byte tables; returns a list of problems (empty = OK).
 
     Checks that BOS is id 1, that a standalone "\u2581" piece exists, and, for each text, that the
-    tables' byte count of [BOS] + encode(text) equals the UTF-8 length of the decoded text.
+    tables' byte count of [BOS] + encode(text) equals the UTF-8 length of the decoded text and of
+    the text as the tokenizer normalizes it (NFKC, extra spaces removed).
     """
     from .luts import build_byte_luts, target_bytes  # luts imports TokenizerError from here
 
@@ -160,4 +176,19 @@ def check_tokenizer(sp: spm.SentencePieceProcessor, texts: Iterable[str]) -> lis
             problems.append(
                 f"text {i} ({text[:40]!r}): byte tables count {counted} bytes but the decoded "
                 f"text has {expected}")
+            continue
+        normalized = len(sp.normalize(text).replace(SPACE_PIECE, " ").encode("utf-8"))
+        if counted != normalized:
+            problems.append(
+                f"text {i} ({text[:40]!r}): byte tables count {counted} bytes but the normalized "
+                f"text has {normalized}")
     return problems
+
+
+def selftest_tokenizer(path: str | os.PathLike, texts: Iterable[str] = ()) -> dict:
+    """Run check_tokenizer on SELFTEST_TEXTS plus `texts`; a report dict with "ok" and "problems"."""
+    sp = load_tokenizer(path)
+    all_texts = [*SELFTEST_TEXTS, *texts]
+    problems = check_tokenizer(sp, all_texts)
+    return {"tokenizer": str(path), "vocab_size": sp.vocab_size(), "texts": len(all_texts),
+            "ok": not problems, "problems": problems}

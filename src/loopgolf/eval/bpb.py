@@ -2,7 +2,8 @@
 
 Windows are the baseline's non-overlapping seq_len windows over the validation stream truncated
 to ((N-1)//T)*T + 1 tokens (techniques.md 2.4); every target counts, BOS targets included (they add
-loss and 0 bytes). Bytes per target come from data/luts.py, the one owner of byte counting.
+loss and 0 bytes). Bytes per target come from data/luts.py, the one owner of byte counting, or,
+for text-transformed data, from a byte sidecar (data/transform.py): original bytes per token.
 """
 from __future__ import annotations
 
@@ -28,9 +29,17 @@ def usable_tokens(n: int, seq_len: int, max_tokens: int = 0) -> int:
 
 @torch.no_grad()
 def evaluate_bpb(model: torch.nn.Module, tokens: np.ndarray, luts, seq_len: int, batch_seqs: int,
-                 device: torch.device, max_tokens: int = 0, autocast: bool = True) -> dict:
-    """Score `tokens` (uint16 stream) with `model(x, y) -> per-token nats`; luts: ByteLUTs.to_torch."""
+                 device: torch.device, max_tokens: int = 0, autocast: bool = True,
+                 byte_sidecar: np.ndarray | None = None) -> dict:
+    """Score `tokens` (uint16 stream) with `model(x, y) -> per-token nats`; luts: ByteLUTs.to_torch.
+
+    byte_sidecar, aligned with tokens, gives each token's original byte count; when set, a
+    target's bytes are byte_sidecar[its position] instead of the tables' count.
+    """
     t0 = time.perf_counter()
+    if byte_sidecar is not None and len(byte_sidecar) != len(tokens):
+        raise ValueError(f"byte_sidecar has {len(byte_sidecar)} entries for {len(tokens)} tokens; "
+                         "load the sidecar of the same shards (data.transform.load_byte_sidecar)")
     n = usable_tokens(len(tokens), seq_len, max_tokens)
     n_windows = (n - 1) // seq_len
     info = dist.info()
@@ -48,7 +57,10 @@ def evaluate_bpb(model: torch.nn.Module, tokens: np.ndarray, luts, seq_len: int,
         with amp:
             nats = model(x, y)
         sums[0] += nats.double().sum()
-        sums[1] += luts.count(x, y).double().sum()
+        if byte_sidecar is None:
+            sums[1] += luts.count(x, y).double().sum()
+        else:
+            sums[1] += float(byte_sidecar[w * seq_len + 1:w_end * seq_len + 1].sum(dtype=np.int64))
         sums[2] += y.numel()
     model.train(was_training)
     dist.all_reduce_sum(sums)
