@@ -26,6 +26,7 @@ from loopgolf.data.shards import check_vocab, list_shards, load_shard
 from loopgolf.data.tokenizer import load_tokenizer
 from loopgolf.eval.bpb import evaluate_bpb
 from loopgolf.metrics import Logger, provenance
+from loopgolf.model.blocks import attention_backend
 from loopgolf.model.gpt import GPT
 from loopgolf.train.loop import Trainer
 
@@ -86,6 +87,7 @@ def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
     val_tokens = load_val_tokens(cfg.data.val)
 
     model = GPT(cfg.model).to(device)
+    logger.log("attention", backend=attention_backend(device.type))
     logger.log("model", params=model.num_params(), plan=" ".join(map(str, model.plan.schedule)),
                blocks=model.plan.n_blocks, virtual_layers=model.plan.n_virtual)
     loader = BatchLoader(TokenStream(train_paths), cfg.data.seq_len, cfg.train.batch_tokens,

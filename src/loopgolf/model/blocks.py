@@ -18,6 +18,18 @@ from loopgolf.config import ModelConfig
 from loopgolf.model.recurrence import LayerSpec
 
 
+def attention_backend(device_type: str) -> str:
+    """Which attention kernel runs, for the run log. FlashAttention-3 (`flash_attn_interface`) is used
+    by the records on H100; when it is not importable, SDPA picks its flash kernel on CUDA."""
+    import importlib.util
+
+    if device_type != "cuda":
+        return "sdpa (cpu math kernel)"
+    if importlib.util.find_spec("flash_attn_interface") is not None:
+        return "sdpa (flash_attn_interface is importable, but loopgolf routes attention through SDPA)"
+    return "sdpa (flash backend; flash_attn_interface not importable)"
+
+
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
