@@ -109,17 +109,6 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def cmd_size(args) -> int:
-    from loopgolf.compress.budget import budget_report, code_bytes, format_budget
-
-    path = Path(args.artifact)
-    from loopgolf.compress.artifact import read_artifact
-
-    read_artifact(path)  # validates the file before we report on it
-    print(format_budget(budget_report(path.stat().st_size, code_bytes())))
-    return 0
-
-
 def cmd_bench_prepare(args) -> int:
     from loopgolf.lab.bench import prepare_bench_shards
 
@@ -175,16 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p)
         p.set_defaults(fn=fn)
     sub.add_parser("presets", help="list presets").set_defaults(fn=cmd_presets)
-    p = sub.add_parser("size", help="artifact + code bytes against 16,000,000")
-    p.add_argument("artifact")
-    p.set_defaults(fn=cmd_size)
 
     from loopgolf.lab import data_commands
 
     data_commands.register(sub)
-    from loopgolf.lab import depth
+    from loopgolf.lab import compress_commands, depth, eval_suite, seeds, submission
 
-    depth.register(sub)
+    for module in (depth, compress_commands, eval_suite, seeds, submission):
+        module.register(sub)
     bench = sub.add_parser("bench", help="the proxy benchmark").add_subparsers(dest="bench_command", required=True)
     p = bench.add_parser("prepare", help="tokenize bench .jsonl.zst files into shards")
     p.add_argument("--bench-dir", required=True)

@@ -7,10 +7,12 @@ and weights) and reports val_bpb; the CLI calls it in a fresh process.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ import torch
 from loopgolf import dist
 from loopgolf.compress.artifact import read_artifact, write_artifact
 from loopgolf.compress.budget import budget_report, code_bytes, format_budget
+from loopgolf.compress.gptq import collect_hessians, gptq_quantize_state, sample_calibration
 from loopgolf.config import ConfigError, RunConfig
 from loopgolf.data.loader import BatchLoader, TokenStream
 from loopgolf.data.luts import build_byte_luts
@@ -98,7 +101,14 @@ def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
                             max_tokens=max_tokens)
 
     ckpt = run_dir / CHECKPOINT_NAME
-    trainer = Trainer(cfg, model, loader, device, logger,
+    # GPTQ calibration from training data must finish inside the training budget (techniques.md
+    # 4e compliance note), so the loop gets the budget minus a reserve and calibration uses the rest.
+    train_cfg = cfg
+    reserve = cfg.quant.gptq_reserve_s if (cfg.quant.gptq and cfg.quant.gptq_calib == "train") else 0.0
+    if reserve and cfg.train.budget_s > 0:
+        train_cfg = copy.deepcopy(cfg)
+        train_cfg.train.budget_s = max(1.0, cfg.train.budget_s - reserve)
+    trainer = Trainer(train_cfg, model, loader, device, logger,
                       checkpoint_path=ckpt if cfg.train.checkpoint_every or resume else None,
                       val_fn=val_fn)
     if resume:
@@ -112,6 +122,14 @@ def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
         trainer.save()
 
     phases = {"compile_warmup_s": round(warm_s, 2), "train_loop_s": result["train_seconds"]}
+    hessians = None
+    if cfg.quant.gptq:
+        hessians, calib_s = _calibrate(cfg, model, loader, device)
+        phases["calibration_s"] = round(calib_s, 2)
+        if cfg.quant.gptq_calib == "train":
+            phases["train_plus_calibration_s"] = round(result["train_seconds"] + calib_s, 2)
+        logger.log("calibration", source=cfg.quant.gptq_calib, seconds=round(calib_s, 2),
+                   hessians=len(hessians), reserve_s=reserve)
     pre = val_fn(model, cfg.eval.max_tokens)  # eager model: a ragged last batch would recompile
     phases["prequant_eval_s"] = round(pre["eval_seconds"], 2)
     logger.log("prequant", val_loss=pre["val_loss"], val_bpb=pre["val_bpb"],
@@ -122,7 +140,11 @@ def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
         meta = {"config": cfg.to_dict(), "code_sha256": env["code_sha256"], "loopgolf": env["loopgolf"]}
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         t0 = time.perf_counter()
-        report = write_artifact(run_dir / ARTIFACT_NAME, state, meta, cfg.quant)
+        parts = gptq_quantize_state(state, hessians, cfg.quant, device=device) if hessians else None
+        if parts is not None:
+            phases["gptq_s"] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+        report = write_artifact(run_dir / ARTIFACT_NAME, state, meta, cfg.quant, precomputed=parts)
         phases["compress_s"] = round(time.perf_counter() - t0, 2)
         budget = budget_report(report.total_bytes, code_bytes())
         logger.text(report.format_table())
@@ -135,6 +157,30 @@ def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
     dist.barrier()
     logger.close()
     return result
+
+
+def _calibrate(cfg: RunConfig, model: torch.nn.Module, loader: BatchLoader, device: torch.device):
+    """Hessians for GPTQ from the next training batches (inside the budget) or from the model's own
+    samples (no data access; after training), summed over ranks."""
+    t0 = time.perf_counter()
+    q = cfg.quant
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    if q.gptq_calib == "train":
+        batches = []
+        while len(batches) < q.gptq_calib_batches:
+            batches += [x for x, _ in loader.next_step()]
+        batches = batches[: q.gptq_calib_batches]
+    else:
+        with amp:
+            batches = sample_calibration(model, q.gptq_calib_batches, cfg.data.seq_len, q.gptq_calib_temp)
+    with amp:
+        hess = collect_hessians(model, batches, device)
+    if dist.info().enabled:
+        for name, h in hess.items():
+            hess[name] = dist.all_reduce_sum(h.to(device)).cpu()  # NCCL reduces device tensors
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return hess, time.perf_counter() - t0
 
 
 def evaluate_artifact(artifact: Path, val: str, tokenizer: str, device_kind: str = "auto",

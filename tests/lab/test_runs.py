@@ -49,3 +49,18 @@ def test_torchrun_matches_single_process_losses(tiny_args, tmp_path, world):
     assert max(abs(a - b) for a, b in zip(single, multi)) < 2e-3, (single, multi)
     assert resn["world_size"] == world
     assert abs(res1["val_bpb"] - resn["val_bpb"]) < 5e-3
+
+
+@pytest.mark.parametrize("calib", ["train", "self"])
+def test_gptq_int6_run_inside_the_budget(tiny_args, tmp_path, calib):
+    run_dir = tmp_path / "run"
+    sets = ["quant.gptq=true", "quant.scheme=int6_row", "quant.row_scale_min=0", "quant.codec=best",
+            f"quant.gptq_calib={calib}", "quant.gptq_calib_batches=4", "quant.clip=search",
+            "train.budget_s=30", "quant.gptq_reserve_s=2"]
+    assert main(["train", "--preset", "tiny", *tiny_args, *sum((["--set", s] for s in sets), []),
+                 "--run-dir", str(run_dir)]) == 0
+    res = json.loads((run_dir / "result.json").read_text())
+    assert "calibration_s" in res["phases"] and "gptq_s" in res["phases"]
+    assert abs(res["quant_gap_bpb"]) < 0.05
+    log = (run_dir / "train.log").read_text()
+    assert f"calibration source:{calib}" in log

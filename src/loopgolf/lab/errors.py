@@ -4,14 +4,16 @@ Each carries a one-line message naming the file or field and the fix; the CLI pr
 instead of showing a traceback. Anything else is a bug and keeps its traceback.
 """
 from loopgolf.compress.artifact import ArtifactError
+from loopgolf.compress.fit import FitError
 from loopgolf.config import ConfigError
 from loopgolf.data.corpus import CorpusError
 from loopgolf.data.fineweb import DownloadError
 from loopgolf.data.shards import ShardError
+from loopgolf.lab.export import ExportError
 from loopgolf.data.tokenizer import TokenizerError
 from loopgolf.model.recurrence import PlanError
 from loopgolf.train.checkpoint import CheckpointError
 from loopgolf.train.loop import TrainingDiverged
 
-USER_ERRORS = (ArtifactError, CorpusError, DownloadError, ConfigError, ShardError, TokenizerError, PlanError, CheckpointError,
+USER_ERRORS = (ArtifactError, FitError, ExportError, CorpusError, DownloadError, ConfigError, ShardError, TokenizerError, PlanError, CheckpointError,
                TrainingDiverged, FileNotFoundError)
