@@ -62,6 +62,14 @@ def local_rank_hint() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def child_env(gpu: str | int | None = None) -> dict[str, str]:
+    """Environment for a child run, optionally pinned to one GPU (CUDA_VISIBLE_DEVICES)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if gpu is not None and gpu != "":
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    return env
+
+
 def cleanup() -> None:
     global _INFO
     if tdist.is_initialized():

@@ -10,6 +10,7 @@ import random
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -57,7 +58,7 @@ def header_of(blob: bytes) -> tuple[dict, bytes]:
     return json.loads(blob[20:20 + hlen]), blob[28 + hlen:28 + hlen + plen]
 
 
-def frame(header_bytes: bytes, payload: bytes, version: int = 1) -> bytes:
+def frame(header_bytes: bytes, payload: bytes, version: int = 2) -> bytes:
     """Like artifact.seal but with arbitrary header bytes and version, checksums made valid."""
     body = (b"LOOPGOLF" + struct.pack("<IQ", version, len(header_bytes)) + header_bytes
             + struct.pack("<Q", len(payload)) + payload)
@@ -90,16 +91,76 @@ def test_round_trip(blob: bytes) -> None:
 def test_every_codec(codec: str) -> None:
     qcfg = QuantConfig(codec=codec, passthrough_max_numel=64, scheme="int4_row")
     back, meta = unpack(pack(small_state(), META, qcfg))
-    assert back["tok_emb.weight"].shape == (32, 16) and meta == META and header_of(pack(small_state(), META, qcfg))[0]["codec"] == codec
+    assert back["tok_emb.weight"].shape == (32, 16) and meta == META
+    assert {s["codec"] for s in header_of(pack(small_state(), META, qcfg))[0]["streams"]} == {codec}
+
+
+def test_best_codec_and_shuffle_round_trip() -> None:
+    plain = pack(small_state(), META, QCFG)
+    for qcfg in (QuantConfig(passthrough_max_numel=64, codec="best"),
+                 QuantConfig(passthrough_max_numel=64, codec="best", shuffle=True),
+                 QuantConfig(passthrough_max_numel=64, codec="lzma", shuffle=True)):
+        blob = pack(small_state(), META, qcfg)
+        assert blob == pack(small_state(), META, qcfg)  # deterministic
+        back, _ = unpack(blob)
+        ref, _ = unpack(plain)
+        assert all(torch.equal(back[k], ref[k]) for k in ref)
+        header, _ = header_of(blob)
+        for st in header["streams"]:
+            assert st["shuffle"] == (np.dtype(st["name"].split(".", 1)[1]).itemsize
+                                     if qcfg.shuffle else 1)
+    best = inspect_artifact(pack(small_state(), META, QuantConfig(passthrough_max_numel=64,
+                                                                  codec="best")))
+    for codec in ("zlib", "zstd", "lzma"):
+        one = inspect_artifact(pack(small_state(), META,
+                                    QuantConfig(passthrough_max_numel=64, codec=codec)))
+        assert all(best.streams[k][4] <= one.streams[k][4] for k in one.streams)  # smallest wins
+
+
+def test_version_1_is_still_read() -> None:
+    """A version-1 file (one zlib payload, parts tiling it) built by hand, as the old writer did."""
+    state = {"a.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+             "b": torch.tensor([1, 2], dtype=torch.int64)}
+    payload = state["a.weight"].numpy().tobytes() + state["b"].numpy().tobytes()
+    header = {"codec": "zlib", "level": 9, "meta": {"x": 1}, "payload_raw_len": len(payload),
+              "payload_sha256": hashlib.sha256(payload).hexdigest(), "tensors": [
+                  {"name": "a.weight", "scheme": "fp32", "shape": [2, 3], "dtype": "float32",
+                   "parts": [{"name": "data", "dtype": "float32", "shape": [2, 3], "offset": 0,
+                              "nbytes": 24}]},
+                  {"name": "b", "scheme": "raw", "shape": [2], "dtype": "int64",
+                   "parts": [{"name": "data", "dtype": "int64", "shape": [2], "offset": 24,
+                              "nbytes": 16}]}]}
+    blob = seal(header, compress(payload, "zlib"), version=1)
+    back, meta = unpack(blob)
+    assert meta == {"x": 1} and torch.equal(back["a.weight"], state["a.weight"])
+    assert torch.equal(back["b"], state["b"]) and inspect_artifact(blob).codec == "zlib"
+    bad = {**header, "tensors": [{**header["tensors"][0], "parts": [
+        {**header["tensors"][0]["parts"][0], "offset": 8}]}, header["tensors"][1]]}
+    with pytest.raises(ArtifactError, match="malformed header"):
+        unpack(seal(bad, compress(payload, "zlib"), version=1))
+
+
+def test_precomputed_parts_are_stored_as_given() -> None:
+    state = small_state()
+    q = np.ones((32, 16), dtype=np.int8)
+    pre = {"tok_emb.weight": ("int8_row", {"q": q, "scale": np.full(32, 0.5, np.float16)})}
+    back, _ = unpack(pack(state, META, QCFG, precomputed=pre))
+    assert torch.equal(back["tok_emb.weight"], torch.full((32, 16), 0.5))
+    with pytest.raises(ValueError, match="rules assign int8_row"):
+        pack(state, META, QCFG, precomputed={"tok_emb.weight": ("int4_row", pre["tok_emb.weight"][1])})
+    with pytest.raises(ValueError, match="part 'q' must be int8"):
+        pack(state, META, QCFG, precomputed={"tok_emb.weight": (
+            "int8_row", {"q": q.astype(np.int16), "scale": pre["tok_emb.weight"][1]["scale"]})})
 
 
 def test_layout_and_determinism(blob: bytes) -> None:
-    assert blob[:8] == b"LOOPGOLF" and struct.unpack_from("<I", blob, 8) == (1,)
+    assert blob[:8] == b"LOOPGOLF" and struct.unpack_from("<I", blob, 8) == (2,)
     header, _ = header_of(blob)
     (hlen,) = struct.unpack_from("<Q", blob, 12)
     assert blob[20:20 + hlen] == json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     assert [t["name"] for t in header["tensors"]] == sorted(small_state())
-    assert header["level"] == 9 and header["payload_raw_len"] > 0
+    assert {st["level"] for st in header["streams"]} == {9} and header["payload_raw_len"] > 0
+    assert [st["name"] for st in header["streams"]] == sorted(st["name"] for st in header["streams"])
     assert blob[-32:] == hashlib.sha256(blob[:-32]).digest()
     reordered = dict(reversed(list(small_state().items())))
     assert pack(reordered, dict(reversed(list(META.items()))), QCFG) == blob
@@ -112,7 +173,7 @@ def test_spec_messages(blob: bytes) -> None:
     assert "checksum mismatch, the file is corrupted" in refused(blob[:-1] + bytes([blob[-1] ^ 1]))
     assert refused(b"PK\x03\x04" + blob[4:]) == "runs/x/model.lgz: not a loopgolf artifact (bad magic)"
     newer = blob[:8] + struct.pack("<I", 7) + blob[12:]
-    assert "format version 7 is newer than this loopgolf supports (1)" in refused(newer)
+    assert "format version 7 is newer than this loopgolf supports (2)" in refused(newer)
     assert "stray bytes" in refused(blob + b"\0")
 
 
@@ -143,17 +204,25 @@ def test_hostile_headers_with_valid_checksums(blob: bytes) -> None:
     refused(frame(b"[]", payload))
     refused(frame(b"{}", payload))
     refused(frame(json.dumps(header).encode(), payload, version=0))
-    for key, value in [("payload_raw_len", 1 << 40), ("payload_raw_len", -1), ("codec", "gzip"),
-                       ("payload_sha256", "0" * 64), ("meta", []), ("level", True), ("tensors", {})]:
+    for key, value in [("payload_raw_len", 1 << 40), ("payload_raw_len", -1), ("streams", {}),
+                       ("payload_sha256", "0" * 64), ("meta", []), ("streams", []), ("tensors", {})]:
         refused(seal({**header, key: value}, payload))
-    refused(seal(header, compress(b"\0" * (header["payload_raw_len"] + 1), "zlib")))  # inflates too far
+    s0 = header["streams"][0]
+    for key, value in [("codec", "gzip"), ("level", True), ("shuffle", 0), ("shuffle", 3),
+                       ("raw_len", s0["raw_len"] + 1), ("nbytes", s0["nbytes"] + 1), ("name", 5)]:
+        refused(seal({**header, "streams": [{**s0, key: value}] + header["streams"][1:]}, payload))
+    one = {**header, "streams": [{**s0, "nbytes": len(payload)}]}
+    refused(seal(one, payload))  # stream table disagrees with the parts
+    swapped = [{**s0, "codec": "lzma"}] + header["streams"][1:]
+    assert "does not decompress" in refused(seal({**header, "streams": swapped}, payload))
     refused(seal(header, payload[:-5]))
     t0 = header["tensors"][0]
     for key, value in [("shape", [10 ** 12, 10 ** 12]), ("shape", [-1, 2]), ("dtype", "complex64"),
                        ("scheme", "pickle"), ("name", "zzz"), ("parts", [])]:
         refused(seal({**header, "tensors": [{**t0, key: value}] + header["tensors"][1:]}, payload))
     p0 = t0["parts"][0]
-    for key, value in [("offset", 1), ("nbytes", 10 ** 15), ("dtype", "object"), ("shape", [1.5])]:
+    for key, value in [("offset", 1), ("nbytes", 10 ** 15), ("dtype", "object"), ("shape", [1.5]),
+                       ("stream", 99), ("stream", -1)]:
         bad = {**t0, "parts": [{**p0, key: value}] + t0["parts"][1:]}
         refused(seal({**header, "tensors": [bad] + header["tensors"][1:]}, payload))
     assert "payload checksum mismatch" in refused(seal({**header, "payload_sha256": "a" * 64}, payload))
@@ -264,6 +333,11 @@ def test_write_and_read(tmp_path: Path, blob: bytes) -> None:
     assert sum(report.group_raw_bytes.values()) == report.payload_raw_bytes
     assert set(report.group_raw_bytes) == {"tok_emb.weight", "blocks.0", "conv.kernel", "step", "mask"}
     assert report.header_bytes + report.payload_bytes + 60 == report.total_bytes
+    assert sum(v[4] for v in report.streams.values()) == report.payload_bytes
+    assert sum(v[3] for v in report.streams.values()) == report.payload_raw_bytes
+    assert set(report.streams) == {"embed.int8", "embed.float16", "attn.int8", "attn.float16",
+                                   "attn.float32", "other.float32", "other.float16", "other.int64",
+                                   "other.bool", "other.int8"}
     table = report.format_table()
     assert "int8_tensor" in table and "blocks.0" in table and f"{len(blob):,} B" in table
     with pytest.raises(ArtifactError, match="cannot read"):
@@ -312,7 +386,7 @@ class _FailingFile:
 
 def test_source_never_unpickles() -> None:
     banned_modules = {"pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve", "joblib"}
-    for mod in ("artifact", "quant", "codecs"):
+    for mod in ("artifact", "quant", "codecs", "header", "rules", "prune", "gptq", "fit"):
         src = Path(artifact.__file__).with_name(f"{mod}.py").read_text()
         assert "allow_pickle" not in src
         for node in ast.walk(ast.parse(src)):

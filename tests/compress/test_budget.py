@@ -55,3 +55,20 @@ def test_budget_report_and_line() -> None:
     assert not over["fits"] and over["headroom"] == -10_000
     assert format_budget(over).endswith("of 16,000,000 (OVER by 10,000 B)")
     assert budget_report(10, 5, cap=12)["fits"] is False
+
+
+def test_shipped_file_is_what_counts(tmp_path: Path, monkeypatch) -> None:
+    from loopgolf.compress import budget
+
+    f = tmp_path / "train_gpt.py"
+    f.write_bytes(b"x" * 1234)
+    assert budget.file_bytes(f) == 1234
+    monkeypatch.setattr(budget, "SHIPPED_FILE", str(f))
+    assert budget.code_bytes() == 1234
+    assert budget.code_bytes(tmp_path) == 0  # an explicit root counts that tree's core files
+    try:
+        budget.file_bytes(tmp_path / "missing.py")
+    except FileNotFoundError as e:
+        assert "missing.py" in str(e) and "loopgolf export" in str(e)
+    else:
+        raise AssertionError("a missing code file must be refused")

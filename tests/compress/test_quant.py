@@ -8,13 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loopgolf.compress import quant
-from loopgolf.compress.quant import (
-    QUANTIZERS,
-    RULES,
-    Rule,
-    assign_schemes,
-    row_quantile,
-)
+from loopgolf.compress.quant import QUANTIZERS, row_quantile
+from loopgolf.compress.rules import RULES, Rule, assign_schemes
 from loopgolf.config import QuantConfig
 
 FP16_SLACK = 2.0 ** -10  # fp16 keeps 11 significant bits: relative rounding error <= 2**-11
@@ -219,3 +214,56 @@ def test_every_tensor_matches_exactly_one_rule(name: str, dtype: torch.dtype, sh
     parts = QUANTIZERS[scheme].quantize(t, qcfg)
     back = QUANTIZERS[scheme].dequantize(parts, tuple(shape), quant.dtype_name(dtype))
     assert back.shape == t.shape
+
+
+@pytest.mark.parametrize("bits", [4, 6, 8])
+def test_search_clip_never_worse_than_any_candidate(bits: int) -> None:
+    w = weights(seed=3)
+    search = QuantConfig(clip="search", row_scale_min=0.0)
+    _, deq = roundtrip(f"int{bits}_row", w, search)
+    err = ((deq - w) ** 2).sum(dim=1)
+    for pct in quant.SEARCH_PERCENTILES:
+        _, cand = roundtrip(f"int{bits}_row", w, QuantConfig(clip_percentile=pct, row_scale_min=0.0))
+        assert bool((err <= ((cand - w) ** 2).sum(dim=1) * (1 + 1e-3) + 1e-9).all())
+
+
+def test_sdclip_scale_is_k_std_over_qmax() -> None:
+    w = weights(seed=4)
+    w[5] = torch.linspace(-1, 1, 300)  # no all-zero row here
+    qcfg = QuantConfig(clip="sdclip", sdclip_k=3.0, row_scale_min=0.0)
+    parts, deq = roundtrip("int6_row", w, qcfg)
+    expect = (3.0 * w.std(dim=1) / 31).half()
+    assert torch.equal(torch.from_numpy(parts["scale"]), expect)
+    s = expect.float()[:, None]
+    inside = w.abs() <= 3.0 * w.std(dim=1)[:, None]
+    assert bool(((w - deq).abs() <= s * (0.5 + 31 * FP16_SLACK) + 1e-7)[inside].all())
+    # larger k: coarser grid, fewer distinct values -> the knob that trades size for error
+    wide, _ = roundtrip("int6_row", w, QuantConfig(clip="sdclip", sdclip_k=12.0, row_scale_min=0.0))
+    assert len(np.unique(wide["q"])) < len(np.unique(parts["q"]))
+
+
+def test_ternary_absmean() -> None:
+    w = weights(seed=5)
+    parts, deq = roundtrip("ternary_row", w)
+    gamma = w.abs().mean(dim=1).clamp(min=2.0 ** -14)
+    assert set(np.unique(parts["q"]).tolist()) <= {-1, 0, 1}
+    assert torch.equal(torch.from_numpy(parts["q"]).float(),
+                       torch.clamp(torch.round(w / gamma[:, None]), -1, 1))
+    assert torch.equal(torch.from_numpy(parts["scale"]), gamma.half())
+    assert bool((deq[5] == 0).all())
+
+
+def test_bits_rules_mixed_precision() -> None:
+    state = {"tok_emb.weight": torch.randn(300, 300), "blocks.0.attn.c_q.weight": torch.randn(300, 300),
+             "blocks.0.mlp.fc.weight": torch.randn(300, 300), "blocks.0.attn.q_gain": torch.ones(4)}
+    qcfg = QuantConfig(bits_rules="mlp=5, attn=6,tok_emb=ternary_row")
+    assert assign_schemes(state, qcfg) == {
+        "tok_emb.weight": "ternary_row", "blocks.0.attn.c_q.weight": "int6_row",
+        "blocks.0.mlp.fc.weight": "int5_row", "blocks.0.attn.q_gain": "fp32"}
+    with pytest.raises(ValueError, match=r"tok_emb.weight: quant.bits_rules patterns matched: none"):
+        assign_schemes(state, QuantConfig(bits_rules="mlp=5,attn=6"))
+    with pytest.raises(ValueError, match=r"c_q.weight: quant.bits_rules patterns matched: attn, c_q"):
+        assign_schemes(state, QuantConfig(bits_rules="mlp=5,attn=6,c_q=8,tok=8"))
+    for bad in ("mlp=9", "mlp", "=5", "mlp=int3", "(=5"):
+        with pytest.raises(ValueError, match="quant.bits_rules"):
+            assign_schemes(state, QuantConfig(bits_rules=bad))

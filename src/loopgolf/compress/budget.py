@@ -4,6 +4,8 @@ The challenge counts the submission's code bytes plus the compressed model bytes
 (decimal). The code that would ship is the core package: config, the small shared modules, and the
 data/model/train/compress/eval subpackages; the lab (experiments, plots) and the CLI front end do
 not ship. Sizes are taken from the installed package, so they match what an export would copy.
+An exported single-file script (lab/export.py) sets SHIPPED_FILE to its own path: from then on the
+counted code bytes are the bytes of that file, the one that ships, and nothing else.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import loopgolf
 from loopgolf.config import BUDGET_BYTES
+
+SHIPPED_FILE: str | None = None  # set by an exported train_gpt.py to its own path
 
 # Paths relative to the package directory (Path.glob patterns); missing files are skipped.
 CORE_MODULES: tuple[str, ...] = (
@@ -39,8 +43,19 @@ def core_files(root: Path | None = None) -> list[Path]:
     return sorted(found)
 
 
+def file_bytes(path: str | Path) -> int:
+    """Counted code bytes of a shipped file: its size on disk (the challenge counts the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such code file; export it with `loopgolf export`")
+    return path.stat().st_size
+
+
 def code_bytes(root: Path | None = None) -> int:
-    """Total size in bytes of the core source files that would ship in a submission."""
+    """Counted code bytes: the exported file when running from one (SHIPPED_FILE), else the total
+    size of the core source files that would ship in a submission."""
+    if root is None and SHIPPED_FILE is not None:
+        return file_bytes(SHIPPED_FILE)
     return sum(p.stat().st_size for p in core_files(root))
 
 

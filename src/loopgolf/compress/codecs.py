@@ -6,12 +6,15 @@ stream that would inflate past `max_size` is refused without ever buffering the 
 decompression-bomb guard). brotli is an optional dependency (the `lab` extra) and is imported only
 when used. `shuffle_bytes` regroups the bytes of multi-byte elements (all low bytes, then all
 high bytes...), which often helps entropy coders on fp16/fp32 data; it is not applied by default.
+`compress_smallest` tries every codec on one stream and keeps the smallest (per tensor group).
 """
 from __future__ import annotations
 
+import importlib.util
 import lzma
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -179,3 +182,20 @@ def unshuffle_bytes(buf: bytes, itemsize: int) -> bytes:
         return bytes(buf)
     a = np.frombuffer(buf, dtype=np.uint8).reshape(itemsize, -1)
     return a.T.tobytes()
+
+
+def available_codecs() -> list[str]:
+    """Codecs usable here, in CODECS order (brotli only when installed)."""
+    return [n for n in CODECS if n != "brotli" or importlib.util.find_spec("brotli") is not None]
+
+
+def compress_smallest(data: bytes, candidates: list[str] | None = None) -> tuple[str, int, bytes]:
+    """(codec, level, stream) of the smallest output among `candidates` at their strongest levels;
+    ties go to the earlier codec in CODECS order, so the choice is deterministic."""
+    names = available_codecs() if candidates is None else [get_codec(n).name for n in candidates]
+    if not names:
+        raise CodecError("no codec to choose from")
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:  # the codecs release the GIL
+        blobs = list(pool.map(lambda n: compress(data, n), names))
+    best = min(range(len(names)), key=lambda i: (len(blobs[i]), i))
+    return names[best], resolve_level(names[best]), blobs[best]

@@ -4,7 +4,9 @@ The first scheme set reproduces the challenge baseline's int8 export (per-row pa
 L321-334): non-float tensors pass through untouched; float tensors of <= 65,536 elements are kept
 (fp32 for the control tensors such as `q_gain` and `resid_mix`, fp16 otherwise); larger matrices
 get per-row int8 with fp16 scales clipped at the 99.99984th percentile of |w|; other large tensors
-get a single fp32 scale. Per-row intN (N = 2..8, int8 container) is there for lower bit widths.
+get a single fp32 scale. Per-row intN (N = 2..8, int8 container) with a percentile, searched or
+SDClip clip, and BitNet b1.58 ternary are there for lower bit widths; `quant.bits_rules` gives the
+matrices a scheme per name pattern (the rules live in compress/rules.py).
 
 Each quantizer turns a tensor into named numpy parts (the artifact stores raw bytes, never pickles)
 and back into float32. Quantization always runs on CPU so that identical weights give identical
@@ -12,18 +14,10 @@ bytes whatever device they were trained on.
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from loopgolf.config import QuantConfig
-
-MATRIX_SCHEME = "<quant.scheme>"  # placeholder in RULES, resolved to QuantConfig.scheme
-# Substring match on the name, as the baseline's CONTROL_TENSOR_NAME_PATTERNS (which also lists the
-# plurals attn_scales, mlp_scales, resid_mixes, skip_weights, all covered by a substring search).
-CONTROL_PATTERN = r"attn_scale|mlp_scale|resid_mix|q_gain|skip_weight"
 
 _QUANTILE_MAX_NUMEL = 1 << 24  # torch.quantile refuses larger inputs
 _FP16_MIN_NORMAL = 2.0 ** -14  # below it fp16 scales lose precision (subnormals) or flush to 0
@@ -105,7 +99,7 @@ def flat_quantile(a: torch.Tensor, q: float) -> float:
     return float(torch.quantile(a, q).item())
 
 
-def _check_parts(scheme: str, parts: dict[str, np.ndarray], spec: Spec) -> None:
+def check_parts(scheme: str, parts: dict[str, np.ndarray], spec: Spec) -> None:
     if set(parts) != set(spec):
         raise ValueError(f"scheme {scheme} expects parts {sorted(spec)}, got {sorted(parts)}")
     for pname, (dt, shape) in spec.items():
@@ -131,7 +125,7 @@ class Quantizer:
                    dtype: str = "float32") -> torch.Tensor:
         """`dtype` is the original dtype; only "raw" uses it (float schemes give float32)."""
         shape = tuple(shape)
-        _check_parts(self.name, parts, self.part_spec(shape, dtype))
+        check_parts(self.name, parts, self.part_spec(shape, dtype))
         return self._dequantize(parts, shape, dtype)
 
     def _dequantize(self, parts: dict[str, np.ndarray], shape: tuple[int, ...],
@@ -178,12 +172,50 @@ class CastQuantizer(Quantizer):
         return _to_torch(parts["data"]).float()
 
 
-class IntRowQuantizer(Quantizer):
-    """Symmetric per-row intN of a matrix: int8 container q, one fp16 scale per row.
+class RowGridQuantizer(Quantizer):
+    """Symmetric per-row grid: int8 container q in [-qmax, qmax], one fp16 scale per row.
 
-    clip = quantile(|w_row|, clip_percentile), scale = max(clip / qmax, row_scale_min) computed in
-    fp32 (q is rounded with the fp32 scale and the scale is then stored as fp16, as the baseline
-    does), q = round(clamp(w, -clip, clip) / scale) in [-qmax, qmax].
+    Subclasses choose the scale (`row_scale`); GPTQ (compress/gptq.py) quantizes onto the same grid.
+    """
+
+    qmax = 1
+
+    def part_spec(self, shape: tuple[int, ...], dtype: str) -> Spec:
+        if len(shape) != 2:
+            raise ValueError(f"scheme {self.name} needs a 2-D tensor, got shape {list(shape)}")
+        return {"q": ("int8", tuple(shape)), "scale": ("float16", (shape[0],))}
+
+    def row_scale(self, w: torch.Tensor, qcfg: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fp32 scale per row, clip per row) for a float32 CPU matrix."""
+        raise NotImplementedError
+
+    def quantize(self, t: torch.Tensor, qcfg: QuantConfig) -> dict[str, np.ndarray]:
+        w = _float32_cpu(t, self.name)
+        self.part_spec(tuple(w.shape), "float32")
+        scale, clip = self.row_scale(w, qcfg)
+        return {"q": _round_rows(w, scale, clip, self.qmax).numpy(),
+                "scale": scale.to(torch.float16).contiguous().numpy()}
+
+    def _dequantize(self, parts: dict[str, np.ndarray], shape: tuple[int, ...],
+                    dtype: str) -> torch.Tensor:
+        return _to_torch(parts["q"]).float() * _to_torch(parts["scale"]).float()[:, None]
+
+
+def _round_rows(w: torch.Tensor, scale: torch.Tensor, clip: torch.Tensor, qmax: int) -> torch.Tensor:
+    clipped = torch.maximum(torch.minimum(w, clip[:, None]), -clip[:, None])
+    q = torch.clamp(torch.round(clipped / scale[:, None]), -qmax, qmax)
+    return q.to(torch.int8).contiguous()
+
+
+# Candidate clips of quant.clip=search, as percentiles of |w_row| (record (a) searches 5 in 99.9..100).
+SEARCH_PERCENTILES = (99.0, 99.5, 99.9, 99.99, 99.99984, 100.0)
+
+
+class IntRowQuantizer(RowGridQuantizer):
+    """Per-row intN: scale = max(clip / qmax, row_scale_min) computed in fp32 (q is rounded with the
+    fp32 scale, the scale is then stored as fp16, as the baseline does). The clip per row is
+    quantile(|w_row|, clip_percentile) (baseline L321-334), the lowest-MSE candidate of
+    SEARCH_PERCENTILES (quant.clip=search), or sdclip_k * std(w_row) (quant.clip=sdclip, PR #1394).
     """
 
     def __init__(self, bits: int) -> None:
@@ -193,25 +225,40 @@ class IntRowQuantizer(Quantizer):
         self.qmax = 2 ** (bits - 1) - 1
         self.name = f"int{bits}_row"
 
-    def part_spec(self, shape: tuple[int, ...], dtype: str) -> Spec:
-        if len(shape) != 2:
-            raise ValueError(f"scheme {self.name} needs a 2-D tensor, got shape {list(shape)}")
-        return {"q": ("int8", tuple(shape)), "scale": ("float16", (shape[0],))}
-
-    def quantize(self, t: torch.Tensor, qcfg: QuantConfig) -> dict[str, np.ndarray]:
-        w = _float32_cpu(t, self.name)
-        self.part_spec(tuple(w.shape), "float32")
-        clip = row_quantile(w.abs(), qcfg.clip_percentile / 100.0)
+    def _scale_of(self, clip: torch.Tensor, qcfg: QuantConfig) -> torch.Tensor:
         floor = max(qcfg.row_scale_min, _FP16_MIN_NORMAL)
-        scale = (clip / self.qmax).clamp(min=floor, max=_FP16_MAX)
-        clipped = torch.maximum(torch.minimum(w, clip[:, None]), -clip[:, None])
-        q = torch.clamp(torch.round(clipped / scale[:, None]), -self.qmax, self.qmax)
-        return {"q": q.to(torch.int8).contiguous().numpy(),
-                "scale": scale.to(torch.float16).contiguous().numpy()}
+        return (clip / self.qmax).clamp(min=floor, max=_FP16_MAX)
 
-    def _dequantize(self, parts: dict[str, np.ndarray], shape: tuple[int, ...],
-                    dtype: str) -> torch.Tensor:
-        return _to_torch(parts["q"]).float() * _to_torch(parts["scale"]).float()[:, None]
+    def row_scale(self, w: torch.Tensor, qcfg: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        if qcfg.clip == "sdclip":
+            std = w.std(dim=1) if w.shape[1] > 1 else torch.zeros(w.shape[0])
+            clip = qcfg.sdclip_k * std
+            return self._scale_of(clip, qcfg), clip
+        if qcfg.clip != "search":
+            clip = row_quantile(w.abs(), qcfg.clip_percentile / 100.0)
+            return self._scale_of(clip, qcfg), clip
+        best_err = torch.full((w.shape[0],), float("inf"))
+        best_clip = torch.zeros(w.shape[0])
+        for pct in SEARCH_PERCENTILES:  # ties keep the earlier (smaller) clip: deterministic
+            clip = row_quantile(w.abs(), pct / 100.0)
+            scale = self._scale_of(clip, qcfg)
+            q = _round_rows(w, scale, clip, self.qmax).float()
+            err = ((q * scale.half().float()[:, None] - w) ** 2).sum(dim=1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_clip = torch.where(better, clip, best_clip)
+        return self._scale_of(best_clip, qcfg), best_clip
+
+
+class TernaryRowQuantizer(RowGridQuantizer):
+    """BitNet b1.58 absmean ternary, per row: scale = mean(|w_row|), q = clamp(round(w/scale), -1, 1)."""
+
+    name = "ternary_row"
+    qmax = 1
+
+    def row_scale(self, w: torch.Tensor, qcfg: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = w.abs().mean(dim=1).clamp(min=_FP16_MIN_NORMAL, max=_FP16_MAX)
+        return scale, scale * 1.5  # the clip is inert: round(w/scale) is clamped to +-1 anyway
 
 
 class Int8TensorQuantizer(Quantizer):
@@ -243,73 +290,5 @@ QUANTIZERS: dict[str, Quantizer] = {
     "fp16": CastQuantizer("fp16", torch.float16),
     "int8_tensor": Int8TensorQuantizer(),
     **{f"int{n}_row": IntRowQuantizer(n) for n in range(2, 9)},
+    "ternary_row": TernaryRowQuantizer(),
 }
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One row of the rules table: conditions on (name, tensor) and the scheme it implies.
-
-    A condition left at None/"" is not checked. `small` means numel <= passthrough_max_numel.
-    """
-
-    name: str
-    scheme: str  # a QUANTIZERS key, or MATRIX_SCHEME
-    pattern: str = ""  # re.search on the tensor name must match
-    exclude: str = ""  # re.search on the tensor name must NOT match
-    floating: bool | None = None
-    small: bool | None = None
-    ndim: int | None = None
-    not_ndim: int | None = None
-
-    def matches(self, name: str, t: torch.Tensor, qcfg: QuantConfig) -> bool:
-        if self.floating is not None and t.is_floating_point() != self.floating:
-            return False
-        if self.small is not None and (t.numel() <= qcfg.passthrough_max_numel) != self.small:
-            return False
-        if self.ndim is not None and t.ndim != self.ndim:
-            return False
-        if self.not_ndim is not None and t.ndim == self.not_ndim:
-            return False
-        if self.pattern and not re.search(self.pattern, name):
-            return False
-        return not (self.exclude and re.search(self.exclude, name))
-
-
-# Ordered for reading only: assign_schemes demands that exactly one rule matches each tensor.
-RULES: tuple[Rule, ...] = (
-    Rule("non_float", "raw", floating=False),
-    Rule("control", "fp32", pattern=CONTROL_PATTERN, floating=True, small=True),
-    Rule("small_float", "fp16", exclude=CONTROL_PATTERN, floating=True, small=True),
-    Rule("matrix", MATRIX_SCHEME, floating=True, small=False, ndim=2),
-    Rule("large_other", "int8_tensor", floating=True, small=False, not_ndim=2),
-)
-
-
-def assign_schemes(state: dict[str, torch.Tensor], qcfg: QuantConfig,
-                   rules: tuple[Rule, ...] | list[Rule] = RULES) -> dict[str, str]:
-    """Tensor name -> scheme; ValueError lists every tensor matched by zero or several rules."""
-    if qcfg.scheme not in QUANTIZERS:
-        raise ValueError(f"quant.scheme={qcfg.scheme!r} is not a known scheme; "
-                         f"choose one of {', '.join(sorted(QUANTIZERS))}")
-    out: dict[str, str] = {}
-    problems: list[str] = []
-    for name in sorted(state):
-        t = state[name]
-        if not isinstance(t, torch.Tensor):
-            problems.append(f"{name}: not a tensor ({type(t).__name__})")
-            continue
-        hits = [r for r in rules if r.matches(name, t, qcfg)]
-        if len(hits) != 1:
-            which = ", ".join(r.name for r in hits) if hits else "none"
-            problems.append(f"{name} {dtype_name(t.dtype)}{list(t.shape)}: rules matched: {which}")
-            continue
-        scheme = qcfg.scheme if hits[0].scheme == MATRIX_SCHEME else hits[0].scheme
-        if scheme not in QUANTIZERS:
-            problems.append(f"{name}: rule {hits[0].name} names unknown scheme {scheme!r}")
-            continue
-        out[name] = scheme
-    if problems:
-        raise ValueError("every tensor must match exactly one quantization rule; "
-                         + "; ".join(problems))
-    return out

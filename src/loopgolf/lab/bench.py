@@ -11,13 +11,13 @@ Comparisons are only meaningful inside one call on one machine (ratios, not abso
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from loopgolf import dist
 from loopgolf.data.corpus import iter_documents
 from loopgolf.data.prepare import tokenize_documents
 
@@ -65,7 +65,7 @@ def run_side_by_side(presets: list[str], shards: Path, tokenizer: Path, budget_s
                "--set", f"data.train={shards}/*_train_*.bin", "--set", f"data.val={shards}/*_val_*.bin",
                "--set", f"data.tokenizer={tokenizer}", "--set", f"train.budget_s={budget_s}",
                *sum((["--set", s] for s in extra_sets), []), "--run-dir", str(out / f"run_{name}")]
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu), "PYTHONUNBUFFERED": "1"}
+        env = dist.child_env(gpu)
         log = open(out / f"{name}.log", "w")
         procs.append((preset, gpu, cmd, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     results = []

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 
 from loopgolf import dist
 from loopgolf.compress.artifact import read_artifact

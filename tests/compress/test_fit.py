@@ -1,0 +1,70 @@
+"""Budget fitter and selective +-1 pruning: under the target, deterministic, close to the target."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from loopgolf.compress.artifact import pack, unpack
+from loopgolf.compress.fit import fit_to_budget
+from loopgolf.compress.prune import prune_ones
+from loopgolf.compress.rules import quantize_state
+from loopgolf.config import QuantConfig
+
+
+def state(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {f"blocks.{i}.mlp.fc.weight": torch.randn(128, 128, generator=g) * 0.02 for i in range(3)} | {
+        "blocks.0.attn_scale": torch.ones(128)}
+
+
+def test_prune_zeroes_the_least_certain_ones() -> None:
+    w = {"m.weight": torch.tensor([[0.6, -0.7, 1.4, 0.1], [-0.55, 0.9, 2.0, -1.2]])}
+    qcfg = QuantConfig(scheme="int4_row", passthrough_max_numel=1, row_scale_min=0.0,
+                       clip="sdclip", sdclip_k=7.0)
+    quantized = quantize_state(w, qcfg)
+    q = quantized["m.weight"][1]["q"]
+    scale = quantized["m.weight"][1]["scale"].astype(np.float32)
+    ones = np.argwhere(np.abs(q) == 1)
+    keys = sorted((abs(float(w["m.weight"][r, c])) / scale[r], r, c) for r, c in ones)
+    pruned = prune_ones(quantized, w, 0.5)["m.weight"][1]["q"]
+    n = round(0.5 * len(keys))
+    assert all(pruned[r, c] == 0 for _, r, c in keys[:n])
+    assert all(pruned[r, c] == q[r, c] for _, r, c in keys[n:])
+    assert (np.abs(pruned) != 1).sum() - (np.abs(q) != 1).sum() == n
+    assert quantized["m.weight"][1]["q"] is q  # the input is not modified
+    assert np.array_equal(prune_ones(quantized, w, 0.0)["m.weight"][1]["q"], q)
+
+
+@pytest.mark.parametrize("clip", ["sdclip", "percentile"])
+def test_fit_lands_just_under_target_deterministically(clip: str) -> None:
+    qcfg = QuantConfig(scheme="int6_row", clip=clip, sdclip_k=6.0, row_scale_min=0.0, codec="zlib",
+                       passthrough_max_numel=1000)
+    s = state()
+    full = len(pack(s, {"a": 1}, qcfg))
+    target = int(full * 0.85) + 1000
+    res = fit_to_budget(s, qcfg, target_bytes=target, code_bytes=1000, meta={"a": 1})
+    assert res.fits and res.total_bytes == len(res.blob) + 1000 <= target
+    assert res.total_bytes > target - 0.01 * full  # just under, not far under
+    again = fit_to_budget(s, qcfg, target_bytes=target, code_bytes=1000, meta={"a": 1})
+    assert again.blob == res.blob and again.qcfg == res.qcfg
+    assert pack(s, {"a": 1}, res.qcfg) == res.blob  # the returned config reproduces the bytes
+    back, meta = unpack(res.blob)
+    assert meta == {"a": 1} and set(back) == set(s)
+    if clip == "sdclip":
+        assert res.qcfg.sdclip_k > 6.0 and res.qcfg.prune_frac == 0.0
+    else:
+        assert res.qcfg.prune_frac > 0.0
+
+
+def test_fit_steps_bits_down_and_reports_impossible_targets() -> None:
+    qcfg = QuantConfig(scheme="int8_row", row_scale_min=0.0, codec="zlib", passthrough_max_numel=1000)
+    s = state()
+    int6 = len(pack(s, {}, QuantConfig(scheme="int6_row", row_scale_min=0.0, codec="zlib",
+                                                passthrough_max_numel=1000)))
+    res = fit_to_budget(s, qcfg, target_bytes=int6, max_prune=0.05)
+    assert res.fits and res.qcfg.scheme in ("int6_row", "int7_row")
+    fitting = fit_to_budget(s, qcfg, target_bytes=10 ** 9)
+    assert fitting.qcfg == qcfg and len(fitting.trials) == 1
+    with pytest.raises(ValueError, match="cannot fit under 100 B"):
+        fit_to_budget(s, qcfg, target_bytes=100)
