@@ -20,6 +20,7 @@ PINNED = {
     "seed-loop45": 26_906_713,  # record (a)'s variant: 30,352,046 (differences in the docstring)
     "seed-recursive-4b": 29_950_083,  # PR #927: 29,950,082 (one VE scale per layer here)
     "record-loop345": 35_944_536,  # record (d), as published
+    "seed-lora-mtp": 23_489_320,  # no published count; 22,309,672 ship (MTP heads are training-only)
     "demo": 361_864,
     "tiny": 38_342,
 }

@@ -49,6 +49,9 @@ class ModelConfig:
     ln_scale: bool = False  # scale normalized block inputs by 1/sqrt(block+1) (record (c) L445)
     parallel_from: int = -1  # physical blocks >= this use a parallel residual (record (d)); -1 = off
     untie_repeat_mlp: bool = False  # repeated visits of a block use their own MLP (record (a))
+    lora_rank: int = 0  # per-virtual-layer LoRA on attention q/k/v/o of shared blocks; 0 = off
+    mtp_heads: int = 0  # training-only heads predicting tokens t+2..t+1+n; never shipped
+    mtp_weight: float = 0.3  # weight of the mean auxiliary loss
     rope_base: float = 10000.0
     qk_gain_init: float = 1.5
     logit_softcap: float = 30.0

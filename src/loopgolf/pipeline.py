@@ -137,8 +137,10 @@ def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
     result.update(val_loss_prequant=pre["val_loss"], val_bpb_prequant=pre["val_bpb"],
                   params=model.num_params())
     if info.is_main:
-        meta = {"config": cfg.to_dict(), "code_sha256": env["code_sha256"], "loopgolf": env["loopgolf"]}
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        shipped = copy.deepcopy(cfg)
+        shipped.model.mtp_heads = 0  # auxiliary heads are training-only: they never ship
+        meta = {"config": shipped.to_dict(), "code_sha256": env["code_sha256"], "loopgolf": env["loopgolf"]}
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("mtp_heads.")}
         t0 = time.perf_counter()
         parts = gptq_quantize_state(state, hessians, cfg.quant, device=device) if hessians else None
         if parts is not None:

@@ -124,6 +124,21 @@ def record_loop345() -> RunConfig:
     ).override(["data.seq_len=2048"])
 
 
+def seed_lora_mtp() -> RunConfig:
+    """Seed 3 (no published count): 5 unique blocks x 2 loops at d=768, 8/4 heads, ReLU^2 MLP 2x,
+    a rank-16 LoRA on attention q/k/v/o for every virtual layer (each loop of a shared block gets its
+    own low-rank correction), 2 multi-token-prediction heads (tokens t+2, t+3; training-only, stripped
+    from the artifact), EMA. The seed's other shape, 4 x 3 at d=704 with rank 32, is
+    `--set model.plan=4x3 --set model.dim=704 --set model.mlp_hidden=1408 --set model.lora_rank=32`."""
+    return RunConfig(
+        name="seed-lora-mtp",
+        model=ModelConfig(dim=768, n_heads=8, n_kv_heads=4, mlp_hidden=1536, plan="5x2", lora_rank=16,
+                          mtp_heads=2),
+        optim=OptimConfig(warmdown_frac=0.5, momentum_warmup_frac=0.1, ema_horizon_frac=0.05),
+        train=TrainConfig(budget_s=600.0),
+    )
+
+
 def demo() -> RunConfig:
     """A looped model small enough to train on 2 CPU cores in under two minutes (`loopgolf demo`):
     2 shared blocks x 3 loops at d=128, seq 256, 8,192 tokens per step."""
@@ -156,6 +171,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "seed-loop45": seed_loop45,
     "seed-recursive-4b": seed_recursive_4b,
     "record-loop345": record_loop345,
+    "seed-lora-mtp": seed_lora_mtp,
     "demo": demo,
     "tiny": tiny,
 }

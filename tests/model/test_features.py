@@ -96,3 +96,41 @@ def test_parallel_residual_and_partial_rope_and_ln_scale_run():
                                 per_layer_scales=True, untie_repeat_mlp=True)))
     idx = torch.randint(0, 64, (2, 8))
     assert torch.isfinite(model(idx, idx)).all()
+
+
+def test_lora_starts_as_a_no_op_and_is_per_virtual_layer():
+    idx = torch.randint(0, 64, (2, 8))
+    plain = _randomize(GPT(_cfg(plan="1x3")))
+    lora = GPT(_cfg(plan="1x3", lora_rank=4))
+    lora.load_state_dict(plain.state_dict(), strict=False)
+    assert torch.allclose(plain(idx, idx), lora(idx, idx), atol=1e-6)  # B = 0
+    assert lora.lora_q_a.shape == (3, 4, 32) and lora.lora_k_b.shape == (3, 16, 4)
+    torch.nn.init.normal_(lora.lora_v_b, std=0.1)
+    lora(idx, idx).mean().backward()
+    assert all(lora.lora_v_a.grad[v].abs().sum() > 0 for v in range(3))  # each loop has its own
+
+
+def test_mtp_heads_change_only_the_training_loss():
+    idx = torch.randint(0, 64, (2, 8))
+    model = _randomize(GPT(_cfg(plan="2", mtp_heads=2)))
+    model.eval()
+    plain = model(idx, idx)
+    assert torch.allclose(plain, torch.nn.functional.cross_entropy(
+        model.logits(idx).view(-1, 64), idx.view(-1), reduction="none").view(2, 8))
+    model.train()
+    trained = model(idx, idx)
+    assert (trained[:, :-1] > plain[:, :-1]).all()  # auxiliary losses added where a target exists
+    assert torch.allclose(trained[:, -1], plain[:, -1])  # the last position has no t+2 target
+
+
+def test_shipped_artifact_has_no_mtp_heads(tiny_args, tmp_path):
+    import json
+
+    from loopgolf.cli import main
+    from loopgolf.compress.artifact import read_artifact
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", *tiny_args, "--set", "model.mtp_heads=2", "--set",
+                 "train.max_steps=2", "--run-dir", str(run)]) == 0
+    state, meta = read_artifact(run / "model.lgz")
+    assert not any(k.startswith("mtp_heads.") for k in state) and meta["config"]["model"]["mtp_heads"] == 0
+    assert json.loads((run / "config.json").read_text())["model"]["mtp_heads"] == 2

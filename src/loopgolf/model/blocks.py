@@ -69,11 +69,15 @@ class Attention(nn.Module):
         self.q_gain = nn.Parameter(torch.full((cfg.n_heads,), cfg.qk_gain_init))
         self.rotary = Rotary(cfg.rope_dims or self.head_dim, cfg.rope_base)
 
-    def forward(self, x: torch.Tensor, spec: LayerSpec, v_extra: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spec: LayerSpec, v_extra: torch.Tensor | None = None,
+                lora: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q = self.c_q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B,H,T,D)
-        k = self.c_k(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B,KV,T,D)
-        v = self.c_v(x)
+        q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
+        if lora is not None:  # this virtual layer's own low-rank deltas: W x + B (A x)
+            q, k, v = (t + (x @ a.to(x.dtype).mT) @ b.to(x.dtype).mT
+                       for t, a, b in zip((q, k, v), lora[0:6:2], lora[1:6:2]))
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B,H,T,D)
+        k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B,KV,T,D)
         if v_extra is not None:  # value embedding injected into V (record (a) L318-326)
             v = v + v_extra
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
@@ -84,7 +88,11 @@ class Attention(nn.Module):
             # XSA: remove the component along the token's own normalized value (record (c) L393-400)
             vh = F.normalize(v, dim=-1).repeat_interleave(self.n_heads // self.n_kv, dim=1)
             y = y - (y * vh).sum(-1, keepdim=True) * vh
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        y = y.transpose(1, 2).reshape(B, T, C)
+        out = self.proj(y)
+        if lora is not None:
+            out = out + (y @ lora[6].to(y.dtype).mT) @ lora[7].to(y.dtype).mT
+        return out
 
 
 class ReluSquaredMLP(nn.Module):
@@ -137,14 +145,15 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, x0: torch.Tensor, spec: LayerSpec,
                 controls: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                v_extra: torch.Tensor | None = None, mlp: nn.Module | None = None) -> torch.Tensor:
+                v_extra: torch.Tensor | None = None, mlp: nn.Module | None = None,
+                lora: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         attn_scale, mlp_scale, mix = (c.to(x.dtype) for c in controls)
         mlp = self.mlp if mlp is None else mlp
         x = mix[0] * x + mix[1] * x0
         h = rms_norm(x)
         if spec.ln_scale != 1.0:
             h = h * spec.ln_scale
-        a = attn_scale * self.attn(h, spec, v_extra)
+        a = attn_scale * self.attn(h, spec, v_extra, lora)
         if spec.parallel:  # GPT-J single-lane parallel residual (record (d) L109-113)
             return x + a + mlp_scale * mlp(h)
         x = x + a

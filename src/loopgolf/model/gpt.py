@@ -40,6 +40,15 @@ def _param(shape, fill: float) -> nn.Parameter:
     return nn.Parameter(torch.full(shape, fill))
 
 
+class MTPHead(nn.Module):
+    """Multi-token prediction: a projection whose normalized output goes through the tied
+    unembedding to predict a token further ahead. Training-only: the artifact never carries it."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -79,6 +88,12 @@ class GPT(nn.Module):
         self._repeat_keys = sorted({(s.block, s.visit) for specs in self._specs for s in specs if s.visit > 0}
                                    ) if cfg.untie_repeat_mlp else []
         self.repeat_mlps = nn.ModuleList(MLPS[cfg.mlp](cfg) for _ in self._repeat_keys)
+        r = cfg.lora_rank
+        if r:  # per-virtual-layer LoRA on q/k/v/o: A random, B zero, so each starts as a no-op
+            for name, d_in, d_out in (("q", d, d), ("k", d, kv_dim), ("v", d, kv_dim), ("o", d, d)):
+                setattr(self, f"lora_{name}_a", nn.Parameter(torch.randn(n_virtual, r, d_in) / d_in ** 0.5))
+                setattr(self, f"lora_{name}_b", _param((n_virtual, d_out, r), 0.0))
+        self.mtp_heads = nn.ModuleList(MTPHead(d) for _ in range(cfg.mtp_heads))
         self.init_weights()
 
     def _layer_specs(self, plan):
@@ -184,12 +199,19 @@ class GPT(nn.Module):
             v_extra = (self.ve_inject.scales[spec.ve_slot].to(x.dtype) * v_inj.to(x.dtype)
                        if spec.ve_slot >= 0 and v_inj is not None else None)
             block = self.blocks[b]
-            x = block(x, x0, spec, self._controls(block, v), v_extra, self._repeat_mlp(b, spec.visit))
+            x = block(x, x0, spec, self._controls(block, v), v_extra, self._repeat_mlp(b, spec.visit),
+                      self._lora(v))
             if self.cross_repeat_scales is not None:
                 prev_out[b] = x
             if v < n_enc:
                 skips.append(x)
         return rms_norm(x)
+
+    def _lora(self, v: int) -> tuple[torch.Tensor, ...] | None:
+        if not self.cfg.lora_rank:
+            return None
+        i = min(v, self.lora_q_a.size(0) - 1)
+        return tuple(getattr(self, f"lora_{n}_{ab}")[i] for n in "qkvo" for ab in "ab")
 
     def _repeat_mlp(self, block: int, visit: int) -> nn.Module | None:
         if visit == 0 or not self._repeat_keys:
@@ -197,16 +219,28 @@ class GPT(nn.Module):
         keys = [k for k in self._repeat_keys if k[0] == block and k[1] <= visit]
         return self.repeat_mlps[self._repeat_keys.index(keys[-1])] if keys else None
 
-    def logits(self, idx: torch.Tensor) -> torch.Tensor:
-        """Softcapped float32 logits, (B, T, vocab)."""
-        h = self.hidden(idx)
+    def _unembed(self, h: torch.Tensor) -> torch.Tensor:
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         logits = F.linear(h, w.to(h.dtype)).float()
         c = self.cfg.logit_softcap
         return c * torch.tanh(logits / c) if c > 0 else logits
 
+    def logits(self, idx: torch.Tensor) -> torch.Tensor:
+        """Softcapped float32 logits, (B, T, vocab)."""
+        return self._unembed(self.hidden(idx))
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-token cross-entropy in nats, float32, shape (B, T)."""
-        logits = self.logits(idx)
+        """Per-token cross-entropy in nats, float32, shape (B, T). In training mode with MTP heads,
+        each position also carries mtp_weight x the mean auxiliary loss of predicting t+1+k."""
+        h = self.hidden(idx)
+        logits = self._unembed(h)
         nll = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
-        return nll.view(targets.shape)
+        nll = nll.view(targets.shape)
+        if not (self.training and len(self.mtp_heads)):
+            return nll
+        aux = torch.zeros_like(nll)
+        for k, head in enumerate(self.mtp_heads, start=1):  # targets[:, t+k] is the token at t+1+k
+            lk = self._unembed(rms_norm(head.proj(h[:, :-k])))
+            ce = F.cross_entropy(lk.reshape(-1, lk.size(-1)), targets[:, k:].reshape(-1), reduction="none")
+            aux[:, :-k] += ce.view(targets.size(0), -1)
+        return nll + self.cfg.mtp_weight / len(self.mtp_heads) * aux
