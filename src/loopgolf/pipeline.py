@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from loopgolf import dist
-from loopgolf.compress.artifact import read_artifact, write_artifact
+from loopgolf.compress.artifact import ArtifactError, read_artifact, write_artifact
 from loopgolf.compress.budget import budget_report, code_bytes, format_budget
 from loopgolf.compress.gptq import collect_hessians, gptq_quantize_state, sample_calibration
 from loopgolf.config import ConfigError, RunConfig
@@ -185,21 +185,26 @@ def _calibrate(cfg: RunConfig, model: torch.nn.Module, loader: BatchLoader, devi
     return hess, time.perf_counter() - t0
 
 
+def model_from_artifact(artifact: Path, device: torch.device) -> tuple[GPT, RunConfig]:
+    """The shipped model, rebuilt from the artifact file alone (its embedded config and weights)."""
+    state, meta = read_artifact(artifact)
+    cfg = RunConfig.from_dict(meta["config"]).validate()
+    model = GPT(cfg.model)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ArtifactError(f"{artifact}: artifact tensors do not match its config (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]}); re-run `loopgolf train`")
+    return model.to(device), cfg
+
+
 def evaluate_artifact(artifact: Path, val: str, tokenizer: str, device_kind: str = "auto",
                       batch_tokens: int = 0, max_tokens: int | None = None) -> dict:
     """Rebuild the model from the artifact alone and score it; distributed when under torchrun."""
     device = resolve_device(device_kind)
     dist.init(device.type)
     t0 = time.perf_counter()
-    state, meta = read_artifact(artifact)
+    model, cfg = model_from_artifact(artifact, device)
     decompress_s = time.perf_counter() - t0
-    cfg = RunConfig.from_dict(meta["config"]).validate()
-    model = GPT(cfg.model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{artifact}: artifact tensors do not match its config "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.to(device)
     luts, sp = _byte_tables(tokenizer, cfg.model.vocab_size, device)
     check_vocab(list_shards(val), sp.get_piece_size())
     tokens = load_val_tokens(val)

@@ -11,24 +11,17 @@ from pathlib import Path
 
 
 from loopgolf import dist
-from loopgolf.compress.artifact import read_artifact
-from loopgolf.config import RunConfig
 from loopgolf.data.shards import list_shards
 from loopgolf.eval.bpb import evaluate_bpb
-from loopgolf.model.gpt import GPT
 from loopgolf.model.recurrence import plan_with_loops
-from loopgolf.pipeline import _byte_tables, load_val_tokens, resolve_device
+from loopgolf.pipeline import _byte_tables, load_val_tokens, model_from_artifact, resolve_device
 
 
 def depth_curve(artifact: Path, val: str, tokenizer: str, loops: list[int], device_kind: str = "auto",
                 max_tokens: int = 0) -> list[dict]:
     device = resolve_device(device_kind)
     dist.init(device.type)
-    state, meta = read_artifact(artifact)
-    cfg = RunConfig.from_dict(meta["config"]).validate()
-    model = GPT(cfg.model)
-    model.load_state_dict(state)
-    model.to(device)
+    model, cfg = model_from_artifact(artifact, device)
     luts, _ = _byte_tables(tokenizer, cfg.model.vocab_size, device)
     list_shards(val)
     tokens = load_val_tokens(val)

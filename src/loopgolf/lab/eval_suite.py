@@ -16,11 +16,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from loopgolf import dist
-from loopgolf.compress.artifact import read_artifact
-from loopgolf.config import RunConfig
 from loopgolf.data.luts import build_byte_luts
 from loopgolf.data.shards import check_vocab, list_shards
 from loopgolf.data.tokenizer import load_tokenizer
@@ -30,19 +27,9 @@ from loopgolf.eval.mixture import evaluate_mixture
 from loopgolf.eval.sliding import evaluate_sliding, new_log
 from loopgolf.eval.ttt import ttt_lora, ttt_sgd
 from loopgolf.lab import legality
-from loopgolf.model.gpt import GPT
-from loopgolf.pipeline import load_val_tokens, resolve_device, write_json
+from loopgolf.pipeline import load_val_tokens, model_from_artifact, resolve_device, write_json
 
 EVAL_BUDGET_S = 600.0
-
-
-def rebuild_model(state: dict, cfg: RunConfig, device: torch.device, source: str) -> GPT:
-    model = GPT(cfg.model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{source}: artifact tensors do not match its config (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}); re-run `loopgolf train`")
-    return model.to(device).eval()
 
 
 def _check_logs(log: EventLog, events_dir: Path) -> dict | None:
@@ -64,9 +51,8 @@ def evaluate_suite(artifact: Path, val: str, tokenizer: str, device_kind: str = 
     device = resolve_device(device_kind)
     dist.init(device.type)
     t0 = time.perf_counter()
-    state, meta = read_artifact(artifact)
-    cfg = RunConfig.from_dict(meta["config"]).validate()
-    model = rebuild_model(state, cfg, device, str(artifact))
+    model, cfg = model_from_artifact(artifact, device)
+    model.eval()
     phases: dict[str, dict] = {"load": {"seconds": time.perf_counter() - t0}}
     sp = load_tokenizer(tokenizer)
     luts = build_byte_luts(sp, cfg.model.vocab_size).to_torch(device)
@@ -100,7 +86,7 @@ def evaluate_suite(artifact: Path, val: str, tokenizer: str, device_kind: str = 
         checks["mixture_normalized"] = legality.check_normalized(snaps.get, sorted(snaps),
                                                                  cfg.model.vocab_size)
     if ttt:
-        fresh = rebuild_model(state, cfg, device, str(artifact))  # TTT adapts weights in place
+        fresh = model_from_artifact(artifact, device)[0].eval()  # TTT adapts weights in place: a fresh copy
         log = new_log(f"ttt_{ttt}", n)
         if ttt == "sgd":
             phases["ttt_sgd"] = ttt_sgd(fresh, tokens, luts, context, stride, device, ttt_chunk,
