@@ -6,20 +6,8 @@ import pytest
 from loopgolf.lab.seeds import build_report, collect, load_reference, register, run_seeds, write_report
 
 
-def fake_run(tmp_path, seed, loss):
-    d = tmp_path / f"seed_{seed}"
-    d.mkdir()
-    (d / "result.json").write_text(json.dumps({
-        "val_loss": loss, "val_bpb": loss / 1.7, "val_bpb_prequant": loss / 1.71, "steps": 100,
-        "ms_per_step": 90.0, "train_seconds": 590.0, "artifact_bytes": 15_000_000, "code_bytes": 60_000,
-        "total_bytes": 15_060_000, "eval": {"eval_seconds": 12.5}}))
-    (d / "train.log").write_text(f"seed {seed}\n")
-    (d / "env.json").write_text(json.dumps({"torch": "2.9", "gpus": ["H100"], "loopgolf": "0.1.0"}))
-    return d
-
-
-def test_report_from_result_files(tmp_path):
-    rows = [collect(fake_run(tmp_path, s, v), s) for s, v in [(1, 2.05), (2, 2.06), (3, 2.052)]]
+def test_report_from_result_files(tmp_path, fake_seed_run):
+    rows = [collect(fake_seed_run(tmp_path, s, v), s) for s, v in [(1, 2.05), (2, 2.06), (3, 2.052)]]
     rows.append(collect(tmp_path / "missing", 4, exit_code=1))
     rep = build_report("tiny", rows, reference=[2.07, 2.071, 2.069])
     assert rep["failed"] == [4] and rep["summary"]["n"] == 3

@@ -5,22 +5,10 @@ from loopgolf.lab.seeds import build_report, collect
 from loopgolf.lab.submission import build_submission, register
 
 
-def fake_run(tmp_path, seed, loss):
-    d = tmp_path / f"seed_{seed}"
-    d.mkdir()
-    (d / "result.json").write_text(json.dumps({
-        "val_loss": loss, "val_bpb": loss / 1.7, "val_bpb_prequant": loss / 1.71, "steps": 100,
-        "ms_per_step": 90.0, "train_seconds": 590.0, "artifact_bytes": 15_000_000, "code_bytes": 60_000,
-        "total_bytes": 15_060_000, "eval": {"eval_seconds": 12.5}}))
-    (d / "train.log").write_text(f"seed {seed}\n")
-    (d / "env.json").write_text(json.dumps({"torch": "2.9", "gpus": ["H100"], "loopgolf": "0.1.0"}))
-    return d
-
-
-def test_submission_folder(tmp_path):
+def test_submission_folder(tmp_path, fake_seed_run):
     runs = tmp_path / "runs"
     runs.mkdir()
-    rows = [collect(fake_run(runs, s, v), s) for s, v in [(42, 2.05), (1337, 2.06), (2025, 2.052)]]
+    rows = [collect(fake_seed_run(runs, s, v), s) for s, v in [(42, 2.05), (1337, 2.06), (2025, 2.052)]]
     report = build_report("tiny", rows, reference=[2.07, 2.071, 2.069])
     ev = {"phases": {"load": {"seconds": 1.0, "within_eval_budget": True},
                      "sliding": {"val_bpb": 1.2, "seconds": 100.0, "within_eval_budget": True},
