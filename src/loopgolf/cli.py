@@ -44,7 +44,7 @@ def cmd_train(args) -> int:
 
     cfg = _config(args)
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(cfg.out_dir, cfg.name, args.resume)
-    res = run_with_reload(cfg, run_dir, resume=args.resume)
+    res = run_with_reload(cfg, run_dir, resume=args.resume, code=args.code)
     if dist.info().is_main:
         _print_summary(res)
         print(f"run directory: {run_dir}")
@@ -119,8 +119,14 @@ def cmd_bench_prepare(args) -> int:
 def cmd_bench_run(args) -> int:
     from loopgolf.lab.bench import run_side_by_side
 
+    per_preset: dict[str, list[str]] = {}
+    for item in args.preset_set or []:
+        preset, sep, setting = item.partition(":")
+        if not sep or preset not in args.presets:
+            raise ConfigError(f"--preset-set {item!r}: write PRESET:SECTION.FIELD=VALUE for one of {args.presets}")
+        per_preset.setdefault(preset, []).append(setting)
     results = run_side_by_side(args.presets, Path(args.shards), Path(args.tokenizer), args.budget_s,
-                               Path(args.out), args.set or [])
+                               Path(args.out), args.set or [], per_preset=per_preset)
     return 0 if all(r["exit_code"] == 0 for r in results) else 1
 
 
@@ -147,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--run-dir", help="explicit run directory (default runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    p.add_argument("--code", choices=("packed", "core"), default="packed",
+                   help="code bytes counted (budget, quant.fit_target): the packed single-file export "
+                        "of this config (default) or the core source files")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("eval", help="score an artifact (rebuilt from the file alone)")
@@ -187,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=300.0)
     p.add_argument("--out", required=True)
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
+    p.add_argument("--preset-set", action="append", metavar="PRESET:SECTION.FIELD=VALUE",
+                   help="override a field for one preset only")
     p.set_defaults(fn=cmd_bench_run)
     return ap
 

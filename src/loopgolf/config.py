@@ -152,6 +152,10 @@ class TrainConfig:
     val_tokens: int = 0  # tokens of val used by periodic validation; 0 = all
     log_every: int = 50
     compile: bool = True  # torch.compile on CUDA (ignored on CPU)
+    # Inductor's mix-order reduction (default on since torch 2.10) drops gradient writes for slices
+    # of one shared parameter (pytorch#193061, fixed by #193103): loop_embed[v], ve_scales[v, k],
+    # cross_repeat_scales[b, r]. It made seed-shared-3x4 diverge under compile only; off by default.
+    compile_mix_order_reduction: bool = False
     warmup_steps: int = 20  # compile-priming steps; weights and optimizer are restored afterwards
     seed: int = 1337
     checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end
@@ -188,6 +192,10 @@ class QuantConfig:
     bits_rules: str = ""
     shuffle: bool = False  # byte-shuffle multi-byte parts before compression (records (a)-(d))
     prune_frac: float = 0.0  # fraction of quantized +-1 values zeroed, smallest |w| first
+    # Budget fitting after training: 0 = off; else the artifact + code bytes to land just under
+    # (e.g. 15_990_000). quant.sdclip_k (clip=sdclip) and then quant.prune_frac are searched
+    # (compress/fit.py, or compress/fit_gptq.py with quant.gptq); the artifact records the values used.
+    fit_target: int = 0
     gptq: bool = False  # full-Hessian GPTQ of the matrices (compress/gptq.py)
     gptq_damp: float = 0.01  # fraction of mean(diag H) added to the diagonal
     gptq_block: int = 128
@@ -215,6 +223,12 @@ class QuantConfig:
             raise ConfigError(f"quant.sdclip_k={self.sdclip_k} must be > 0")
         if not 0.0 <= self.prune_frac <= 1.0:
             raise ConfigError(f"quant.prune_frac={self.prune_frac} must be a fraction in [0, 1]")
+        if not 0 <= self.fit_target <= BUDGET_BYTES:
+            raise ConfigError(f"quant.fit_target={self.fit_target} must be 0 (off) or a byte count "
+                              f"in 1..{BUDGET_BYTES:,}, e.g. 15990000")
+        if self.fit_target and self.gptq and self.clip != "sdclip":
+            raise ConfigError("quant.fit_target with quant.gptq searches quant.sdclip_k; set "
+                              "quant.clip=sdclip")
         if not 0.0 <= self.gptq_damp < 1.0 or self.gptq_block < 1:
             raise ConfigError("quant.gptq_damp must be in [0, 1) and quant.gptq_block >= 1")
         if self.gptq_calib not in ("train", "self"):

@@ -2,12 +2,15 @@
 
 `train_and_compress` runs on every rank (launched plainly or by torchrun) and writes, under the run
 directory: config.json, env.json, train.log, metrics.jsonl, model.lgz (the artifact) and a partial
-result. `evaluate_artifact` rebuilds the model from the artifact file alone (its embedded config
-and weights) and reports val_bpb; the CLI calls it in a fresh process.
+result. With quant.fit_target set, the artifact is fitted just under that many bytes (artifact + code;
+compress/fit_gptq.py with quant.gptq, else compress/fit.py) and the config embedded in it names the
+knobs chosen. `evaluate_artifact` rebuilds the model from the artifact file alone (its embedded
+config and weights) and reports val_bpb; the CLI calls it in a fresh process.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import tempfile
@@ -19,10 +22,19 @@ import numpy as np
 import torch
 
 from loopgolf import dist
-from loopgolf.compress.artifact import ArtifactError, read_artifact, write_artifact
-from loopgolf.compress.budget import budget_report, code_bytes, format_budget
+from loopgolf.compress import budget
+from loopgolf.compress.artifact import (
+    ArtifactError,
+    inspect_artifact,
+    read_artifact,
+    write_artifact,
+    write_bytes_atomic,
+)
+from loopgolf.compress.budget import budget_report, format_budget
+from loopgolf.compress.fit import FitError, FitResult, fit_to_budget
+from loopgolf.compress.fit_gptq import fit_gptq
 from loopgolf.compress.gptq import collect_hessians, gptq_quantize_state, sample_calibration
-from loopgolf.config import ConfigError, RunConfig
+from loopgolf.config import ConfigError, QuantConfig, RunConfig
 from loopgolf.data.loader import BatchLoader, TokenStream
 from loopgolf.data.luts import build_byte_luts
 from loopgolf.data.shards import check_vocab, list_shards, load_shard
@@ -67,7 +79,12 @@ def _byte_tables(tokenizer_path: str, vocab_size: int, device: torch.device):
     return build_byte_luts(sp, vocab_size).to_torch(device), sp
 
 
-def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
+def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False,
+                       code_bytes: int | None = None) -> dict:
+    """Train, evaluate before quantization, write the artifact and result.json. `code_bytes`
+    counts the code that ships (e.g. the packed single-file export) in the budget report and the
+    fit target; None counts compress.budget.code_bytes() (the core sources, or the exported file
+    when running from one)."""
     cfg.validate()
     device = resolve_device(cfg.train.device)
     info = dist.init(device.type)
@@ -139,26 +156,64 @@ def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
     if info.is_main:
         shipped = copy.deepcopy(cfg)
         shipped.model.mtp_heads = 0  # auxiliary heads are training-only: they never ship
-        meta = {"config": shipped.to_dict(), "code_sha256": env["code_sha256"], "loopgolf": env["loopgolf"]}
+
+        def meta_for(qcfg: QuantConfig) -> dict:  # the embedded config names the quant knobs used
+            conf = shipped.to_dict()
+            conf["quant"] = dataclasses.asdict(qcfg)
+            return {"config": conf, "code_sha256": env["code_sha256"], "loopgolf": env["loopgolf"]}
+
         state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("mtp_heads.")}
-        t0 = time.perf_counter()
-        parts = gptq_quantize_state(state, hessians, cfg.quant, device=device) if hessians else None
-        if parts is not None:
-            phases["gptq_s"] = round(time.perf_counter() - t0, 2)
-        t0 = time.perf_counter()
-        report = write_artifact(run_dir / ARTIFACT_NAME, state, meta, cfg.quant, precomputed=parts)
-        phases["compress_s"] = round(time.perf_counter() - t0, 2)
-        budget = budget_report(report.total_bytes, code_bytes())
+        code = budget.code_bytes() if code_bytes is None else int(code_bytes)
+        path = run_dir / ARTIFACT_NAME
+        report = None
+        if cfg.quant.fit_target:
+            t0 = time.perf_counter()
+            try:
+                fit = _fit(state, hessians, cfg.quant, code, meta_for, device)
+            except FitError as e:  # keep the trained model: write the artifact as configured
+                logger.log("fit_failed", target=cfg.quant.fit_target, error=str(e))
+                result["fit"] = {"target_bytes": cfg.quant.fit_target, "error": str(e)}
+            else:
+                phases["fit_s"] = round(time.perf_counter() - t0, 2)
+                write_bytes_atomic(path, fit.blob)
+                report = inspect_artifact(fit.blob, str(path))
+                result["fit"] = _fit_summary(fit)
+                logger.log("fit", **{k: v for k, v in result["fit"].items() if k != "trials"},
+                           n_trials=len(fit.trials), seconds=phases["fit_s"])
+        if report is None:
+            t0 = time.perf_counter()
+            parts = gptq_quantize_state(state, hessians, cfg.quant, device=device) if hessians else None
+            if parts is not None:
+                phases["gptq_s"] = round(time.perf_counter() - t0, 2)
+            t0 = time.perf_counter()
+            report = write_artifact(path, state, meta_for(cfg.quant), cfg.quant, precomputed=parts)
+            phases["compress_s"] = round(time.perf_counter() - t0, 2)
+        sizes = budget_report(report.total_bytes, code)
         logger.text(report.format_table())
-        logger.log("artifact", path=str(run_dir / ARTIFACT_NAME), **budget)
-        logger.text(format_budget(budget))
-        result.update(artifact=str(run_dir / ARTIFACT_NAME), artifact_bytes=budget["model_bytes"],
-                      code_bytes=budget["code_bytes"], total_bytes=budget["total_bytes"],
-                      fits_budget=budget["fits"], phases=phases)
+        logger.log("artifact", path=str(path), **sizes)
+        logger.text(format_budget(sizes))
+        result.update(artifact=str(path), artifact_bytes=sizes["model_bytes"],
+                      code_bytes=sizes["code_bytes"], total_bytes=sizes["total_bytes"],
+                      fits_budget=sizes["fits"], phases=phases)
         write_json(run_dir / "result.json", {"name": cfg.name, **result})
     dist.barrier()
     logger.close()
     return result
+
+
+def _fit(state: dict[str, torch.Tensor], hessians: dict[str, torch.Tensor] | None,
+         qcfg: QuantConfig, code: int, meta_for, device: torch.device) -> FitResult:
+    """The artifact fitted under quant.fit_target: GPTQ re-run per SDClip k trial when quant.gptq,
+    else the round-to-nearest fitter (k, pruning, then bit width)."""
+    if qcfg.gptq:
+        return fit_gptq(state, hessians or {}, qcfg, qcfg.fit_target, code, meta_for, device)
+    return fit_to_budget(state, qcfg, qcfg.fit_target, code, meta_for)
+
+
+def _fit_summary(fit: FitResult) -> dict:
+    q = fit.qcfg
+    return {"target_bytes": fit.target_bytes, "total_bytes": fit.total_bytes, "scheme": q.scheme,
+            "clip": q.clip, "sdclip_k": q.sdclip_k, "prune_frac": q.prune_frac, "trials": fit.trials}
 
 
 def _calibrate(cfg: RunConfig, model: torch.nn.Module, loader: BatchLoader, device: torch.device):

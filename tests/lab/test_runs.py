@@ -7,6 +7,11 @@ import sys
 import pytest
 
 from loopgolf.cli import main
+from loopgolf.compress.budget import code_bytes
+from loopgolf.config import ConfigError, RunConfig
+from loopgolf.lab.export import export_single_file, pack_source, single_file_source
+from loopgolf.lab.runs import run_code_bytes
+from loopgolf.presets import get_preset
 
 
 def test_train_writes_run_dir_and_reloaded_score(tiny_args, tmp_path, capsys):
@@ -19,10 +24,22 @@ def test_train_writes_run_dir_and_reloaded_score(tiny_args, tmp_path, capsys):
     assert res["eval"]["reload"].startswith("fresh process")
     assert 0 < res["val_bpb"] < 20 and abs(res["quant_gap_bpb"]) < 0.05
     assert res["total_bytes"] == res["artifact_bytes"] + res["code_bytes"]
+    # the counted code is the packed single-file export of this run's config, the file that ships
+    cfg = RunConfig.from_json((run_dir / "config.json").read_text())
+    shipped = export_single_file(cfg, tmp_path / "train_gpt.py", packed=True)
+    assert res["code_bytes"] == shipped.stat().st_size < code_bytes()
     env = json.loads((run_dir / "env.json").read_text())
     assert len(env["code_sha256"]) == 64
     out = capsys.readouterr().out
     assert "val_bpb:" in out and "artifact_bytes:" in out
+
+
+def test_run_code_bytes_modes():
+    cfg = get_preset("tiny")
+    assert run_code_bytes(cfg, "packed") == len(pack_source(single_file_source(cfg)).encode())
+    assert run_code_bytes(cfg, "core") is None  # the pipeline then counts the core sources
+    with pytest.raises(ConfigError, match="code bytes mode 'zip'"):
+        run_code_bytes(cfg, "zip")
 
 
 @pytest.mark.slow

@@ -68,3 +68,20 @@ def test_mlp_variants_build_and_run():
         model = GPT(cfg)
         idx = torch.randint(0, 64, (2, 5))
         assert torch.isfinite(model(idx, idx)).all()
+
+
+def test_padded_causal_attention_equals_sdpa_for_odd_head_dim(monkeypatch):
+    """Head dim 110 (seed-shared-3x4) is zero-padded to 112 before SDPA on CUDA; the padding must
+    not change the result (same softmax scale, padded outputs sliced off). Forced on CPU here."""
+    from loopgolf.model import blocks
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 8, 16, 110), torch.randn(2, 4, 16, 110), torch.randn(2, 4, 16, 110)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(blocks.F, "scaled_dot_product_attention",
+                        lambda q, *a, **kw: seen.append(q.size(-1)) or sdpa(q, *a, **kw))
+    out = blocks.causal_attention(q, k, v)
+    assert seen == [112] and out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)

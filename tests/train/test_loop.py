@@ -74,3 +74,24 @@ def test_non_finite_loss_stops_with_clear_message(tiny_shards, tmp_path):
     tr.model = lambda x, y: real(x, y) * float("nan")
     with pytest.raises(TrainingDiverged, match="step 1: training loss is nan"):
         tr.run()
+
+
+def test_mix_order_reduction_is_switched_by_the_config():
+    """pytorch#193061: inductor's mix-order reduction drops gradient writes of shared-parameter
+    slices (it made seed-shared-3x4 diverge under compile); the trainer turns it off by default."""
+    import torch._inductor.config as inductor_config
+
+    from loopgolf.config import TrainConfig
+    from loopgolf.train.loop import _set_mix_order_reduction
+
+    if not hasattr(inductor_config.triton, "mix_order_reduction"):
+        pytest.skip("this torch has no mix-order reduction")
+    assert TrainConfig().compile_mix_order_reduction is False
+    before = inductor_config.triton.mix_order_reduction
+    try:
+        _set_mix_order_reduction(False)
+        assert inductor_config.triton.mix_order_reduction is False
+        _set_mix_order_reduction(True)
+        assert inductor_config.triton.mix_order_reduction is True
+    finally:
+        inductor_config.triton.mix_order_reduction = before

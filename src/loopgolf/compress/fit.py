@@ -7,11 +7,14 @@ under it. The fitter turns, in order, the knobs that trade bytes for error:
   2. Selective +-1 pruning (compress/prune.py): the smallest prune fraction that fits.
   3. One bit fewer for quant.scheme (intN_row, no bits_rules or precomputed parts), then 1-2 again.
 Every search is a fixed bisection over a fixed interval, so identical input gives identical bytes.
+With GPTQ (precomputed parts depend on k) use compress/fit_gptq.py, which re-runs GPTQ per k trial.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -25,8 +28,13 @@ from loopgolf.config import QuantConfig
 DEFAULT_TARGET = 15_990_000
 
 
+MetaArg = dict | Callable[[QuantConfig], dict] | None  # the artifact's meta, or meta per config
+
+
 class FitError(ValueError):
     """No knob setting lands under the target; the message says what to change."""
+
+
 _STEPS = 12  # bisection steps per knob: interval / 4096 resolution
 
 
@@ -36,40 +44,51 @@ class FitResult:
     qcfg: QuantConfig  # the config that reproduces `blob` (k, prune_frac, scheme as chosen)
     total_bytes: int  # artifact + code
     target_bytes: int
-    trials: list[dict] = field(default_factory=list)  # every (knobs, total) tried, in order
+    trials: list[dict] = field(default_factory=list)  # every (knobs, total, seconds), in order
 
     @property
     def fits(self) -> bool:
         return self.total_bytes <= self.target_bytes
 
 
-class _Packer:
+class Packer:
     """Quantizes once per (k, scheme) and re-packs cheaply for each prune fraction."""
 
-    def __init__(self, state: dict[str, torch.Tensor], meta: dict, code_bytes: int,
+    def __init__(self, state: dict[str, torch.Tensor], meta: MetaArg, code_bytes: int,
                  precomputed: dict[str, QTensor] | None) -> None:
-        self.state, self.meta, self.code = state, meta, code_bytes
+        self.state, self.meta_for, self.code = state, meta_function(meta), code_bytes
         self.precomputed = precomputed
         self.shapes = {n: (tuple(t.shape), dtype_name(t.dtype)) for n, t in state.items()}
         self.trials: list[dict] = []
         self._cache: tuple[tuple, dict[str, QTensor]] | None = None
 
     def total(self, qcfg: QuantConfig) -> tuple[int, bytes]:
+        t0 = time.perf_counter()
         key = (qcfg.scheme, qcfg.sdclip_k, qcfg.clip, qcfg.bits_rules)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, quantize_state(self.state, qcfg, self.precomputed))
         quantized = self._cache[1]
         if qcfg.prune_frac > 0:
             quantized = prune_ones(quantized, self.state, qcfg.prune_frac)
-        blob = pack_quantized(quantized, self.shapes, self.meta, qcfg)
+        blob = pack_quantized(quantized, self.shapes, self.meta_for(qcfg), qcfg)
         total = len(blob) + self.code
         self.trials.append({"scheme": qcfg.scheme, "sdclip_k": qcfg.sdclip_k,
-                            "prune_frac": qcfg.prune_frac, "total_bytes": total})
+                            "prune_frac": qcfg.prune_frac, "total_bytes": total,
+                            "seconds": round(time.perf_counter() - t0, 3)})
         return total, blob
 
 
-def _bisect(packer: _Packer, qcfg: QuantConfig, knob: str, lo: float, hi: float,
-            target: int) -> tuple[QuantConfig, int, bytes] | None:
+def meta_function(meta: MetaArg) -> Callable[[QuantConfig], dict]:
+    """`meta` as a function of the packed config: a callable is used as is (so the artifact's
+    embedded config can name the chosen knobs, and every trial measures those header bytes)."""
+    if callable(meta):
+        return meta
+    fixed = {} if meta is None else meta
+    return lambda qcfg: fixed
+
+
+def bisect_knob(packer: Packer, qcfg: QuantConfig, knob: str, lo: float, hi: float,
+                target: int) -> tuple[QuantConfig, int, bytes] | None:
     """Smallest value of `knob` in (lo, hi] whose total fits, assuming size falls as it grows."""
     cfg_hi = dataclasses.replace(qcfg, **{knob: hi})
     total_hi, blob_hi = packer.total(cfg_hi)
@@ -88,12 +107,12 @@ def _bisect(packer: _Packer, qcfg: QuantConfig, knob: str, lo: float, hi: float,
 
 
 def fit_to_budget(state: dict[str, torch.Tensor], qcfg: QuantConfig,
-                  target_bytes: int = DEFAULT_TARGET, code_bytes: int = 0, meta: dict | None = None,
+                  target_bytes: int = DEFAULT_TARGET, code_bytes: int = 0, meta: MetaArg = None,
                   precomputed: dict[str, QTensor] | None = None, max_k_factor: float = 4.0,
                   max_prune: float = 1.0, min_bits: int = 2) -> FitResult:
-    """The artifact (bytes) whose size plus `code_bytes` is just under `target_bytes`."""
-    meta = {} if meta is None else meta
-    packer = _Packer(state, meta, code_bytes, precomputed)
+    """The artifact (bytes) whose size plus `code_bytes` is just under `target_bytes`. `meta` is
+    the artifact's meta object, or a function of the config being packed returning it."""
+    packer = Packer(state, meta, code_bytes, precomputed)
 
     def result(cfg: QuantConfig, total: int, blob: bytes) -> FitResult:
         return FitResult(blob, cfg, total, target_bytes, packer.trials)
@@ -104,11 +123,11 @@ def fit_to_budget(state: dict[str, torch.Tensor], qcfg: QuantConfig,
         if total <= target_bytes:
             return result(cfg, total, blob)
         if cfg.clip == "sdclip" and not precomputed:
-            hit = _bisect(packer, cfg, "sdclip_k", cfg.sdclip_k, cfg.sdclip_k * max_k_factor,
-                          target_bytes)
+            hit = bisect_knob(packer, cfg, "sdclip_k", cfg.sdclip_k,
+                              cfg.sdclip_k * max_k_factor, target_bytes)
             if hit:
                 return result(*hit)
-        hit = _bisect(packer, cfg, "prune_frac", cfg.prune_frac, max_prune, target_bytes)
+        hit = bisect_knob(packer, cfg, "prune_frac", cfg.prune_frac, max_prune, target_bytes)
         if hit:
             return result(*hit)
         m = re.fullmatch(r"int(\d)_row", cfg.scheme)

@@ -52,8 +52,11 @@ def prepare_bench_shards(bench_dir: Path, tokenizer: Path, out: Path, files: lis
 
 
 def run_side_by_side(presets: list[str], shards: Path, tokenizer: Path, budget_s: float, out: Path,
-                     extra_sets: list[str], gpus: list[int] | None = None) -> list[dict]:
-    """One `loopgolf train` per preset, each pinned to its own GPU, all started together."""
+                     extra_sets: list[str], gpus: list[int] | None = None,
+                     per_preset: dict[str, list[str]] | None = None) -> list[dict]:
+    """One `loopgolf train` per preset, each pinned to its own GPU, all started together.
+    `extra_sets` apply to every preset, then `per_preset[preset]` to that one."""
+    per_preset = per_preset or {}
     out.mkdir(parents=True, exist_ok=True)
     gpus = gpus if gpus is not None else list(range(len(presets)))
     if len(gpus) < len(presets):
@@ -64,7 +67,8 @@ def run_side_by_side(presets: list[str], shards: Path, tokenizer: Path, budget_s
         cmd = [sys.executable, "-m", "loopgolf", "train", "--preset", preset,
                "--set", f"data.train={shards}/*_train_*.bin", "--set", f"data.val={shards}/*_val_*.bin",
                "--set", f"data.tokenizer={tokenizer}", "--set", f"train.budget_s={budget_s}",
-               *sum((["--set", s] for s in extra_sets), []), "--run-dir", str(out / f"run_{name}")]
+               *sum((["--set", s] for s in [*extra_sets, *per_preset.get(preset, [])]), []),
+               "--run-dir", str(out / f"run_{name}")]
         env = dist.child_env(gpu)
         log = open(out / f"{name}.log", "w")
         procs.append((preset, gpu, cmd, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))

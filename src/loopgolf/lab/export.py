@@ -183,6 +183,11 @@ def pack_source(source: str, codec: str = "lzma") -> str:
     return head.format(base64.b85encode(blob).decode())
 
 
+def packed_code_bytes(cfg: RunConfig, codec: str = "lzma") -> int:
+    """Size of the packed train_gpt.py that would ship for `cfg`: the code bytes of its run."""
+    return len(pack_source(single_file_source(cfg), codec).encode())
+
+
 def export_single_file(cfg: RunConfig, out_path: str | Path, packed: bool,
                        codec: str = "lzma") -> Path:
     """Write train_gpt.py (plain, or packed with `codec`) atomically; its size is the code bytes."""

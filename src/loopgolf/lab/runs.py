@@ -6,6 +6,10 @@ rank, then score the artifact in a NEW Python process (`python -m loopgolf eval`
 the training process (weights in memory, compiled graphs, caches) can leak into the score. Under
 torchrun, a child process cannot join the process group, so each rank instead rebuilds the model
 from the artifact file alone, in-process; the result JSON says which path ran.
+
+The code bytes of a run (budget report, quant.fit_target) are, by default, those of the file that
+would ship: the packed single-file export of the run's resolved config (lab/export.py, lzma), not
+the core source tree (`code="core"`).
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ import time
 from pathlib import Path
 
 from loopgolf import dist
-from loopgolf.config import RunConfig
+from loopgolf.config import ConfigError, RunConfig
+from loopgolf.lab.export import packed_code_bytes
 from loopgolf.pipeline import ARTIFACT_NAME, evaluate_artifact, train_and_compress, write_json
 
 
@@ -40,8 +45,20 @@ def reload_eval_subprocess(artifact: Path, cfg: RunConfig, out_json: Path) -> di
     return json.loads(out_json.read_text())
 
 
-def run_with_reload(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
-    result = train_and_compress(cfg, run_dir, resume=resume)
+CODE_MODES = ("packed", "core")
+
+
+def run_code_bytes(cfg: RunConfig, code: str = "packed") -> int | None:
+    """Counted code bytes of a run: the packed export for `cfg` ("packed"), or None ("core":
+    the pipeline counts the core sources)."""
+    if code not in CODE_MODES:
+        raise ConfigError(f"code bytes mode {code!r}: choose {' or '.join(CODE_MODES)}")
+    return packed_code_bytes(cfg) if code == "packed" else None
+
+
+def run_with_reload(cfg: RunConfig, run_dir: Path, resume: bool = False,
+                    code: str = "packed") -> dict:
+    result = train_and_compress(cfg, run_dir, resume=resume, code_bytes=run_code_bytes(cfg, code))
     artifact = run_dir / ARTIFACT_NAME
     t0 = time.perf_counter()
     if dist.launched_by_torchrun():

@@ -30,6 +30,23 @@ def attention_backend(device_type: str) -> str:
     return "sdpa (flash backend; flash_attn_interface not importable)"
 
 
+# Head dims that are not a multiple of 8 (seed-shared-3x4: 880 / 8 = 110) are zero-padded before
+# SDPA on CUDA, with the softmax scale of the true head dim; the padded dims add 0 to q.k and give 0
+# outputs, which are sliced off. Eager SDPA pads the same way internally; set to 0 to disable.
+SDPA_PAD_MULTIPLE = 8
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal SDPA over (B, H, T, D) q and (B, KV, T, D) k, v (GQA when KV < H)."""
+    hd = q.size(-1)
+    pad = (-hd) % SDPA_PAD_MULTIPLE if (q.is_cuda and SDPA_PAD_MULTIPLE) else 0
+    if pad:
+        q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=hd ** -0.5,
+                                       enable_gqa=k.size(1) != q.size(1))
+    return y[..., :hd] if pad else y
+
+
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
@@ -83,7 +100,7 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
+        y = causal_attention(q, k, v)
         if spec.xsa:
             # XSA: remove the component along the token's own normalized value (record (c) L393-400)
             vh = F.normalize(v, dim=-1).repeat_interleave(self.n_heads // self.n_kv, dim=1)

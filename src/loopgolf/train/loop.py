@@ -31,6 +31,15 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
+def _set_mix_order_reduction(on: bool) -> None:
+    """Inductor's mix-order reduction computes wrong gradients for slices of a shared parameter
+    (pytorch#193061); train.compile_mix_order_reduction decides. Older torch has no such knob."""
+    import torch._inductor.config as inductor_config
+
+    if hasattr(inductor_config.triton, "mix_order_reduction"):
+        inductor_config.triton.mix_order_reduction = on
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, model: torch.nn.Module, loader: BatchLoader,
                  device: torch.device, logger: Logger, checkpoint_path: Path | None = None,
@@ -39,7 +48,11 @@ class Trainer:
         self.device, self.logger, self.val_fn = device, logger, val_fn
         self.checkpoint_path = checkpoint_path
         cuda = device.type == "cuda"
-        self.model = torch.compile(model, dynamic=False) if (cfg.train.compile and cuda) else model
+        if cfg.train.compile and cuda:
+            _set_mix_order_reduction(cfg.train.compile_mix_order_reduction)
+            self.model = torch.compile(model, dynamic=False)
+        else:
+            self.model = model
         self.opts = build_optimizers(model, cfg.optim, cfg.model, fused=cuda)
         self.params = list(model.parameters())
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
