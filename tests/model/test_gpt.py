@@ -78,6 +78,7 @@ def test_padded_causal_attention_equals_sdpa_for_odd_head_dim(monkeypatch):
     q, k, v = torch.randn(2, 8, 16, 110), torch.randn(2, 4, 16, 110), torch.randn(2, 4, 16, 110)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(blocks, "SDPA_PAD_MULTIPLE", 8)
     seen = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(blocks.F, "scaled_dot_product_attention",

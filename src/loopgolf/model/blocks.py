@@ -30,10 +30,11 @@ def attention_backend(device_type: str) -> str:
     return "sdpa (flash backend; flash_attn_interface not importable)"
 
 
-# Head dims that are not a multiple of 8 (seed-shared-3x4: 880 / 8 = 110) are zero-padded before
-# SDPA on CUDA, with the softmax scale of the true head dim; the padded dims add 0 to q.k and give 0
-# outputs, which are sliced off. Eager SDPA pads the same way internally; set to 0 to disable.
-SDPA_PAD_MULTIPLE = 8
+# Optional zero-padding of head dims to a multiple of this before SDPA on CUDA (0 = off), with the
+# softmax scale of the true head dim; the padded dims add 0 to q.k and their outputs are sliced off.
+# Off: eager SDPA already pads head dim 110 (seed-shared-3x4) itself, and under torch.compile the
+# explicit pad gave larger XSA input-gradient error at head dim 110 (bench/scripts/compile_check.py).
+SDPA_PAD_MULTIPLE = 0
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
