@@ -61,3 +61,21 @@ def test_fit_target_validation() -> None:
                                      "quant.clip=search"]).validate()
     assert get_preset("tiny").override(["quant.fit_target=15_990_000"]).validate().quant.fit_target \
         == 15_990_000
+
+
+def test_train_calibration_stops_at_its_reserve():
+    """GPTQ calibration on training batches counts against the training budget: once the reserve is
+    spent, no further batch starts (at least one always runs)."""
+    import time
+
+    import torch
+
+    from loopgolf.pipeline import _until
+
+    batches = [torch.zeros(1, 4)] * 5
+    used = [0]
+    assert len(list(_until(batches, time.perf_counter() - 1.0, torch.device("cpu"), used))) == 1
+    assert used[0] == 1
+    used = [0]
+    assert len(list(_until(batches, time.perf_counter() + 60.0, torch.device("cpu"), used))) == 5
+    assert used[0] == 5

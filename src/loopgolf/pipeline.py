@@ -141,12 +141,13 @@ def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False,
     phases = {"compile_warmup_s": round(warm_s, 2), "train_loop_s": result["train_seconds"]}
     hessians = None
     if cfg.quant.gptq:
-        hessians, calib_s = _calibrate(cfg, model, loader, device)
+        hessians, calib_s, calib_batches = _calibrate(cfg, model, loader, device)
         phases["calibration_s"] = round(calib_s, 2)
         if cfg.quant.gptq_calib == "train":
             phases["train_plus_calibration_s"] = round(result["train_seconds"] + calib_s, 2)
         logger.log("calibration", source=cfg.quant.gptq_calib, seconds=round(calib_s, 2),
-                   hessians=len(hessians), reserve_s=reserve)
+                   batches=calib_batches, hessians=len(hessians), reserve_s=reserve)
+        result["calibration_batches"] = calib_batches
     pre = val_fn(model, cfg.eval.max_tokens)  # eager model: a ragged last batch would recompile
     phases["prequant_eval_s"] = round(pre["eval_seconds"], 2)
     logger.log("prequant", val_loss=pre["val_loss"], val_bpb=pre["val_bpb"],
@@ -230,6 +231,12 @@ def _calibrate(cfg: RunConfig, model: torch.nn.Module, loader: BatchLoader, devi
     else:
         with amp:
             batches = sample_calibration(model, q.gptq_calib_batches, cfg.data.seq_len, q.gptq_calib_temp)
+    used = [0]
+    if q.gptq_calib == "train" and q.gptq_reserve_s > 0 and cfg.train.budget_s > 0:
+        # calibration on training data counts against the training budget: stop at the reserve
+        batches = _until(batches, t0 + q.gptq_reserve_s, device, used)
+    else:
+        used[0] = len(batches)
     with amp:
         hess = collect_hessians(model, batches, device)
     if dist.info().enabled:
@@ -237,7 +244,23 @@ def _calibrate(cfg: RunConfig, model: torch.nn.Module, loader: BatchLoader, devi
             hess[name] = dist.all_reduce_sum(h.to(device)).cpu()  # NCCL reduces device tensors
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return hess, time.perf_counter() - t0
+    return hess, time.perf_counter() - t0, used[0]
+
+
+def _until(batches: list, deadline: float, device: torch.device, used: list):
+    """Yield batches while the next one should finish before `deadline` (judged by the last batch's
+    time, after the GPU catches up); always at least one."""
+    last = time.perf_counter()
+    for i, x in enumerate(batches):
+        if i:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            if now + (now - last) >= deadline:
+                return
+            last = now
+        used[0] = i + 1
+        yield x
 
 
 def model_from_artifact(artifact: Path, device: torch.device) -> tuple[GPT, RunConfig]:

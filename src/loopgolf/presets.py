@@ -53,7 +53,11 @@ def seed_shared_3x4() -> RunConfig:
     the last 4 virtual layers, no U-Net, progressive depth 2 -> 3 -> 4 repeats at 30% / 50% of the
     budget, SWA from 60%. 23,662,344 parameters, as published. Differences from the published script:
     the depth ramp compiles all three graphs before the clock instead of recompiling mid-run, and SWA
-    snapshots are spaced by run fraction instead of every 30 steps."""
+    snapshots are spaced by run fraction instead of every 30 steps.
+    Runs eager (train.compile=false): under torch.compile (torch 2.11, H200) this model diverges from
+    the first steps while the same run in eager mode trains, at d=880 only (d=768 compiles fine);
+    neither the SDPA head dim (110) nor inductor's mix-order reduction is the cause
+    (bench/results/2026-11-22_seed-shared-3x4_compile_divergence). Eager costs ~2-3x per step."""
     return RunConfig(
         name="seed-shared-3x4",
         model=ModelConfig(dim=880, n_heads=8, n_kv_heads=4, mlp="leaky_relu2", mlp_hidden=2640, plan="3x4",
@@ -61,7 +65,7 @@ def seed_shared_3x4() -> RunConfig:
                           cross_repeat=True, value_embeds=2, xsa_last=4),
         optim=OptimConfig(matrix_lr=0.018, tied_embed_lr=0.021, scalar_lr=0.018, weight_decay=0.04,
                           momentum_warmup_frac=0.1, warmdown_frac=0.7, swa_start_frac=0.6, swa_every_frac=0.007),
-        train=TrainConfig(budget_s=600.0),
+        train=TrainConfig(budget_s=600.0, compile=False),
     )
 
 

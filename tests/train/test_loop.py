@@ -8,8 +8,9 @@ from loopgolf.presets import get_preset
 from loopgolf.train.loop import Trainer, TrainingDiverged
 
 
-def _trainer(tiny_shards, tmp_path, steps=8, ckpt_every=0):
-    cfg = get_preset("tiny").override([f"train.max_steps={steps}", f"train.checkpoint_every={ckpt_every}"])
+def _trainer(tiny_shards, tmp_path, steps=8, ckpt_every=0, extra=()):
+    cfg = get_preset("tiny").override([f"train.max_steps={steps}", f"train.checkpoint_every={ckpt_every}",
+                                       *extra])
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model)
     loader = BatchLoader(TokenStream(tiny_shards["train"]), cfg.data.seq_len, cfg.train.batch_tokens,
@@ -95,3 +96,48 @@ def test_mix_order_reduction_is_switched_by_the_config():
         assert inductor_config.triton.mix_order_reduction is True
     finally:
         inductor_config.triton.mix_order_reduction = before
+
+
+QAT = ("quant.qat=ste", "quant.scheme=int6_row", "quant.passthrough_max_numel=0", "quant.qat_start_frac=0.5")
+
+
+def test_late_qat_switches_on_mid_run_and_leaves_plain_float_weights(tiny_shards, tmp_path):
+    from torch.nn.utils import parametrize
+
+    tr = _trainer(tiny_shards, tmp_path, steps=8, extra=QAT)
+    params = list(tr.raw_model.parameters())
+    assert tr.qat_names and not tr.qat_on  # wrapped, but off until half of the run
+    events = []
+    tr.logger.log = lambda event, **f: events.append((event, f))
+    tr.run()
+    qat = [f for e, f in events if e == "qat"]
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in tr.raw_model.modules())
+    assert len(qat) == 1 and qat[0]["step"] == 4 and qat[0]["tensors"] == n_linear > 0
+    assert not any(parametrize.is_parametrized(m) for m in tr.raw_model.modules())
+    assert all(a is b for a, b in zip(params, tr.raw_model.parameters()))  # optimizers kept their tensors
+    plain = GPT(tr.cfg.model).state_dict().keys()
+    assert set(tr.raw_model.state_dict()) == set(plain)
+
+
+def test_qat_changes_training_and_resume_with_qat_matches(tiny_shards, tmp_path):
+    plain = _trainer(tiny_shards, tmp_path / "p", steps=8)
+    plain.run()
+    straight = _trainer(tiny_shards, tmp_path / "a", steps=8, extra=QAT)
+    straight.run()
+    assert any(not torch.equal(a, b) for a, b in zip(plain.raw_model.parameters(), straight.raw_model.parameters()))
+
+    first = _trainer(tiny_shards, tmp_path / "b", steps=8, ckpt_every=6, extra=QAT)
+    orig = first._train_step
+
+    def dies_after_checkpoint():
+        if first.step == 7:
+            raise KeyboardInterrupt
+        return orig()
+    first._train_step = dies_after_checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    resumed = _trainer(tiny_shards, tmp_path / "b", steps=8, ckpt_every=6, extra=QAT)
+    resumed.resume(tmp_path / "b" / "ck.pt")  # plain names in the checkpoint, QAT-wrapped model
+    resumed.run()
+    for pa, pb in zip(straight.raw_model.parameters(), resumed.raw_model.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from loopgolf import dist
+from loopgolf.compress.qat import apply_qat, plain_state_dict, remove_qat, set_qat_enabled
 from loopgolf.config import RunConfig
 from loopgolf.data.loader import BatchLoader
 from loopgolf.metrics import Logger
@@ -61,6 +62,12 @@ class Trainer:
         self.last_loss = float("nan")
         o = cfg.optim
         self.average = WeightAverage(model, o.ema_horizon_frac, o.swa_start_frac, o.swa_every_frac)
+        # QAT wraps weights in parametrizations after the optimizers hold the (unchanged) Parameter
+        # objects; it is on from the start or switched on at quant.qat_start_frac, and removed at the
+        # end of run() so the artifact and the final checkpoint see the plain float weights.
+        q = cfg.quant
+        self.qat_names = apply_qat(model, q, enabled=q.qat_start_frac == 0) if q.qat != "off" else []
+        self.qat_on = bool(self.qat_names) and q.qat_start_frac == 0
 
     # --- one optimizer step ---------------------------------------------------------------------
     def _set_schedules(self, prog: Progress) -> float:
@@ -105,11 +112,15 @@ class Trainer:
         position = self.loader.stream.position
         final_stage = self.raw_model.stage
         # every plan stage is its own graph: compile and warm each one now, never in the timed loop
+        qat_states = (False, True) if (self.qat_names and not self.qat_on) else (self.qat_on,)
         for stage in range(len(self.raw_model.stages)):
             self.raw_model.stage = stage
-            for _ in range(n):
-                self._set_schedules(Progress(0, 0.0, 0.0))
-                self._train_step()
+            for qat in qat_states:  # a late QAT switch is another graph: warm it too
+                set_qat_enabled(self.raw_model, qat)
+                for _ in range(n):
+                    self._set_schedules(Progress(0, 0.0, 0.0))
+                    self._train_step()
+        set_qat_enabled(self.raw_model, self.qat_on)
         self.raw_model.stage = final_stage
         self.raw_model.load_state_dict(model_state)
         for o, s in zip(self.opts, opt_states):
@@ -125,7 +136,7 @@ class Trainer:
             return
         if dist.info().is_main:
             save_checkpoint(self.checkpoint_path, {
-                "model": self.raw_model.state_dict(),
+                "model": plain_state_dict(self.raw_model),
                 "optimizers": [o.state_dict() for o in self.opts],
                 "step": self.step,
                 "train_seconds": self.clock.seconds,
@@ -136,7 +147,10 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         ck = load_checkpoint(path, map_location=self.device)
-        self.raw_model.load_state_dict(ck["model"])
+        qat = {n[: -len(".weight")]: n for n in self.qat_names}  # checkpoints hold plain names
+        self.raw_model.load_state_dict({
+            (f"{k[: -len('.weight')]}.parametrizations.weight.original" if k[: -len(".weight")] in qat else k): v
+            for k, v in ck["model"].items()})
         for o, s in zip(self.opts, ck["optimizers"]):
             o.load_state_dict(s)
         self.step = int(ck["step"])
@@ -161,6 +175,11 @@ class Trainer:
             if self.raw_model.select_stage(frac, self.step):
                 self.logger.log("plan_stage", step=self.step, frac=round(frac, 4), stage=self.raw_model.stage,
                                 plan=self.raw_model.plan.spec, virtual_layers=self.raw_model.plan.n_virtual)
+            if self.qat_names and not self.qat_on and frac >= self.cfg.quant.qat_start_frac:
+                set_qat_enabled(self.raw_model, True)
+                self.qat_on = True
+                self.logger.log("qat", step=self.step, frac=round(frac, 4), mode=self.cfg.quant.qat,
+                                tensors=len(self.qat_names))
             mult = self._set_schedules(prog)
             t_step = self.clock.seconds
             loss = self._train_step()
@@ -201,6 +220,9 @@ class Trainer:
         if self.average.enabled:
             n_avg = self.average.swap_in()
             self.logger.log("averaging", kind="ema" if self.cfg.optim.ema_horizon_frac else "swa", snapshots=n_avg)
+        if self.qat_names:
+            remove_qat(self.raw_model)  # the plain float weights go on to GPTQ / the artifact
+            self.qat_names, self.qat_on = [], False
         seconds = self.clock.seconds
         steps = self.step - start_step
         run_seconds = seconds - start_seconds
