@@ -204,6 +204,7 @@ class QuantConfig:
     gptq_calib_batches: int = 64  # calibration batches (train) or sequences (self)
     gptq_calib_temp: float = 0.8  # sampling temperature of self-generated calibration
     gptq_reserve_s: float = 10.0  # seconds of the training budget kept for train calibration
+    lqer_rank: int = 0  # LQER: rank of the fp16 low-rank correction of each matrix's error; 0 = off
     qat: str = "off"  # off | ste (fake-quant, straight-through) | noise (uniform noise at the step)
     qat_start_frac: float = 0.0  # fraction of the budget after which QAT switches on
 
@@ -233,6 +234,8 @@ class QuantConfig:
             raise ConfigError("quant.gptq_damp must be in [0, 1) and quant.gptq_block >= 1")
         if self.gptq_calib not in ("train", "self"):
             raise ConfigError(f"quant.gptq_calib={self.gptq_calib!r}: choose train or self")
+        if not 0 <= self.lqer_rank <= 256:
+            raise ConfigError(f"quant.lqer_rank={self.lqer_rank} must be in 0..256 (0 = off)")
         if self.qat not in ("off", "ste", "noise"):
             raise ConfigError(f"quant.qat={self.qat!r}: choose off, ste or noise")
         if not 0.0 <= self.qat_start_frac <= 1.0:

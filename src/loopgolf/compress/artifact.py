@@ -44,6 +44,7 @@ from loopgolf.compress.codecs import (
     unshuffle_bytes,
 )
 from loopgolf.compress.header import MAX_PAYLOAD_BYTES, Malformed, check_header
+from loopgolf.compress.lqer import factor_shape, fold_lqer
 from loopgolf.compress.prune import prune_ones
 from loopgolf.compress.quant import PART_DTYPES, QUANTIZERS, dtype_name
 from loopgolf.compress.rules import QTensor, quantize_state
@@ -146,7 +147,7 @@ def pack_quantized(quantized: dict[str, QTensor], shapes: dict[str, tuple[tuple[
                           "stream": key, "offset": sizes.get(key, 0), "nbytes": len(raw)})
             raw_streams.setdefault(key, []).append(raw)
             sizes[key] = sizes.get(key, 0) + len(raw)
-        shape, dtype = shapes[name]
+        shape, dtype = shapes[name] if name in shapes else factor_shape(name, parts)
         tensors.append({"name": name, "scheme": scheme, "shape": list(shape), "dtype": dtype,
                         "parts": table})
     keys = sorted(raw_streams)
@@ -268,6 +269,7 @@ def unpack(blob: bytes, source: str = "<bytes>") -> tuple[dict[str, torch.Tensor
                                                  ).astype(dt).reshape(p["shape"])
             state[entry["name"]] = QUANTIZERS[entry["scheme"]].dequantize(
                 parts, tuple(entry["shape"]), entry["dtype"])
+        state = fold_lqer(state)
     except ValueError as e:  # unreachable for headers that passed check_header; kept as a net
         raise ArtifactError(f"{source}: malformed tensor data ({e}); {_FIX}") from None
     except MemoryError:

@@ -150,4 +150,8 @@ def quantize_state(state: dict[str, torch.Tensor], qcfg: QuantConfig,
             out[name] = (scheme, QUANTIZERS[scheme].quantize(t, qcfg))
         except ValueError as e:
             raise ValueError(f"tensor {name}: {e}") from None
+    if qcfg.lqer_rank:
+        from loopgolf.compress.lqer import add_lqer
+
+        out = add_lqer(out, state, qcfg.lqer_rank, qcfg)
     return out
