@@ -19,6 +19,25 @@ def _trainer(tiny_shards, tmp_path, steps=8, ckpt_every=0, extra=()):
                    checkpoint_path=tmp_path / "ck.pt")
 
 
+def _interrupted_then_resumed(tiny_shards, path, ckpt_every, die_at, extra=()):
+    """An 8-step run killed at step `die_at` (after a checkpoint), then resumed to the end."""
+    first = _trainer(tiny_shards, path, steps=8, ckpt_every=ckpt_every, extra=extra)
+    orig = first._train_step
+
+    def dies_after_checkpoint():
+        if first.step == die_at:
+            raise KeyboardInterrupt
+        return orig()
+    first._train_step = dies_after_checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    resumed = _trainer(tiny_shards, path, steps=8, ckpt_every=ckpt_every, extra=extra)
+    resumed.resume(path / "ck.pt")
+    assert resumed.step == die_at - die_at % ckpt_every
+    resumed.run()
+    return resumed
+
+
 def test_training_reduces_loss(tiny_shards, tmp_path):
     tr = _trainer(tiny_shards, tmp_path, steps=12)
     first = []
@@ -51,20 +70,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_shards, tmp_pa
     straight = _trainer(tiny_shards, tmp_path / "a", steps=8)
     straight.run()
 
-    first = _trainer(tiny_shards, tmp_path / "b", steps=8, ckpt_every=4)
-    orig = first._train_step
-
-    def dies_after_checkpoint():
-        if first.step == 5:
-            raise KeyboardInterrupt
-        return orig()
-    first._train_step = dies_after_checkpoint
-    with pytest.raises(KeyboardInterrupt):
-        first.run()
-    resumed = _trainer(tiny_shards, tmp_path / "b", steps=8, ckpt_every=4)
-    resumed.resume(tmp_path / "b" / "ck.pt")
-    assert resumed.step == 4
-    resumed.run()
+    resumed = _interrupted_then_resumed(tiny_shards, tmp_path / "b", ckpt_every=4, die_at=5)
+    assert resumed.step == 8
     for pa, pb in zip(straight.raw_model.parameters(), resumed.raw_model.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6)
 
@@ -126,18 +133,7 @@ def test_qat_changes_training_and_resume_with_qat_matches(tiny_shards, tmp_path)
     straight.run()
     assert any(not torch.equal(a, b) for a, b in zip(plain.raw_model.parameters(), straight.raw_model.parameters()))
 
-    first = _trainer(tiny_shards, tmp_path / "b", steps=8, ckpt_every=6, extra=QAT)
-    orig = first._train_step
-
-    def dies_after_checkpoint():
-        if first.step == 7:
-            raise KeyboardInterrupt
-        return orig()
-    first._train_step = dies_after_checkpoint
-    with pytest.raises(KeyboardInterrupt):
-        first.run()
-    resumed = _trainer(tiny_shards, tmp_path / "b", steps=8, ckpt_every=6, extra=QAT)
-    resumed.resume(tmp_path / "b" / "ck.pt")  # plain names in the checkpoint, QAT-wrapped model
-    resumed.run()
+    # plain names in the checkpoint, QAT-wrapped model on resume
+    resumed = _interrupted_then_resumed(tiny_shards, tmp_path / "b", ckpt_every=6, die_at=7, extra=QAT)
     for pa, pb in zip(straight.raw_model.parameters(), resumed.raw_model.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6)
