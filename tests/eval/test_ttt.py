@@ -14,13 +14,19 @@ pytestmark = pytest.mark.usefixtures("flush_denormals")
 MAX = 2000  # tokens of the tiny val stream used here
 
 
-def test_sgd_with_lr_zero_equals_sliding_eval(val, small_model):
+def _sliding_then_sgd_ttt(val, small_model, lr, epochs):
+    """(sliding-window result, score-first SGD TTT result, TTT event log) on one fresh model."""
     tokens, luts = val
     model = small_model()
     ref = evaluate_sliding(model, tokens, luts, 32, 16, 8, CPU, max_tokens=MAX)
     log = new_log("ttt_sgd", usable_tokens(len(tokens), 32, MAX))
-    res = ttt_sgd(model, tokens, luts, 32, 16, CPU, chunk_tokens=256, lr=0.0, epochs=1,
+    res = ttt_sgd(model, tokens, luts, 32, 16, CPU, chunk_tokens=256, lr=lr, epochs=epochs,
                   batch_seqs=8, max_tokens=MAX, log=log)
+    return ref, res, log
+
+
+def test_sgd_with_lr_zero_equals_sliding_eval(val, small_model):
+    ref, res, log = _sliding_then_sgd_ttt(val, small_model, lr=0.0, epochs=1)
     assert res["val_tokens"] == ref["val_tokens"] and res["val_bytes"] == ref["val_bytes"]
     assert res["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-6)
     rep = check_events(log)
@@ -29,12 +35,7 @@ def test_sgd_with_lr_zero_equals_sliding_eval(val, small_model):
 
 
 def test_sgd_ttt_learns_and_stays_legal(val, small_model):
-    tokens, luts = val
-    model = small_model()
-    ref = evaluate_sliding(model, tokens, luts, 32, 16, 8, CPU, max_tokens=MAX)
-    log = new_log("ttt_sgd", usable_tokens(len(tokens), 32, MAX))
-    res = ttt_sgd(model, tokens, luts, 32, 16, CPU, chunk_tokens=256, lr=0.05, epochs=2,
-                  batch_seqs=8, max_tokens=MAX, log=log)
+    ref, res, log = _sliding_then_sgd_ttt(val, small_model, lr=0.05, epochs=2)
     assert res["val_loss"] < ref["val_loss"] - 0.05
     assert check_events(log)["ok"]
     # the last chunk was never trained on: no update read a position past the last chunk's start
