@@ -70,12 +70,10 @@ def test_train_calibration_stops_at_its_reserve():
 
     import torch
 
-    from loopgolf.pipeline import _until
+    from loopgolf.pipeline import _UntilDeadline
 
     batches = [torch.zeros(1, 4)] * 5
-    used = [0]
-    assert len(list(_until(batches, time.perf_counter() - 1.0, torch.device("cpu"), used))) == 1
-    assert used[0] == 1
-    used = [0]
-    assert len(list(_until(batches, time.perf_counter() + 60.0, torch.device("cpu"), used))) == 5
-    assert used[0] == 5
+    late = _UntilDeadline(batches, time.perf_counter() - 1.0, torch.device("cpu"))
+    assert len(list(late)) == 1 and late.used == 1
+    early = _UntilDeadline(batches, time.perf_counter() + 60.0, torch.device("cpu"))
+    assert len(list(early)) == 5 and early.used == 5

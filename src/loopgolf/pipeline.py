@@ -231,12 +231,9 @@ def _calibrate(cfg: RunConfig, model: torch.nn.Module, loader: BatchLoader, devi
     else:
         with amp:
             batches = sample_calibration(model, q.gptq_calib_batches, cfg.data.seq_len, q.gptq_calib_temp)
-    used = [0]
     if q.gptq_calib == "train" and q.gptq_reserve_s > 0 and cfg.train.budget_s > 0:
         # calibration on training data counts against the training budget: stop at the reserve
-        batches = _until(batches, t0 + q.gptq_reserve_s, device, used)
-    else:
-        used[0] = len(batches)
+        batches = _UntilDeadline(batches, t0 + q.gptq_reserve_s, device)
     with amp:
         hess = collect_hessians(model, batches, device)
     if dist.info().enabled:
@@ -244,23 +241,30 @@ def _calibrate(cfg: RunConfig, model: torch.nn.Module, loader: BatchLoader, devi
             hess[name] = dist.all_reduce_sum(h.to(device)).cpu()  # NCCL reduces device tensors
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return hess, time.perf_counter() - t0, used[0]
+    used = batches.used if isinstance(batches, _UntilDeadline) else len(batches)
+    return hess, time.perf_counter() - t0, used
 
 
-def _until(batches: list, deadline: float, device: torch.device, used: list):
-    """Yield batches while the next one should finish before `deadline` (judged by the last batch's
-    time, after the GPU catches up); always at least one."""
-    last = time.perf_counter()
-    for i, x in enumerate(batches):
-        if i:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            now = time.perf_counter()
-            if now + (now - last) >= deadline:
-                return
-            last = now
-        used[0] = i + 1
-        yield x
+class _UntilDeadline:
+    """Iterates `batches` while the next one should finish before `deadline` (judged by the last
+    batch's time, after the GPU catches up); always at least one. `used` counts those handed out."""
+
+    def __init__(self, batches: list, deadline: float, device: torch.device) -> None:
+        self.batches, self.deadline, self.device = batches, deadline, device
+        self.used = 0
+
+    def __iter__(self):
+        last = time.perf_counter()
+        for x in self.batches:
+            if self.used:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                now = time.perf_counter()
+                if now + (now - last) >= self.deadline:
+                    return
+                last = now
+            self.used += 1
+            yield x
 
 
 def model_from_artifact(artifact: Path, device: torch.device) -> tuple[GPT, RunConfig]:

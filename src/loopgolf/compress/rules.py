@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from loopgolf.compress.lqer import add_lqer
 from loopgolf.compress.quant import QUANTIZERS, check_parts, dtype_name
 from loopgolf.config import QuantConfig
 
@@ -151,7 +152,5 @@ def quantize_state(state: dict[str, torch.Tensor], qcfg: QuantConfig,
         except ValueError as e:
             raise ValueError(f"tensor {name}: {e}") from None
     if qcfg.lqer_rank:
-        from loopgolf.compress.lqer import add_lqer
-
         out = add_lqer(out, state, qcfg.lqer_rank, qcfg)
     return out
