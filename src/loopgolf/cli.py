@@ -90,7 +90,7 @@ def cmd_demo(args) -> int:
     if not (math.isfinite(args.budget_s) and args.budget_s > 0):
         raise ConfigError(f"--budget-s {args.budget_s}: the demo needs a finite budget > 0 seconds "
                           "(default 100)")
-    data = prepare_demo(Path(args.cache_dir))
+    data = prepare_demo(Path(args.cache_dir), progress=True)
     print(f"demo corpus: {data['source']} ({data['n_train_docs']} train / {data['n_val_docs']} val documents)")
     cfg = demo()
     cfg.data.train, cfg.data.val, cfg.data.tokenizer = data["train"], data["val"], data["tokenizer"]
