@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import signal
@@ -203,3 +204,16 @@ def test_real_demo_is_fast(tmp_path):
     assert r["n_train_docs"] > 9000 and r["n_val_docs"] > 300
     assert load_tokenizer(r["tokenizer"]).vocab_size() == 1024
     assert max(int(load_shard(p).max()) for p in list_shards(r["train"])) < 1024
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream,shown", [(_Terminal, True), (io.StringIO, False)])
+def test_progress_bar_only_on_a_terminal(tmp_path, tiny_sp_model, make_docs, monkeypatch, stream, shown):
+    err = stream()
+    monkeypatch.setattr(sys, "stderr", err)
+    tokenize_documents(make_docs(50), tiny_sp_model, tmp_path, "train", workers=1, progress=True)
+    assert ("tokenize train" in err.getvalue() and "50/50" in err.getvalue()) is shown, err.getvalue()
