@@ -145,3 +145,10 @@ def test_presets_lists_whole_first_sentences_and_counts(capsys):
 def test_unknown_preset():
     code, err, _ = loopgolf("config", "--preset", "nope")
     one_error(code, err, "unknown preset 'nope'", "available: baseline")
+
+
+def test_bench_refuses_a_non_positive_budget(tmp_path, capsys):
+    code = main(["bench", "run", "--shards", str(tmp_path), "--tokenizer", "t.model", "--presets", "tiny",
+                 "--budget-s", "0", "--out", str(tmp_path / "bench")])
+    one_error(code, capsys.readouterr().err.strip().splitlines(), "--budget-s 0.0")
+    assert not (tmp_path / "bench").exists()

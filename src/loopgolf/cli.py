@@ -115,7 +115,7 @@ def cmd_eval(args) -> int:
     if args.max_tokens is not None:
         if args.max_tokens < 0:
             raise ConfigError(f"--max-tokens {args.max_tokens} must be >= 0 (0 = the whole validation set)")
-        seq_len = RunConfig.from_dict(read_artifact(artifact)[1]["config"]).data.seq_len
+        seq_len = RunConfig.from_dict(read_artifact(artifact)[1].get("config") or {}).data.seq_len
         if 0 < args.max_tokens < seq_len:
             raise ConfigError(f"--max-tokens {args.max_tokens} is less than one window of this model "
                               f"(data.seq_len={seq_len}); pass 0 (the whole set) or >= {seq_len}")
@@ -177,6 +177,8 @@ def cmd_bench_prepare(args) -> int:
 def cmd_bench_run(args) -> int:
     from loopgolf.lab.bench import run_side_by_side
 
+    if not (math.isfinite(args.budget_s) and args.budget_s > 0):
+        raise ConfigError(f"--budget-s {args.budget_s}: each preset needs a finite budget > 0 seconds")
     per_preset: dict[str, list[str]] = {}
     for item in args.preset_set or []:
         preset, sep, setting = item.partition(":")
