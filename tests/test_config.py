@@ -45,3 +45,44 @@ def test_impossible_configs_are_refused(assignment, fragment):
 def test_unknown_field_in_json_is_refused():
     with pytest.raises(ConfigError, match="unknown config field"):
         RunConfig.from_dict({"model": {"dimm": 3}})
+
+
+def test_every_preset_validates():
+    for name in PRESETS:
+        get_preset(name).validate()
+
+
+@pytest.mark.parametrize("assignment,fragment", [
+    ("model.dim=-5", "model.dim=-5 must be >= 1"),
+    ("model.dim=0", "model.dim=0 must be >= 1"),
+    ("model.n_heads=0", "model.n_heads=0 must be >= 1"),
+    ("model.n_kv_heads=0", "model.n_kv_heads=0 must be >= 1"),
+    ("model.rope_base=0", "model.rope_base=0.0 must be > 0"),
+    ("model.logit_softcap=nan", "model.logit_softcap=nan must be a finite number"),
+    ("train.batch_tokens=0", "train.batch_tokens=0 must be > 0"),
+    ("train.batch_tokens=-256", "train.batch_tokens=-256 must be > 0"),
+    ("train.micro_batch_seqs=0", "train.micro_batch_seqs must be >= 1"),
+    ("train.budget_s=-1", "train.budget_s=-1.0 must be > 0"),
+    ("train.budget_s=nan", "train.budget_s=nan must be a finite"),
+    ("train.budget_s=inf", "train.budget_s=inf must be a finite"),
+    ("train.log_every=0", "train.log_every=0 must be >= 1"),
+    ("train.seed=-1", "train.seed=-1"),
+    ("optim.matrix_lr=-1", "optim.matrix_lr=-1.0 must be >= 0"),
+    ("optim.head_lr=inf", "optim.head_lr=inf must be a finite"),
+    ("optim.momentum=1", "optim.momentum=1.0 must be in [0, 1)"),
+    ("optim.adam_eps=0", "optim.adam_eps=0.0 must be > 0"),
+    ("optim.warmup_frac=nan", "optim.warmup_frac=nan"),
+    ("quant.gptq_reserve_s=-1", "quant.gptq_reserve_s=-1.0 must be >= 0"),
+    ("quant.gptq_calib_batches=0", "quant.gptq_calib_batches=0 must be >= 1"),
+    ("eval.max_tokens=-5", "eval.max_tokens=-5 must be 0"),
+    ("eval.max_tokens=10", "or >= data.seq_len=1024"),
+])
+def test_out_of_range_fields_say_what_is_wrong(assignment, fragment):
+    with pytest.raises(ConfigError) as info:
+        get_preset("baseline").override([assignment]).validate()
+    assert fragment in str(info.value) and "divisible" not in str(info.value)
+
+
+def test_zero_budget_means_max_steps_bounds_the_run():
+    cfg = get_preset("tiny")
+    assert cfg.train.budget_s == 0.0 and cfg.validate().train.max_steps == 8

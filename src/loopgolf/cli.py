@@ -1,12 +1,17 @@
 """Command line: `loopgolf <command>` or `python -m loopgolf <command>` (also under torchrun).
 
-Every command maps to one function in COMMANDS. Known failures (bad config, corrupt shard, artifact
-or tokenizer, diverged training) print one `loopgolf: error: ...` line and exit with status 2.
+Every command maps to one function (set_defaults(fn=...)). All failures go through one path in
+main(): an expected one (bad config, corrupt shard, artifact or tokenizer, diverged training, a full
+disk; lab/errors.py decides) prints one `loopgolf: error: ...` line and exits with status 2; anything
+else prints one line and "rerun with --debug for the traceback" (exit 1). `--debug`, anywhere on
+the command line, shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -32,6 +37,24 @@ def _config(args) -> RunConfig:
     return cfg.validate()
 
 
+def _require_data(cfg: RunConfig) -> None:
+    """Training needs shards and a tokenizer; check them before a run directory is created."""
+    d = cfg.data
+    missing = [f"data.{k}" for k in ("train", "val", "tokenizer") if not getattr(d, k).strip()]
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)} not set: pass --set data.train='DIR/*_train_*.bin' "
+            "--set data.val='DIR/*_val_*.bin' --set data.tokenizer=MODEL.model (shards from "
+            "`loopgolf data tokenize` or `loopgolf data fineweb`), or run `loopgolf demo`")
+    if not Path(d.tokenizer).is_file():
+        raise ConfigError(f"data.tokenizer={d.tokenizer}: no such file; pass a SentencePiece .model")
+    for key in ("train", "val"):
+        pattern = getattr(d, key)
+        if not glob.glob(str(Path(pattern).expanduser())):
+            raise ConfigError(f"data.{key}={pattern}: no shard file matches; check the path "
+                              "(quote globs so the shell passes them through)")
+
+
 def _print_summary(res: dict) -> None:
     keys = ("name", "steps", "ms_per_step", "tokens_per_s", "peak_mem_gib", "val_bpb_prequant",
             "val_bpb", "quant_gap_bpb", "artifact_bytes", "code_bytes", "total_bytes", "fits_budget")
@@ -43,8 +66,15 @@ def cmd_train(args) -> int:
     from loopgolf.lab.runs import new_run_dir, run_with_reload
 
     cfg = _config(args)
+    _require_data(cfg)
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(cfg.out_dir, cfg.name, args.resume)
-    res = run_with_reload(cfg, run_dir, resume=args.resume, code=args.code)
+    existed = run_dir.exists()
+    try:
+        res = run_with_reload(cfg, run_dir, resume=args.resume, code=args.code)
+    except BaseException:
+        if not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a start that failed before writing anything leaves no empty run folder
+        raise
     if dist.info().is_main:
         _print_summary(res)
         print(f"run directory: {run_dir}")
@@ -57,7 +87,10 @@ def cmd_demo(args) -> int:
     from loopgolf.lab.runs import new_run_dir, run_with_reload
     from loopgolf.presets import demo
 
-    data = prepare_demo(Path(args.cache_dir))
+    if not (math.isfinite(args.budget_s) and args.budget_s > 0):
+        raise ConfigError(f"--budget-s {args.budget_s}: the demo needs a finite budget > 0 seconds "
+                          "(default 100)")
+    data = prepare_demo(Path(args.cache_dir), progress=True)
     print(f"demo corpus: {data['source']} ({data['n_train_docs']} train / {data['n_val_docs']} val documents)")
     cfg = demo()
     cfg.data.train, cfg.data.val, cfg.data.tokenizer = data["train"], data["val"], data["tokenizer"]
@@ -75,10 +108,26 @@ def cmd_demo(args) -> int:
 
 def cmd_eval(args) -> int:
     from loopgolf import dist
+    from loopgolf.compress.artifact import ArtifactError, read_artifact
     from loopgolf.pipeline import evaluate_artifact, write_json
 
-    res = evaluate_artifact(Path(args.artifact), args.val, args.tokenizer, args.device,
-                            max_tokens=args.max_tokens)
+    artifact = Path(args.artifact)
+    if args.max_tokens is not None:
+        if args.max_tokens < 0:
+            raise ConfigError(f"--max-tokens {args.max_tokens} must be >= 0 (0 = the whole validation set)")
+        seq_len = RunConfig.from_dict(read_artifact(artifact)[1].get("config") or {}).data.seq_len
+        if 0 < args.max_tokens < seq_len:
+            raise ConfigError(f"--max-tokens {args.max_tokens} is less than one window of this model "
+                              f"(data.seq_len={seq_len}); pass 0 (the whole set) or >= {seq_len}")
+    try:
+        res = evaluate_artifact(artifact, args.val, args.tokenizer, args.device,
+                                max_tokens=args.max_tokens)
+    except RuntimeError as e:  # torch's load_state_dict: a checksum-valid file resealed with other shapes
+        if "Error(s) in loading state_dict" not in str(e):
+            raise
+        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), "")
+        raise ArtifactError(f"{artifact}: its tensors do not match the config embedded in it ({detail[:300]}); "
+                            "the file was altered or written by another loopgolf; re-run `loopgolf train`") from None
     if dist.info().is_main:
         if args.json:
             write_json(Path(args.json), res)
@@ -102,10 +151,19 @@ def cmd_config(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from loopgolf.presets import PRESETS
+    import torch
 
+    from loopgolf.model.gpt import GPT
+    from loopgolf.presets import PRESETS, summary
+
+    width = max(map(len, PRESETS))
     for name, fn in PRESETS.items():
-        print(f"{name:12s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        with torch.device("meta"):  # shapes only: no memory, no init time
+            params = dict(GPT(fn().model).named_parameters())
+        total = sum(p.numel() for p in params.values())
+        ship = sum(p.numel() for n, p in params.items() if not n.startswith("mtp_heads."))
+        count = f"{total:,} parameters" + (f" ({ship:,} ship)" if ship != total else "")
+        print(f"{name:<{width}}  {count:<38} {summary(name)}")
     return 0
 
 
@@ -119,6 +177,8 @@ def cmd_bench_prepare(args) -> int:
 def cmd_bench_run(args) -> int:
     from loopgolf.lab.bench import run_side_by_side
 
+    if not (math.isfinite(args.budget_s) and args.budget_s > 0):
+        raise ConfigError(f"--budget-s {args.budget_s}: each preset needs a finite budget > 0 seconds")
     per_preset: dict[str, list[str]] = {}
     for item in args.preset_set or []:
         preset, sep, setting = item.partition(":")
@@ -137,8 +197,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="run name (default: the preset's)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line error format (usage errors also exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"loopgolf: error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="loopgolf", description=__doc__.splitlines()[0])
+    ap = _Parser(prog="loopgolf", description=__doc__.splitlines()[0])
+    ap.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="train, compress and score a looped model on the built-in corpus (CPU)")
@@ -162,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact")
     p.add_argument("--val", required=True, help="glob of validation shards")
     p.add_argument("--tokenizer", required=True, help="SentencePiece .model for the byte tables")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="score only the first N tokens (0 = all; at least the model's seq_len)")
     p.add_argument("--json", help="also write the result here")
     p.set_defaults(fn=cmd_eval)
 
@@ -203,14 +272,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from loopgolf.lab.errors import USER_ERRORS
-
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
         return args.fn(args)
-    except USER_ERRORS as e:
-        print(f"loopgolf: error: {e}", file=sys.stderr, flush=True)
-        return 2
     except KeyboardInterrupt:
-        print("loopgolf: interrupted", file=sys.stderr)
+        print("loopgolf: interrupted", file=sys.stderr, flush=True)
         return 130
+    except Exception as e:
+        if debug:
+            raise
+        from loopgolf.lab.errors import one_line
+
+        message, expected = one_line(e)
+        if not expected:
+            message += " (rerun with --debug for the traceback)"
+        print(f"loopgolf: error: {message}", file=sys.stderr, flush=True)
+        return 2 if expected else 1
+    finally:
+        if "loopgolf.dist" in sys.modules:  # only if a command used it: `presets` needs no torch
+            sys.modules["loopgolf.dist"].cleanup(barrier=False)  # no barrier: a peer may have failed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -17,6 +18,28 @@ BUDGET_BYTES = 16_000_000  # the challenge's decimal artifact cap: code bytes + 
 
 class ConfigError(ValueError):
     """An impossible or malformed configuration; the message names the field and the fix."""
+
+
+def _finite(section: str, obj) -> None:
+    """Refuse nan/inf in any float field: a nan budget or learning rate would silently mean 'off'."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{section}.{f.name}={v} must be a finite number")
+
+
+def _at_least(section: str, obj, minimum: float, *names: str, hint: str = "") -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if not v >= minimum:
+            raise ConfigError(f"{section}.{name}={v} must be >= {minimum}{hint}")
+
+
+def _fractions(section: str, obj, *names: str) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"{section}.{name}={v} must be a fraction in [0, 1]")
 
 
 @dataclass
@@ -59,9 +82,20 @@ class ModelConfig:
     embed_init_std: float = 0.005
 
     def validate(self) -> None:
+        _finite("model", self)
+        # sizes first, so that e.g. model.dim=-5 says what is wrong rather than "not divisible"
+        _at_least("model", self, 1, "dim", "n_heads", "n_kv_heads", "mlp_hidden", "bigram_dim")
+        _at_least("model", self, 0, "value_embeds", "ve_dim", "bigram_buckets", "rope_dims",
+                  "lora_rank", "mtp_heads", "mtp_weight", "qk_gain_init", "logit_softcap",
+                  "embed_init_std", hint=" (0 = off)")
+        _at_least("model", self, -1, "xsa_last", "parallel_from", hint=" (-1 = all / off)")
+        if not self.rope_base > 0:
+            raise ConfigError(f"model.rope_base={self.rope_base} must be > 0 (10000 is usual)")
+        if not self.plan.strip():
+            raise ConfigError("model.plan is empty; e.g. model.plan=9 or model.plan=3x4")
         if self.dim % self.n_heads:
             raise ConfigError(f"model.dim={self.dim} is not divisible by model.n_heads={self.n_heads}")
-        if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
+        if self.n_heads % self.n_kv_heads:
             raise ConfigError(
                 f"model.n_heads={self.n_heads} is not a multiple of model.n_kv_heads={self.n_kv_heads}")
         if (self.dim // self.n_heads) % 2:
@@ -70,8 +104,6 @@ class ModelConfig:
             raise ConfigError(f"model.mlp={self.mlp!r}: choose relu2, leaky_relu2 or swiglu")
         if not 2 <= self.vocab_size <= 65536:
             raise ConfigError(f"model.vocab_size={self.vocab_size}: shards store uint16, so 2..65536")
-        if self.mlp_hidden < 1:
-            raise ConfigError("model.mlp_hidden must be >= 1")
         hd = self.dim // self.n_heads
         if self.rope_dims and (self.rope_dims % 2 or not 0 < self.rope_dims <= hd):
             raise ConfigError(f"model.rope_dims={self.rope_dims} must be even and in 2..{hd}")
@@ -91,6 +123,7 @@ class DataConfig:
     def validate(self) -> None:
         if self.seq_len < 2:
             raise ConfigError(f"data.seq_len={self.seq_len} must be >= 2")
+
 
 
 @dataclass
@@ -125,10 +158,16 @@ class OptimConfig:
     grad_clip: float = 0.0
 
     def validate(self) -> None:
-        for name in ("momentum_warmup_frac", "warmup_frac", "warmdown_frac"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ConfigError(f"optim.{name}={v} must be a fraction in [0, 1]")
+        _finite("optim", self)
+        _at_least("optim", self, 0, "matrix_lr", "scalar_lr", "tied_embed_lr", "embed_lr", "head_lr",
+                  "weight_decay", "adam_weight_decay", "embed_weight_decay", "grad_clip",
+                  "momentum_warmup_steps", "warmdown_iters")
+        for name in ("momentum", "momentum_warmup_start", "beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"optim.{name}={getattr(self, name)} must be in [0, 1)")
+        if not self.adam_eps > 0:
+            raise ConfigError(f"optim.adam_eps={self.adam_eps} must be > 0 (e.g. 1e-8)")
+        _fractions("optim", self, "momentum_warmup_frac", "warmup_frac", "warmdown_frac")
         if self.warmup_frac + self.warmdown_frac > 1.0:
             raise ConfigError("optim.warmup_frac + optim.warmdown_frac must be <= 1")
         if self.ns_steps < 1:
@@ -137,16 +176,16 @@ class OptimConfig:
             raise ConfigError(f"optim.ns_coeffs={self.ns_coeffs!r}: choose standard or polar")
         if self.ema_horizon_frac and self.swa_start_frac:
             raise ConfigError("optim.ema_horizon_frac and optim.swa_start_frac are exclusive; pick one")
-        for name in ("min_lr_frac", "ema_horizon_frac", "swa_start_frac", "swa_every_frac"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"optim.{name}={getattr(self, name)} must be a fraction in [0, 1]")
+        _fractions("optim", self, "min_lr_frac", "ema_horizon_frac", "swa_start_frac", "swa_every_frac")
 
 
 @dataclass
 class TrainConfig:
     batch_tokens: int = 524_288  # global tokens per optimizer step, fixed for any world size
     micro_batch_seqs: int = 64  # sequences per forward/backward on one rank
-    budget_s: float = 600.0  # wall-clock training budget (compile warm-up excluded); 0 = none
+    # Wall-clock training budget (compile warm-up excluded). 0 = explicitly no budget: the run is
+    # bounded by max_steps alone (the tiny test preset); negative, nan and inf are refused.
+    budget_s: float = 600.0
     max_steps: int = 20_000
     val_every: int = 0  # steps between periodic validations; 0 = only at the end
     val_tokens: int = 0  # tokens of val used by periodic validation; 0 = all
@@ -162,9 +201,21 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
 
     def validate(self, seq_len: int) -> None:
+        _finite("train", self)
+        if not self.budget_s >= 0:
+            raise ConfigError(f"train.budget_s={self.budget_s} must be > 0 seconds "
+                              "(or 0 for no time budget, when train.max_steps bounds the run)")
+        if self.batch_tokens < 1:
+            raise ConfigError(f"train.batch_tokens={self.batch_tokens} must be > 0: tokens per "
+                              f"optimizer step, a multiple of data.seq_len={seq_len}")
+        _at_least("train", self, 0, "val_every", "val_tokens", "warmup_steps", "checkpoint_every",
+                  hint=" (0 = off)")
+        _at_least("train", self, 1, "log_every")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"train.seed={self.seed} must be in 0..2**32-1")
         if self.batch_tokens % seq_len:
-            raise ConfigError(
-                f"train.batch_tokens={self.batch_tokens} is not a multiple of data.seq_len={seq_len}")
+            raise ConfigError(f"train.batch_tokens={self.batch_tokens} is not a multiple of "
+                              f"data.seq_len={seq_len}; e.g. {max(1, round(self.batch_tokens / seq_len)) * seq_len}")
         if self.micro_batch_seqs < 1:
             raise ConfigError("train.micro_batch_seqs must be >= 1")
         if self.max_steps < 1:
@@ -209,6 +260,12 @@ class QuantConfig:
     qat_start_frac: float = 0.0  # fraction of the budget after which QAT switches on
 
     def validate(self) -> None:
+        _finite("quant", self)
+        _at_least("quant", self, -1, "level", hint=" (-1 = the codec's strongest)")
+        _at_least("quant", self, 0, "passthrough_max_numel", "gptq_reserve_s")
+        _at_least("quant", self, 1, "gptq_calib_batches")
+        if not self.gptq_calib_temp > 0:
+            raise ConfigError(f"quant.gptq_calib_temp={self.gptq_calib_temp} must be > 0")
         if self.row_scale_min < 0.0:
             raise ConfigError(f"quant.row_scale_min={self.row_scale_min} must be >= 0")
         if self.codec not in ("zlib", "zstd", "lzma", "brotli", "best"):
@@ -265,6 +322,12 @@ class RunConfig:
         self.optim.validate()
         self.train.validate(self.data.seq_len)
         self.quant.validate()
+        if hasattr(self.eval, "validate"):
+            self.eval.validate()
+        max_tokens = getattr(self.eval, "max_tokens", 0)
+        if max_tokens < 0 or 0 < max_tokens < self.data.seq_len:
+            raise ConfigError(f"eval.max_tokens={max_tokens} must be 0 (the whole validation set) "
+                              f"or >= data.seq_len={self.data.seq_len} (one window)")
         return self
 
     # --- serialization -------------------------------------------------------------------------

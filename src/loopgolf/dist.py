@@ -3,9 +3,15 @@
 `init()` reads RANK / WORLD_SIZE / LOCAL_RANK (set by `torchrun`, single- or multi-node) and starts
 NCCL on CUDA or gloo on CPU; without them everything is a no-op on one process. The rest of
 loopgolf calls the helpers below and never touches torch.distributed itself.
+
+Teardown: `cleanup()` (a barrier, then destroy_process_group) runs at the end of every command and,
+registered with atexit, on any other exit. The process group must really be freed there: its gloo
+worker threads, if still alive at interpreter shutdown, drop finished work whose tensors need the
+GIL and abort the process ("terminate called without an active exception", SIGABRT). See init().
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
@@ -47,9 +53,15 @@ def init(device_kind: str) -> DistInfo:
     if device_kind == "cuda":
         torch.cuda.set_device(local)
     if not tdist.is_initialized():
+        # torch.distributed.nn.functional binds `group.WORLD` as default arguments when first
+        # imported, and torch imports it lazily (optimizer construction -> torch._dynamo). Imported
+        # after init, those defaults keep the default group alive after destroy_process_group, with
+        # its worker threads; imported now they bind None.
+        import torch.distributed.nn  # noqa: F401
         backend = "nccl" if device_kind == "cuda" else "gloo"
         kwargs = {"device_id": torch.device("cuda", local)} if device_kind == "cuda" else {}
         tdist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30), **kwargs)
+        atexit.register(cleanup, barrier=False)  # an exit without cleanup() (an error, sys.exit)
     _INFO = DistInfo(rank=rank, world_size=world, local_rank=local)
     return _INFO
 
@@ -70,9 +82,13 @@ def child_env(gpu: str | int | None = None) -> dict[str, str]:
     return env
 
 
-def cleanup() -> None:
+def cleanup(barrier: bool = True) -> None:
+    """Leave the process group: wait for every rank (barrier=True, the normal end of a command)
+    so no rank tears down its connections while a peer still talks to it, then destroy it."""
     global _INFO
     if tdist.is_initialized():
+        if barrier and _INFO.enabled:
+            tdist.barrier()
         tdist.destroy_process_group()
     _INFO = DistInfo()
 

@@ -6,6 +6,7 @@ PRESETS, never by copying a script.
 """
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from loopgolf.config import ConfigError, ModelConfig, OptimConfig, RunConfig, TrainConfig
@@ -157,7 +158,8 @@ def demo() -> RunConfig:
 
 
 def tiny() -> RunConfig:
-    """Seconds-long CPU config for tests: vocab 64 is too small for real tokenizers."""
+    """Seconds-long CPU config for tests: vocab 512, d=32, plan 1+1x2+1, seq 32, 8 steps.
+    train.budget_s=0 means no time budget, so max_steps alone bounds the run (deterministic steps)."""
     return RunConfig(
         name="tiny",
         model=ModelConfig(vocab_size=512, dim=32, n_heads=2, n_kv_heads=1, mlp_hidden=64, plan="1+1x2+1"),
@@ -179,6 +181,12 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "demo": demo,
     "tiny": tiny,
 }
+
+
+def summary(name: str) -> str:
+    """The first sentence of a preset's docstring, on one line (for `loopgolf presets`)."""
+    text = " ".join((PRESETS[name].__doc__ or "").split())
+    return re.split(r"(?<!e\.g\.)(?<!i\.e\.)(?<!vs\.)(?<=[.!?])\s+", text, maxsplit=1)[0]
 
 
 def get_preset(name: str) -> RunConfig:

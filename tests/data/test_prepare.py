@@ -2,14 +2,21 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from loopgolf.data import prepare
 from loopgolf.data.luts import build_byte_luts, target_bytes
+from loopgolf.data.corpus import CorpusError
 from loopgolf.data.prepare import prepare_corpus, prepare_demo, tokenize_documents
 from loopgolf.data.shards import list_shards, load_shard, read_header
 from loopgolf.data.tokenizer import BOS_ID, load_tokenizer
@@ -79,6 +86,96 @@ def test_prepare_corpus_manifest(tmp_path, tiny_sp_model, make_docs):
     assert va["tokens"] == _stream(list_shards(str(out / va["pattern"]))).size
 
 
+def test_prepare_corpus_stages_shards_and_writes_the_manifest_last(tmp_path, tiny_sp_model, make_docs,
+                                                                   monkeypatch):
+    src = tmp_path / "in.txt"
+    src.write_text("\n<|endoftext|>\n".join(make_docs(200, seed=5)), encoding="utf-8")
+    out = tmp_path / "out"
+    m = prepare_corpus([src], tiny_sp_model, out, val_fraction=0.1, shard_tokens=2000, workers=1,
+                       progress=False)
+    first = sorted(p.name for p in out.iterdir())
+    assert first[-1] == "manifest.json" and not [n for n in first if n.startswith(".")]  # staging gone
+
+    seen = []
+    real = prepare.tokenize_documents
+
+    def tokenize_then_fail(docs, tok, where, split, *a, **k):
+        seen.append(Path(where))
+        paths = real(docs, tok, where, split, *a, **k)
+        if split == "train":
+            raise KeyboardInterrupt  # interrupted after every shard of the new run was written
+        return paths
+
+    monkeypatch.setattr(prepare, "tokenize_documents", tokenize_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_corpus([src], tiny_sp_model, out, val_fraction=0.3, shard_tokens=500, workers=1,
+                       progress=False)
+    assert all(w.parent == out and w.name.startswith(".staging-") for w in seen)
+    assert sorted(p.name for p in out.iterdir()) == first  # the old run, untouched, staging removed
+    assert json.loads((out / "manifest.json").read_text()) == m
+
+
+def test_empty_input_is_a_corpus_error(tmp_path, tiny_sp_model):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(CorpusError, match="empty.txt: no documents"):
+        prepare_corpus([tmp_path / "empty.txt"], tiny_sp_model, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def _children(pid: int) -> set[int]:
+    """Processes whose parent is pid (from /proc)."""
+    found = set()
+    for d in Path("/proc").iterdir():
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if d.name.isdigit() and int(fields[1]) == pid:
+            found.add(int(d.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's wait is missing
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_sigkill_of_tokenize_leaves_no_workers_and_no_manifest(tmp_path, tiny_sp_model):
+    src = tmp_path / "big.txt"
+    line = "The river and the mountain, paper windows in the city of light 12345. " * 4
+    src.write_text("\n<|endoftext|>\n".join(f"{i} {line}" for i in range(150_000)), encoding="utf-8")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "loopgolf", "data", "tokenize", "--input", str(src),
+                             "--tokenizer", str(tiny_sp_model), "--out", str(out), "--workers", "2",
+                             "--shard-tokens", "100000"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 120
+        kids: set[int] = set()
+        while time.time() < deadline and proc.poll() is None:
+            kids |= _children(proc.pid)
+            if len([k for k in kids if _alive(k)]) >= 2 and list(out.glob(".staging-*/*_train_*.bin")):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None and len(kids) >= 2, "tokenize ended before its workers were seen"
+        kids |= _children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 15
+        while time.time() < deadline and any(_alive(k) for k in kids):
+            time.sleep(0.2)
+        assert not [k for k in kids if _alive(k)], "worker processes outlived their parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (out / "manifest.json").exists() and not list(out.glob("*.bin"))
+
+
 def test_demo_cache_is_reused_and_rebuilt(tmp_path, monkeypatch, make_docs):
     docs = make_docs(300, seed=7)
     monkeypatch.setattr(prepare, "demo_documents", lambda: (docs, "test docs"))
@@ -107,3 +204,16 @@ def test_real_demo_is_fast(tmp_path):
     assert r["n_train_docs"] > 9000 and r["n_val_docs"] > 300
     assert load_tokenizer(r["tokenizer"]).vocab_size() == 1024
     assert max(int(load_shard(p).max()) for p in list_shards(r["train"])) < 1024
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream,shown", [(_Terminal, True), (io.StringIO, False)])
+def test_progress_bar_only_on_a_terminal(tmp_path, tiny_sp_model, make_docs, monkeypatch, stream, shown):
+    err = stream()
+    monkeypatch.setattr(sys, "stderr", err)
+    tokenize_documents(make_docs(50), tiny_sp_model, tmp_path, "train", workers=1, progress=True)
+    assert ("tokenize train" in err.getvalue() and "50/50" in err.getvalue()) is shown, err.getvalue()

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -80,3 +83,40 @@ def test_tokenizer_tokenize_with_transform_info_and_selftest(tmp_path, make_docs
 def test_selftest_missing_tokenizer(tmp_path, capsys):
     assert _run(["data", "selftest", "--tokenizer", str(tmp_path / "no.model")]) == 2
     assert "tokenizer file not found" in capsys.readouterr().err
+
+
+def _loopgolf(*argv):
+    proc = subprocess.run([sys.executable, "-m", "loopgolf", *map(str, argv)], capture_output=True,
+                          text=True, timeout=300)
+    return proc.returncode, proc.stderr.strip().splitlines(), proc.stdout
+
+
+def test_info_refuses_shards_without_a_manifest(tmp_path, tiny_shards):
+    d = tmp_path / "unfinished"
+    d.mkdir()
+    for p in tiny_shards["train"] + tiny_shards["val"]:
+        shutil.copy(p, d / p.name)
+    code, err, _ = _loopgolf("data", "info", d, "--tokenizer", tiny_shards["tokenizer"])
+    assert code == 2 and len(err) == 1 and err[0].startswith("loopgolf: error: "), err
+    assert str(d) in err[0] and "no manifest.json" in err[0] and "--no-manifest" in err[0]
+    code, _, out = _loopgolf("data", "info", d, "--tokenizer", tiny_shards["tokenizer"], "--no-manifest")
+    assert code == 0 and "[ok] headers" in out
+
+
+def test_tokenize_an_empty_file_is_one_line(tmp_path, tiny_sp_model):
+    (tmp_path / "empty.txt").write_text("")
+    code, err, _ = _loopgolf("data", "tokenize", "--input", tmp_path / "empty.txt", "--tokenizer",
+                             tiny_sp_model, "--out", tmp_path / "out")
+    assert code == 2 and len(err) == 1 and "empty.txt: no documents" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_info_finds_the_demo_tokenizer_in_the_cache(tmp_path, monkeypatch, make_docs, capsys):
+    from loopgolf.data import prepare
+
+    monkeypatch.setattr(prepare, "demo_documents", lambda: (make_docs(300, seed=7), "test docs"))
+    assert _run(["data", "demo", "--cache-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert _run(["data", "info", str(tmp_path)]) == 0  # the cache's stamp is its manifest
+    out = capsys.readouterr().out
+    assert f"tokenizer: {tmp_path / 'tokenizer_1024.model'} (vocab" in out and "[FAIL]" not in out

@@ -1,4 +1,5 @@
 """Bad input: one clear error line, a non-zero exit, nothing half-written left behind."""
+import errno
 import shutil
 import subprocess
 import sys
@@ -6,6 +7,8 @@ import sys
 import pytest
 
 from loopgolf.cli import main
+from loopgolf.config import ConfigError
+from loopgolf.lab.errors import is_expected, one_line
 from loopgolf.data.tokenizer import train_tokenizer
 
 
@@ -88,3 +91,31 @@ def test_damaged_artifact_via_subprocess(tiny_args, tiny_shards, tmp_path, capsy
                           capture_output=True, text=True)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1 and "model.lgz" in err[0], proc.stderr
+
+
+@pytest.mark.parametrize("err,fragments", [
+    (OSError(errno.ENOSPC, "No space left on device", "/runs/x/model.lgz"),
+     ["/runs/x/model.lgz: No space left on device", "free some space"]),
+    (PermissionError(errno.EACCES, "Permission denied", "/ro/runs"), ["/ro/runs: Permission denied"]),
+])
+def test_os_errors_a_user_can_fix_name_the_path(err, fragments):
+    text, expected = one_line(err)
+    assert expected and all(f in text for f in fragments), text
+
+
+def test_any_value_or_runtime_error_class_of_loopgolf_is_expected():
+    trainer_fault = type("DegenerateModel", (RuntimeError,), {"__module__": "loopgolf.train.loop"})
+    assert one_line(trainer_fault("loss stuck at ln(vocab)\nsee train.log")) == (
+        "loss stuck at ln(vocab) | see train.log", True)
+    assert is_expected(ConfigError("x")) and is_expected(FileNotFoundError("nope"))
+    assert not is_expected(ValueError("from a library"))  # not raised by loopgolf code
+    assert one_line(TypeError("bug")) == ("TypeError: bug", False)
+    assert not is_expected(OSError(errno.EIO, "I/O error"))
+
+
+def test_plain_value_error_raised_by_loopgolf_code_is_expected():
+    from loopgolf.eval.bpb import usable_tokens
+
+    with pytest.raises(ValueError) as info:
+        usable_tokens(5, seq_len=32)
+    assert is_expected(info.value)

@@ -41,19 +41,42 @@ def find_shards(path: str | os.PathLike) -> dict[str, list[Path]]:
     return groups
 
 
+_DEMO_STAMP = "demo_stamp.json"  # data/prepare.py's demo cache record, written last like a manifest
+
+
+def completion_record(folder: Path) -> Path | None:
+    """The file that says a shard folder is complete, written after its last shard: manifest.json
+    (`data tokenize`), the demo cache's stamp, or the download's OUT/manifest.json (`data fineweb`)."""
+    for cand in (folder / "manifest.json", folder / _DEMO_STAMP):
+        if cand.is_file():
+            return cand
+    downloaded = folder.parent.parent / "manifest.json"
+    return downloaded if folder.parent.name == "datasets" and downloaded.is_file() else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
 def _find_tokenizer(folder: Path) -> Path | None:
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        try:
-            tok = json.loads(manifest.read_text(encoding="utf-8")).get("tokenizer")
-            if tok and Path(tok).is_file():
-                return Path(tok)
-        except (OSError, ValueError, AttributeError):
-            pass
+    tok = _read_json(folder / "manifest.json").get("tokenizer")
+    if isinstance(tok, str) and tok and Path(tok).is_file():
+        return Path(tok)
+    tok = _read_json(folder / _DEMO_STAMP).get("tokenizer")
+    if isinstance(tok, str) and tok and (folder / tok).is_file():
+        return folder / tok
     # the layout `loopgolf data fineweb` writes: OUT/datasets/fineweb10B_spN and OUT/tokenizers
     models = sorted((folder.parent.parent / "tokenizers").glob("*.model"))
     vocab = folder.name.rsplit("_sp", 1)[-1]
-    return next((m for m in models if f"_{vocab}_" in m.name), None)
+    found = next((m for m in models if f"_{vocab}_" in m.name), None)
+    if found is None:  # a single tokenizer next to the shards is theirs
+        here = sorted(folder.glob("*.model"))
+        found = here[0] if len(here) == 1 else None
+    return found
 
 
 def _split_stats(paths: list[Path], luts, val_hashes: set[bytes] | None,

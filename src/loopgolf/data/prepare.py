@@ -4,7 +4,13 @@ Each document becomes [BOS] + its SentencePiece ids (no EOS), packed back to bac
 at exactly shard_tokens tokens, so a document may continue in the next shard, as in the challenge's
 fineweb shards. Encoding runs in worker processes that each load the tokenizer once; results are
 consumed in submission order, so the bytes written never depend on the number of workers, and at
-most one shard plus a few chunks of tokens are held in memory.
+most one shard plus a few chunks of tokens are held in memory. Workers exit on their own when the
+parent dies (even by SIGKILL), so an interrupted run leaves no processes behind.
+
+prepare_corpus writes into a hidden staging folder inside the output folder, then moves the shards
+into place and writes manifest.json last: a folder with shards but no manifest is an unfinished
+run (`loopgolf data info` refuses it), and an interrupted run leaves the old shards untouched or
+no manifest, never a manifest that lies.
 """
 from __future__ import annotations
 
@@ -14,7 +20,11 @@ import itertools
 import json
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -26,7 +36,7 @@ import sentencepiece as spm
 from tqdm import tqdm
 
 from .atomic import atomic_write_text
-from .corpus import demo_documents, iter_documents, overlap, split_documents
+from .corpus import CorpusError, demo_documents, iter_documents, overlap, split_documents
 from .shards import list_shards, read_header, write_shard
 from .tokenizer import BOS_ID, TokenizerError, check_tokenizer, load_tokenizer, train_tokenizer
 from .transform import TextTransform, get_transform, piece_bytes_table, sidecar_path, token_byte_counts
@@ -38,6 +48,8 @@ _DEMO_FORMAT = 1  # bump when the demo layout or recipe changes, to invalidate o
 _DEMO_SEED = 0
 _DEMO_TOKENIZER_MAX_DOCS = 20_000  # all 10k ovos docs train in ~1 s; the cap guards larger corpora
 _DEMO_PREFIX = "demo"
+_STAGING = ".staging-"  # prefix of prepare_corpus's work folder; hidden, so no glob sees its shards
+_PARENT_POLL_S = 0.5
 
 
 def tokenize_documents(docs: Iterable[str], tokenizer_path: str | os.PathLike, out_dir: str | os.PathLike,
@@ -75,7 +87,7 @@ def tokenize_documents(docs: Iterable[str], tokenizer_path: str | os.PathLike, o
     fill = 0
     total = len(docs) if hasattr(docs, "__len__") else None
     bar = tqdm(total=total, desc=f"tokenize {split}", unit="doc", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
+               disable=None if progress else True, dynamic_ncols=True)  # None: only on a TTY
     with bar:
         for n_docs, tokens, counts in _encoded_chunks(docs, tokenizer_path, sp, workers, transform):
             pos = 0
@@ -171,8 +183,23 @@ _worker_sp: spm.SentencePieceProcessor | None = None
 _worker_transform = None
 
 
-def _init_worker(model_path: str, sha256: str, transform: str | None = None) -> None:
+def _exit_with_parent(parent_pid: int) -> None:
+    """A daemon thread that ends this worker once its parent is gone (reparented: getppid changes).
+    A SIGKILLed parent runs no cleanup, and an idle worker would otherwise wait on its task queue
+    forever: each worker holds that queue's write end too, so it never sees end-of-file."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _init_worker(model_path: str, sha256: str, transform: str | None = None,
+                 parent_pid: int | None = None) -> None:
     global _worker_sp, _worker_transform
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
     _worker_sp = load_tokenizer(model_path, expected_sha256=sha256)
     _worker_transform = _transform_for(_worker_sp, transform)
 
@@ -198,7 +225,7 @@ def _encoded_chunks(docs: Iterable[str], model_path: Path, sp: spm.SentencePiece
     digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker,
-                               initargs=(str(model_path.resolve()), digest, transform))
+                               initargs=(str(model_path.resolve()), digest, transform, os.getpid()))
     window: deque = deque()
     try:
         for chunk in _chunks(docs):
@@ -226,46 +253,82 @@ def prepare_corpus(inputs: list[Path], tokenizer: str | os.PathLike, out_dir: st
 
     All documents are held in memory once (the duplicate-free split needs them); tokens are not.
     The split is checked by SHA-256 of each document's text: the manifest's overlap must be 0.
+    Shards are staged in a hidden folder and moved into out_dir before the manifest is written.
     """
     out_dir = Path(out_dir)
     docs = list(itertools.chain.from_iterable(iter_documents(p, text_key) for p in inputs))
     n_read = len(docs)
+    if not n_read:
+        raise CorpusError(f"{', '.join(map(str, inputs))}: no documents found (empty or only "
+                          "whitespace); pass .txt/.jsonl/.jsonl.zst files with text")
     train, val = split_documents(docs, val_fraction, seed)
     del docs
     if not train or (val_fraction > 0 and not val):
-        raise ValueError(
+        raise CorpusError(
             f"{n_read} documents gave {len(train)} train and {len(val)} val documents; add "
-            "documents or change val_fraction")
+            "documents or change --val-fraction")
     shared = overlap(train, val)
     if shared:  # split_documents makes this impossible; the check guards the manifest's claim
         raise RuntimeError(f"{shared} documents are in both train and val")
-    splits = {}
-    for split, split_docs in (("val", val), ("train", train)):
-        if not split_docs:
-            continue
-        paths = tokenize_documents(split_docs, tokenizer, out_dir, split, shard_tokens, workers,
-                                   progress, prefix, transform)
-        splits[split] = {
-            "pattern": f"{prefix}_{split}_*.bin",
-            "shards": [p.name for p in paths],
-            "docs": len(split_docs),
-            "tokens": sum(read_header(p) for p in paths),
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_staging(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING}{os.getpid()}-", dir=out_dir))
+    try:
+        splits = {}
+        for split, split_docs in (("val", val), ("train", train)):
+            if not split_docs:
+                continue
+            paths = tokenize_documents(split_docs, tokenizer, staging, split, shard_tokens, workers,
+                                       progress, prefix, transform)
+            splits[split] = {
+                "pattern": f"{prefix}_{split}_*.bin",
+                "shards": [p.name for p in paths],
+                "docs": len(split_docs),
+                "tokens": sum(read_header(p) for p in paths),
+            }
+        manifest = {
+            "inputs": [str(p) for p in inputs],
+            "tokenizer": str(Path(tokenizer).resolve()),
+            "tokenizer_sha256": hashlib.sha256(Path(tokenizer).read_bytes()).hexdigest(),
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "shard_tokens": shard_tokens,
+            "docs_read": n_read,
+            "duplicates_dropped": n_read - len(train) - len(val),
+            "overlap": shared,
+            "transform": transform,
+            "splits": splits,
         }
-    manifest = {
-        "inputs": [str(p) for p in inputs],
-        "tokenizer": str(Path(tokenizer).resolve()),
-        "tokenizer_sha256": hashlib.sha256(Path(tokenizer).read_bytes()).hexdigest(),
-        "val_fraction": val_fraction,
-        "seed": seed,
-        "shard_tokens": shard_tokens,
-        "docs_read": n_read,
-        "duplicates_dropped": n_read - len(train) - len(val),
-        "overlap": shared,
-        "transform": transform,
-        "splits": splits,
-    }
-    atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        _publish(staging, out_dir, prefix, splits, transform is not None)
+        atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _publish(staging: Path, out_dir: Path, prefix: str, splits: dict, sidecars: bool) -> None:
+    """Move staged shards (and sidecars) into out_dir; the old manifest goes first, since from the
+    first move on it no longer describes the folder."""
+    (out_dir / "manifest.json").unlink(missing_ok=True)
+    for src in sorted(p for p in staging.rglob("*") if p.is_file()):
+        dst = out_dir / src.relative_to(staging)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+    for split, entry in splits.items():
+        _remove_stale_shards(out_dir, prefix, split, keep=len(entry["shards"]))
+        if not sidecars:  # sidecars of an earlier transformed run no longer describe these tokens
+            _remove_stale_shards(out_dir / "bytes", prefix, split, keep=0)
+
+
+def _remove_abandoned_staging(out_dir: Path) -> None:
+    """Delete staging folders of runs that died (their pid, in the name, is gone)."""
+    for d in out_dir.glob(f"{_STAGING}*"):
+        try:
+            os.kill(int(d.name[len(_STAGING):].split("-", 1)[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (ValueError, PermissionError, OSError):
+            pass  # not ours, or alive under another user
 
 
 def prepare_demo(cache_dir: str | os.PathLike, vocab_size: int = 1024, val_fraction: float = 0.05,

@@ -1,13 +1,15 @@
 """CLI commands of the compression layer: `loopgolf size`, `loopgolf fit`, `loopgolf export`.
 
-    loopgolf size runs/x/model.lgz [--code train_gpt.py]
-    loopgolf fit runs/x/checkpoint.pt --out model.lgz [--target 15990000] [--code train_gpt.py]
+    loopgolf size runs/x/model.lgz [--code packed|core|train_gpt.py]
+    loopgolf fit runs/x/checkpoint.pt --out model.lgz [--target 15990000] [--code packed|core|FILE]
     loopgolf export --preset universal --set data.train=... --out train_gpt.py [--packed]
 
 `size` reports compressed bytes per stream (tensor group x dtype), raw bytes per tensor group, the
-code bytes and the total against 16,000,000. `fit` re-quantizes a training checkpoint's float
-weights to land just under a target (compress/fit.py). `export` writes the single-file submission
-(lab/export.py). `register(sub)` adds them to the CLI's subparsers.
+code bytes and the total against 16,000,000. The code bytes are, by default, the ones the run
+counted: the packed single-file export of the artifact's (checkpoint's) embedded config; `--code
+core` counts the core sources, `--code FILE` a shipped script. `fit` re-quantizes a training
+checkpoint's float weights to land just under a target (compress/fit.py). `export` writes the
+single-file submission (lab/export.py). `register(sub)` adds them to the CLI's subparsers.
 """
 from __future__ import annotations
 
@@ -18,10 +20,17 @@ from pathlib import Path
 from loopgolf.config import BUDGET_BYTES, ConfigError, RunConfig
 
 
-def _code_bytes(code: str | None) -> int:
+def _code_bytes(code: str | None, config: dict | None = None, where: str = "") -> int:
+    """Bytes of the counted code: "packed" (default; the export of `config`), "core", or a file."""
     from loopgolf.compress.budget import code_bytes, file_bytes
+    from loopgolf.lab.export import packed_code_bytes
 
-    return file_bytes(code) if code else code_bytes()
+    if code in (None, "packed"):
+        if not isinstance(config, dict):
+            raise ConfigError(f"{where}: no embedded config to export; pass --code core or "
+                              "--code FILE (the shipped script)")
+        return packed_code_bytes(RunConfig.from_dict(config))
+    return code_bytes() if code == "core" else file_bytes(code)
 
 
 def size_report(artifact: Path, code: str | None = None) -> str:
@@ -29,9 +38,10 @@ def size_report(artifact: Path, code: str | None = None) -> str:
     from loopgolf.compress.artifact import inspect_artifact, read_artifact
     from loopgolf.compress.budget import budget_report, format_budget
 
-    read_artifact(artifact)  # validates the whole file (payload included) before reporting on it
+    _, meta = read_artifact(artifact)  # validates the whole file (payload included) first
     report = inspect_artifact(artifact.read_bytes(), str(artifact))
-    budget = budget_report(report.total_bytes, _code_bytes(code), BUDGET_BYTES)
+    budget = budget_report(report.total_bytes, _code_bytes(code, meta.get("config"), str(artifact)),
+                           BUDGET_BYTES)
     return report.format_table() + "\n" + format_budget(budget)
 
 
@@ -60,7 +70,7 @@ def cmd_fit(args) -> int:
 
     ck = load_checkpoint(Path(args.checkpoint))
     cfg = RunConfig.from_json(ck["config_json"]).override(args.set or []).validate()
-    code = _code_bytes(args.code)
+    code = _code_bytes(args.code, cfg.to_dict(), args.checkpoint)
     state = {k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()}
     res = fit_to_budget(state, cfg.quant, args.target, code, meta={"config": cfg.to_dict()})
     # again with the chosen knobs recorded in the artifact's config (a few header bytes differ)
@@ -90,15 +100,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add `size`, `fit` and `export` to the CLI's subparsers."""
     p = sub.add_parser("size", help="artifact bytes per stream/group + code bytes vs 16,000,000")
     p.add_argument("artifact")
-    p.add_argument("--code", help="the shipped script (e.g. an exported train_gpt.py); default: "
-                                  "the core package sources")
+    p.add_argument("--code", default="packed",
+                   help="counted code: packed (default: the packed export of the artifact's config, "
+                        "as the run counted), core (the core sources) or a shipped script's path")
     p.set_defaults(fn=cmd_size)
 
     p = sub.add_parser("fit", help="re-quantize a checkpoint to land just under a byte target")
     p.add_argument("checkpoint", help="a run's checkpoint.pt (float weights + config)")
     p.add_argument("--out", required=True, help="artifact to write")
     p.add_argument("--target", type=int, default=15_990_000, help="artifact + code bytes")
-    p.add_argument("--code", help="the shipped script whose bytes count (default: core sources)")
+    p.add_argument("--code", default="packed",
+                   help="counted code: packed (default, the packed export of the checkpoint's config), "
+                        "core (the core sources) or a shipped script's path")
     p.add_argument("--set", action="append", metavar="quant.FIELD=VALUE", help="override a field")
     p.set_defaults(fn=cmd_fit)
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from loopgolf.data.corpus import CorpusError
 from loopgolf.data.fineweb import DownloadError
+from loopgolf.data.shards import ShardError
 from loopgolf.data.tokenizer import TokenizerError
 
 DEMO_CACHE = Path.home() / ".cache" / "loopgolf" / "demo"
-_ERRORS = (DownloadError, CorpusError, TokenizerError)
+_ERRORS = (DownloadError, CorpusError, TokenizerError, ShardError)
 
 
 def _fails_cleanly(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -76,7 +77,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from loopgolf.data.prepare import prepare_demo
 
-    print(json.dumps(prepare_demo(Path(args.cache_dir)), indent=2, default=str))
+    print(json.dumps(prepare_demo(Path(args.cache_dir), progress=True), indent=2, default=str))
     return 0
 
 
@@ -98,8 +99,15 @@ def cmd_fineweb(args: argparse.Namespace) -> int:
 @_fails_cleanly
 def cmd_info(args: argparse.Namespace) -> int:
     from loopgolf.data.atomic import atomic_write_text
-    from loopgolf.data.info import format_info, shard_info
+    from loopgolf.data.info import completion_record, find_shards, format_info, shard_info
 
+    groups = find_shards(args.path)
+    folder = Path(args.path) if Path(args.path).is_dir() else next(iter(groups.values()))[0].parent
+    if not args.no_manifest and completion_record(folder) is None:
+        raise ShardError(
+            f"{folder}: {sum(map(len, groups.values()))} shards but no manifest.json, so the "
+            "folder is unfinished (an interrupted `loopgolf data tokenize`?); rerun it, or pass "
+            "--no-manifest for shards made elsewhere")
     info = shard_info(args.path, args.tokenizer)
     print(format_info(info))
     if args.json:
@@ -176,6 +184,8 @@ def register(sub) -> None:
     p.add_argument("path", help="folder of shards or a quoted glob")
     p.add_argument("--tokenizer", help="SentencePiece .model (default: from manifest.json / the download layout)")
     p.add_argument("--json", help="also write the report here")
+    p.add_argument("--no-manifest", action="store_true",
+                   help="inspect shards that have no manifest.json (made by other tools)")
     p.set_defaults(fn=cmd_info)
 
     p = data.add_parser("selftest", help="check a tokenizer's byte accounting (issue #897) on built-in and your texts")
