@@ -54,7 +54,7 @@ def test_mixture_is_legal_normalized_and_beats_a_weak_network(val, vs, small_mod
     assert res["val_tokens"] == net["val_tokens"] and res["val_bytes"] == net["val_bytes"]
     assert res["val_loss"] < net["val_loss"]  # a random network: the n-grams carry the score
     assert abs(sum(res["final_weights"]) - 1) < 1e-6
-    assert check_events(log)["ok"]
+    assert check_events(log, log.n_tokens)["ok"]
 
 
 def test_scoring_with_counts_of_the_scored_batch_is_impossible(val, vs, small_model):

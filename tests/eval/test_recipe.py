@@ -81,3 +81,32 @@ def test_recipe_is_validated_and_travels_in_the_run_config():
         c.override(["eval.method=sliding", f"eval.{bad}"])
         with pytest.raises(ConfigError, match=msg):
             c.validate()
+
+
+@pytest.fixture(scope="module")
+def case_val(tmp_path_factory, make_docs):
+    from loopgolf.data.prepare import tokenize_documents
+    from loopgolf.data.tokenizer import train_tokenizer
+    from loopgolf.data.transform import CaseTransform
+
+    ct = CaseTransform()
+    d = tmp_path_factory.mktemp("case_eval")
+    tok = train_tokenizer([ct.encode(x) for x in make_docs(300)], 420, d / "case", user_defined_symbols=ct.reserved)
+    docs = make_docs(12, seed=4) + ["NASA and iPhone: ALL CAPS McDonald"]
+    tokenize_documents(docs, tok, d, "val", workers=1, progress=False, transform="case")
+    return str(d / "*_val_*.bin"), tok, docs
+
+
+@pytest.mark.parametrize("method", EVAL_METHODS)
+def test_case_transformed_shards_report_original_utf8_bytes(case_val, small_model, method):
+    """Issue 16 finding 1: every evaluator counts the sidecar's bytes, not the operator pieces'."""
+    from loopgolf.data.valset import load_val_set
+
+    pattern, tok, docs = case_val
+    vs = load_val_set(pattern, tok, 512)
+    seq = len(vs) - 1  # one window: the whole stream is scored
+    ecfg = EvalConfig(method=method, stride=seq // 4, batch_tokens=seq, sgd_chunk_tokens=seq // 2,
+                      sgd_epochs=1, lora_rank=2, lora_chunk=16, lora_docs_per_batch=4)
+    res = evaluate(small_model(), vs, ecfg, CPU, seq_len=seq)
+    assert res["bytes_source"] == "sidecar"
+    assert res["val_bytes"] == sum(len(d.encode("utf-8")) for d in docs)

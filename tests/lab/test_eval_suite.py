@@ -35,14 +35,37 @@ def test_suite_runs_every_phase_and_passes_the_checker(artifact, tiny_shards, tm
         torch.set_flush_denormal(False)
     assert set(rep["phases"]) == {"load", "plain", "sliding", "mixture", "ttt_sgd"}
     assert rep["legality"]["ok"], rep["legality"]
-    assert set(rep["legality"]["checks"]) == {"sliding_events", "sliding_normalized", "mixture_events",
-                                              "ttt_sgd_events", "tokenizer_bytes"}
+    assert set(rep["legality"]["checks"]) == {f"{p}_{c}" for p in ("plain", "sliding", "mixture", "ttt_sgd")
+                                              for c in ("events", "behaviour")} | {"tokenizer_bytes"}
+    assert rep["legality"]["behavioural"]["ran"] and rep["legality"]["behavioural"]["perturbations"] == 4
+    assert all(len(rep["legality"]["checks"][f"{p}_behaviour"]["perturbed_at"]) == 4
+               for p in ("plain", "sliding", "mixture", "ttt_sgd"))
     p = rep["phases"]
     assert p["plain"]["val_tokens"] == p["sliding"]["val_tokens"] == p["ttt_sgd"]["val_tokens"] == 800
     assert all(r["within_eval_budget"] for r in p.values())
     assert (tmp_path / "ev" / "ttt_sgd.rank0.json").is_file()
+    assert rep["recipes"]["ttt_sgd"]["sgd_chunk_tokens"] == 256 and rep["bytes_source"] == "tables"
     json.dumps(rep)  # the report is plain JSON
-    assert "legality: all checks passed" in format_report(rep)
+    text = format_report(rep)
+    assert "legality: all checks passed (behavioural check on" in text
+
+
+def test_skipping_the_behavioural_check_is_recorded(artifact, tiny_shards):
+    rep = evaluate_suite(artifact, str(tiny_shards["dir"] / "*_val_*.bin"), str(tiny_shards["tokenizer"]),
+                         "cpu", stride=16, batch_seqs=8, behaviour=False)
+    assert rep["legality"]["ok"] and not rep["legality"]["behavioural"]["ran"]
+    assert "behavioural check SKIPPED" in format_report(rep)
+
+
+def test_a_tokenizer_other_than_the_manifests_is_refused(artifact, tiny_shards, tmp_path):
+    import shutil
+
+    from loopgolf.data.tokenizer import TokenizerError
+    for p in tiny_shards["val"]:
+        shutil.copy(p, tmp_path / p.name)
+    (tmp_path / "manifest.json").write_text(json.dumps({"tokenizer_sha256": "0" * 64}))
+    with pytest.raises(TokenizerError, match="another tokenizer"):
+        evaluate_suite(artifact, str(tmp_path / "*_val_*.bin"), str(tiny_shards["tokenizer"]), "cpu")
 
 
 def test_register_adds_evaluate():
@@ -50,3 +73,4 @@ def test_register_adds_evaluate():
     register(ap.add_subparsers())
     args = ap.parse_args(["evaluate", "a.lgz", "--val", "v", "--tokenizer", "t", "--ttt", "lora", "--mixture"])
     assert args.ttt == "lora" and args.mixture and args.sliding_stride == 64 and callable(args.fn)
+    assert not args.skip_behaviour and args.perturbations == 4
