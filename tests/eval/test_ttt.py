@@ -92,3 +92,27 @@ def test_lora_ttt_with_a_phase_is_legal(val, vs, small_model):
     assert res["updates"] > 0 and res["val_tokens"] == rep["targets"]
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the phase ran
     assert not any(h for m in model.modules() for h in m._forward_hooks.values())  # hooks removed
+
+
+def test_one_lora_phase_runs_and_is_reported_truthfully(vs, small_model):
+    """Issue 16 finding 5: with one round, phases=1 ran no phase step (round(0.5) == 0) yet reported 1."""
+    import math
+
+    n = usable_tokens(len(vs), 32, 600)
+    docs = len(document_spans(vs.tokens[:n]))
+    res = ttt_lora(small_model(), vs, CPU, context=32, chunk_len=8, rank=2, lr=0.01,
+                   docs_per_batch=math.ceil(docs / 2), phases=1, phase_batch_seqs=4, max_tokens=600)
+    assert res["batches"] == 2 and res["phases"] == res["phases_run"] == 1 and res["phase_steps"] > 0
+    with pytest.raises(ValueError, match="1 phase\\(s\\) need at least 2 document batches"):
+        ttt_lora(small_model(), vs, CPU, context=32, chunk_len=8, rank=2, docs_per_batch=docs, phases=1,
+                 max_tokens=600)
+
+
+def test_update_batches_are_global_sequences(vs, small_model):
+    """Each SGD update reads a fixed number of sequences of the global stream (not x world size)."""
+    log = new_log("ttt_sgd", usable_tokens(len(vs), 32, MAX))
+    ttt_sgd(small_model(), vs, 32, 16, CPU, chunk_tokens=256, lr=0.01, epochs=1, train_batch_seqs=3,
+            max_tokens=MAX, log=log)
+    ups = [e for e in log.events if e["kind"] == "update"]
+    assert ups[0]["ranges"] == [[0, 33], [32, 65], [64, 97]]  # 3 sequences of 32 targets
+    assert all(len(e["ranges"]) <= 3 for e in ups)
