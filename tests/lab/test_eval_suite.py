@@ -68,6 +68,27 @@ def test_a_tokenizer_other_than_the_manifests_is_refused(artifact, tiny_shards, 
         evaluate_suite(artifact, str(tmp_path / "*_val_*.bin"), str(tiny_shards["tokenizer"]), "cpu")
 
 
+def test_the_artifacts_own_recipe_is_a_checked_phase(tmp_path, tiny_shards):
+    cfg = get_preset("tiny")
+    cfg.eval.max_tokens = 1200
+    cfg.override(["eval.method=ttt_lora", "eval.lora_phases=1", "eval.lora_docs_per_batch=4",
+                  "eval.lora_chunk=16", "eval.lora_rank=2", "eval.lora_phase_batch_seqs=4"])
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    path = tmp_path / "lora.lgz"
+    write_artifact(path, {k: v.detach() for k, v in model.state_dict().items()}, {"config": cfg.to_dict()}, cfg.quant)
+    torch.set_flush_denormal(True)
+    try:
+        rep = evaluate_suite(path, str(tiny_shards["dir"] / "*_val_*.bin"), str(tiny_shards["tokenizer"]), "cpu",
+                             stride=32, batch_seqs=8, perturbations=2)
+    finally:
+        torch.set_flush_denormal(False)
+    assert rep["legality"]["ok"], rep["legality"]
+    assert rep["phases"]["ttt_lora"]["phases_run"] == 1 and "ttt_lora_behaviour" in rep["legality"]["checks"]
+
+
 def test_register_adds_evaluate():
     ap = argparse.ArgumentParser()
     register(ap.add_subparsers())

@@ -295,6 +295,9 @@ def test_recorder_counts_every_commit_and_binds_the_score(vs):
     assert any("never committed (positions 4, 5, 6, 7, 8 ...)" in p for p in probs)
     assert any("committed more than once (positions 3)" in p for p in probs)
     assert any("reported val_bpb 1 !=" in p for p in probs)
+    narrow = Recorder(vs, 10, seed=0, vocab=513)  # a distribution over fewer ids than the vocabulary
+    narrow.commit(torch.tensor([1]), logp[:1], nats[:1])
+    assert any("over 512 entries, not the vocabulary's 513" in p for p in narrow.problems({}))
 
 
 def test_perturb_keeps_document_boundaries_and_changes_every_other_token(vs):

@@ -21,8 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from loopgolf import dist
-from loopgolf.data.tokenizer import load_tokenizer
+from loopgolf.data.tokenizer import BOS_ID, load_tokenizer
 from loopgolf.data.valset import load_val_set
 from loopgolf.eval.bpb import NonFiniteScoreError, usable_tokens
 from loopgolf.eval.events import EventLog
@@ -61,7 +63,22 @@ def phase_recipes(base, context: int, stride: int, ttt: str, mixture: bool, batc
                                               lora_lr=base.lora_lr if ttt_lr is None else ttt_lr, **common)
     elif ttt:
         raise ValueError(f"--ttt {ttt!r}: choose sgd or lora")
+    if base.method not in out:  # the artifact's own recipe, exactly as stored
+        out[base.method] = base
     return out
+
+
+def behaviour_slice(vs, ecfg, ctx: int, n_phase: int, check_tokens: int) -> int:
+    """Tokens of the behavioural slice: 8 windows, and enough for the recipe's updates to happen
+    (two TTT-SGD chunks; the documents of lora_phases + 1 LoRA batches)."""
+    want = check_tokens or 8 * ctx
+    if not check_tokens and ecfg.method == "ttt_sgd":
+        want = max(want, 2 * ecfg.sgd_chunk_tokens)
+    if not check_tokens and ecfg.method == "ttt_lora" and ecfg.lora_phases:
+        bos = np.flatnonzero(vs.tokens[:n_phase] == BOS_ID)
+        k = (ecfg.lora_phases + 1) * ecfg.lora_docs_per_batch
+        want = max(want, int(bos[k]) if len(bos) > k else n_phase)
+    return min(want, n_phase - 1) + 1
 
 
 def evaluate_suite(artifact: Path, val: str, tokenizer: str, device_kind: str = "auto",
@@ -97,14 +114,14 @@ def evaluate_suite(artifact: Path, val: str, tokenizer: str, device_kind: str = 
         phases[name] = evaluate(model, vs, ecfg, device, seq_len, max_tokens=max_tok, log=log)
         checks[f"{name}_events"] = _check_logs(log, events_dir, n_phase)
         if behaviour:
-            want = check_tokens or max(8 * ctx, 2 * ecfg.sgd_chunk_tokens if name == "ttt_sgd" else 0)
-            sub = vs.head(min(want, n_phase - 1) + 1)
+            sub = vs.head(behaviour_slice(vs, ecfg, ctx, n_phase, check_tokens))
             slice_n = usable_tokens(len(sub), ctx)
 
             def run(v, lg, ecfg=ecfg):
                 return evaluate(model, v, ecfg, device, seq_len, max_tokens=0, log=lg)
             checks[f"{name}_behaviour"] = legality.check_behaviour(
-                run, sub, slice_n, seed=seed, perturbations=perturbations, device=device, phase=name)
+                run, sub, slice_n, seed=seed, perturbations=perturbations, device=device, phase=name,
+                vocab=cfg.model.vocab_size)
     if dist.info().is_main:
         sp = load_tokenizer(tokenizer)
         docs = legality.docs_from_tokens(vs.tokens[:n], sp, limit=200)

@@ -46,13 +46,14 @@ def _examples(idx: np.ndarray, k: int = 5) -> str:
 class Recorder:
     """Receives every committed distribution of one evaluator run over the first n tokens of vs."""
 
-    def __init__(self, vs: ValSet, n: int, seed: int, device: torch.device | str = "cpu"):
-        self.vs, self.n, self.seed, self.device = vs, n, seed, torch.device(device)
+    def __init__(self, vs: ValSet, n: int, seed: int, device: torch.device | str = "cpu",
+                 vocab: int | None = None):
+        self.vs, self.n, self.seed, self.device, self.vocab = vs, n, seed, torch.device(device), vocab
         self.targets = torch.from_numpy(vs.tokens[:n].astype(np.int64)).to(self.device)
         self.counts = torch.zeros(n, dtype=torch.float64, device=self.device)
         self.fingerprint = torch.zeros(n, dtype=torch.float64, device=self.device)
         self.nats = torch.zeros(n, dtype=torch.float64, device=self.device)
-        self.bad = torch.zeros(3, dtype=torch.float64, device=self.device)  # out of range, norm, nats
+        self.bad = torch.zeros(4, dtype=torch.float64, device=self.device)  # range, norm, nats, width
         self.worst = torch.zeros(2, dtype=torch.float64, device=self.device)  # max norm / nats error
         self.first_bad: dict[str, int] = {}
         self.frontiers: list[int] = []  # first position committed after each update
@@ -75,6 +76,9 @@ class Recorder:
             self.bad[0] += float((~inside).sum())
             self.first_bad.setdefault("range", int(pos[~inside][0]))
         pos, logp, nats = pos[inside], logp[inside], nats[inside]
+        if self.vocab is not None and logp.shape[1] != self.vocab:
+            self.bad[3] += len(pos)
+            self.first_bad.setdefault("width", logp.shape[1])
         if self._weights is None or len(self._weights) != logp.shape[1]:
             g = torch.Generator().manual_seed(self.seed)
             self._weights = torch.rand(logp.shape[1], generator=g, dtype=torch.float64).to(self.device)
@@ -115,6 +119,9 @@ class Recorder:
             out.append(f"{int(bad[2])} committed loss(es) differ from -log p(target) of the committed "
                        f"distribution (worst relative error {float(self.worst[1]):.3g}, e.g. position "
                        f"{self.first_bad.get('nats', '?')} on rank 0): the score is not the distribution's")
+        if bad[3]:
+            out.append(f"{int(bad[3])} committed distribution(s) over {self.first_bad.get('width')} "
+                       f"entries, not the vocabulary's {self.vocab}")
         counts = self.counts.cpu().numpy()
         never = np.flatnonzero(counts[first_target:] == 0) + first_target
         twice = np.flatnonzero(counts[first_target:] > 1) + first_target
@@ -147,25 +154,27 @@ RunFn = Callable[[ValSet, EventLog], dict]
 
 
 def check_behaviour(run: RunFn, vs: ValSet, n: int, seed: int = 0, perturbations: int = 4,
-                    device: torch.device | str = "cpu", phase: str = "eval") -> dict:
+                    device: torch.device | str = "cpu", phase: str = "eval",
+                    vocab: int | None = None) -> dict:
     """run(valset, log) -> result must score the first n tokens of valset with a fresh model each
     call (a deep copy for TTT) and pass `log` to the evaluator. Runs it 2 + `perturbations` times."""
     seed = int(dist.broadcast_object(seed))
-    base, res = _recorded(run, vs, n, seed, device, phase)
+    base, res = _recorded(run, vs, n, seed, device, phase, vocab)
     problems = base.problems(res)
     rng = np.random.default_rng(seed)
     mine = [q for q in base.frontiers if 1 < q < n]
     fronts = sorted({q for r in range(dist.info().world_size) for q in dist.broadcast_object(mine, src=r)})
     pick = list(rng.choice(fronts, min(len(fronts), (perturbations + 1) // 2), replace=False)) if fronts else []
     qs = [int(q) for q in pick] + [int(q) for q in rng.integers(2, n, perturbations - len(pick))]
-    twin, _ = _recorded(run, vs, n, seed, device, phase)  # the same input again: is it deterministic?
+    twin, _ = _recorded(run, vs, n, seed, device, phase, vocab)  # the same input again: is it deterministic?
     deterministic = (torch.equal(twin.fingerprint, base.fingerprint) and torch.equal(twin.nats, base.nats))
     if not deterministic:
         problems.append("two runs on the same tokens committed different distributions: the evaluator "
                         "is nondeterministic, so causality cannot be tested bit for bit")
     leaks = []
     for q in qs:
-        other, _ = _recorded(run, vs.with_tokens(perturb(vs.tokens, q, rng)), n, seed, device, phase)
+        other, _ = _recorded(run, vs.with_tokens(perturb(vs.tokens, q, rng)), n, seed, device, phase,
+                             vocab)
         changed = (other.fingerprint[:q + 1] != base.fingerprint[:q + 1])
         changed[:q] |= other.nats[:q] != base.nats[:q]
         if bool(changed.any()):
@@ -179,8 +188,8 @@ def check_behaviour(run: RunFn, vs: ValSet, n: int, seed: int = 0, perturbations
             "max_norm_error": float(base.worst[0]), "max_nats_error": float(base.worst[1])}
 
 
-def _recorded(run: RunFn, vs: ValSet, n: int, seed: int, device, phase: str):
-    rec = Recorder(vs, n, seed, device)
+def _recorded(run: RunFn, vs: ValSet, n: int, seed: int, device, phase: str, vocab: int | None):
+    rec = Recorder(vs, n, seed, device, vocab)
     log = EventLog(phase=phase, n_tokens=n, rank=dist.info().rank)
     log.recorder = rec
     res = run(vs, log)
