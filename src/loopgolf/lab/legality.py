@@ -13,7 +13,8 @@ passes a peeking forward(), an off-by-one TTT and crafted logs, so the core here
     and that the recorder's own sums reproduce the reported val_bpb. Then it replaces tokens[q:]
     (document boundaries kept) for sampled q, the first positions scored after updates and random
     ones drawn with the checker's seed, re-runs, and requires every committed distribution at
-    positions <= q (and every committed loss at positions < q) to be bit-identical.
+    positions <= q (and every committed loss at positions < q) to be bit-identical (within 10x
+    the run-to-run noise of an evaluator that is not deterministic; the report says which).
   * check_events replays per-rank logs in the order events were appended (version stamps are not
     trusted): ranges must be well formed (lo < hi) inside the DATA's [first_target, n_tokens), which
     the caller passes; no score after an update that read the target (global updates are matched
@@ -166,17 +167,19 @@ def check_behaviour(run: RunFn, vs: ValSet, n: int, seed: int = 0, perturbations
     fronts = sorted({q for r in range(dist.info().world_size) for q in dist.broadcast_object(mine, src=r)})
     pick = list(rng.choice(fronts, min(len(fronts), (perturbations + 1) // 2), replace=False)) if fronts else []
     qs = [int(q) for q in pick] + [int(q) for q in rng.integers(2, n, perturbations - len(pick))]
-    twin, _ = _recorded(run, vs, n, seed, device, phase, vocab)  # the same input again: is it deterministic?
-    deterministic = (torch.equal(twin.fingerprint, base.fingerprint) and torch.equal(twin.nats, base.nats))
-    if not deterministic:
-        problems.append("two runs on the same tokens committed different distributions: the evaluator "
-                        "is nondeterministic, so causality cannot be tested bit for bit")
+    twin, _ = _recorded(run, vs, n, seed, device, phase, vocab)  # the same input again
+    noise = float(torch.maximum((twin.fingerprint - base.fingerprint).abs().max(),
+                                (twin.nats - base.nats).abs().max()))
+    deterministic = noise == 0.0
+    # A nondeterministic evaluator (e.g. CUDA atomics in a TTT backward) cannot be compared bit for
+    # bit; differences are then judged against 10x its run-to-run noise, and the report says so.
+    tol = 10 * noise
     leaks = []
     for q in qs:
         other, _ = _recorded(run, vs.with_tokens(perturb(vs.tokens, q, rng)), n, seed, device, phase,
                              vocab)
-        changed = (other.fingerprint[:q + 1] != base.fingerprint[:q + 1])
-        changed[:q] |= other.nats[:q] != base.nats[:q]
+        changed = (other.fingerprint[:q + 1] - base.fingerprint[:q + 1]).abs() > tol
+        changed[:q] |= (other.nats[:q] - base.nats[:q]).abs() > tol
         if bool(changed.any()):
             p = int(torch.nonzero(changed)[0, 0])
             leaks.append(q)
@@ -184,7 +187,7 @@ def check_behaviour(run: RunFn, vs: ValSet, n: int, seed: int = 0, perturbations
                             f"{int(changed.sum())} position(s) <= {q} (first {p}): it depends on "
                             "tokens at or after the target (not causal)")
     return {"ok": not problems, "problems": problems, "phase": phase, "targets": n - 1,
-            "perturbed_at": qs, "leaks": leaks, "deterministic": deterministic,
+            "perturbed_at": qs, "leaks": leaks, "deterministic": deterministic, "noise": noise,
             "max_norm_error": float(base.worst[0]), "max_nats_error": float(base.worst[1])}
 
 
