@@ -63,3 +63,14 @@ def test_scoring_with_counts_of_the_scored_batch_is_impossible(val, vs, small_mo
     model = small_model()
     res = evaluate_mixture(model, vs, 32, 32, 1, CPU, max_tokens=200)
     assert math.isfinite(res["val_loss"])
+
+
+def test_mixture_scores_a_plan_view(vs, small_model):
+    """Eval-time depth: a GPT.at(plan) view (no .cfg) is scored like the GPT itself."""
+    from loopgolf.model.recurrence import parse_plan
+
+    model = small_model()
+    view = model.at(parse_plan("2"))
+    a = evaluate_mixture(model, vs, 32, 32, 8, CPU, max_tokens=300)
+    b = evaluate_mixture(view, vs, 32, 32, 8, CPU, max_tokens=300)
+    assert a["val_bpb"] == pytest.approx(b["val_bpb"], rel=1e-12)
