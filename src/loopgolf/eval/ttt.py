@@ -245,7 +245,8 @@ def _score_and_adapt(model, lora: LoRA, vs: ValSet, spans: list[tuple[int, int]]
                           lambda: _logp(model, step.x, step.mask))
         if step.train_rows.any():
             m = step.mask & step.train_rows[:, None]
-            loss = (nats * m).sum() / m.sum()
+            # each document's mean loss, summed: a slot's gradient never depends on the other rows
+            loss = ((nats * m).sum(1) / m.sum(1).clamp_min(1)).sum()
             loss.backward()
             lora.adam_step(step.slots[step.train_rows], lr, beta2, weight_decay)
             log.update(step.seen, scope="local")
