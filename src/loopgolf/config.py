@@ -287,13 +287,14 @@ class EvalConfig:
     mix_network_prior: float = 0.97  # prior weight of the network; the rest is split evenly
     mix_trigram_buckets: int = 4096
 
-    def validate(self, seq_len: int) -> None:
+    def validate(self, seq_len: int = 0) -> None:
+        """seq_len = data.seq_len (the context when eval.context = 0); 0 skips the stride check."""
         if self.method not in EVAL_METHODS:
             raise ConfigError(f"eval.method={self.method!r}: choose one of {', '.join(EVAL_METHODS)}")
         if self.context < 0:
             raise ConfigError(f"eval.context={self.context} must be >= 0 (0 = data.seq_len)")
         ctx = self.context or seq_len
-        if not 1 <= self.stride <= ctx and self.method in ("sliding", "ttt_sgd", "mixture"):
+        if ctx and not 1 <= self.stride <= ctx and self.method in ("sliding", "ttt_sgd", "mixture"):
             raise ConfigError(f"eval.stride={self.stride} must be in 1..{ctx} (the eval context)")
         if self.batch_tokens < 1 or self.max_tokens < 0:
             raise ConfigError("eval.batch_tokens must be >= 1 and eval.max_tokens >= 0 (0 = all)")
