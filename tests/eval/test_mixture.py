@@ -74,3 +74,26 @@ def test_mixture_scores_a_plan_view(vs, small_model):
     a = evaluate_mixture(model, vs, 32, 32, 8, CPU, max_tokens=300)
     b = evaluate_mixture(view, vs, 32, 32, 8, CPU, max_tokens=300)
     assert a["val_bpb"] == pytest.approx(b["val_bpb"], rel=1e-12)
+
+
+def _recorded_mixture(vs, model, **kw):
+    from loopgolf.lab.legality import Recorder
+
+    n = usable_tokens(len(vs), 32, 600)
+    log = new_log("mixture", n)
+    log.recorder = Recorder(vs, n, seed=0, vocab=512)
+    res = evaluate_mixture(model, vs, 32, 16, 8, CPU, max_tokens=600, log=log, **kw)
+    return res, log.recorder
+
+
+def test_every_committed_mixture_distribution_is_normalized(vs, small_model):
+    res, rec = _recorded_mixture(vs, small_model())
+    assert rec.problems(res) == [] and float(rec.worst[0]) < 1e-12
+    assert int(rec.counts.sum()) == res["val_tokens"]
+
+
+def test_hedge_mixer_entropy_expert_is_flagged(vs, small_model):
+    experts = default_experts(512, CPU) + [EntropyExpert()]
+    res, rec = _recorded_mixture(vs, small_model(), experts=experts, prior=[0.5, 0.1, 0.1, 0.1, 0.2])
+    probs = rec.problems(res)
+    assert any("do not sum to 1" in p for p in probs) and float(rec.worst[0]) > 1e-3
