@@ -95,3 +95,20 @@ def test_register_adds_evaluate():
     args = ap.parse_args(["evaluate", "a.lgz", "--val", "v", "--tokenizer", "t", "--ttt", "lora", "--mixture"])
     assert args.ttt == "lora" and args.mixture and args.sliding_stride == 64 and callable(args.fn)
     assert not args.skip_behaviour and args.perturbations == 4
+
+
+def test_a_non_finite_score_exits_2_with_one_line(tmp_path, tiny_shards, capsys):
+    cfg = get_preset("tiny")
+    cfg.eval.max_tokens = 400
+    model = GPT(cfg.model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state["tok_emb.weight"][:] = float("nan")
+    path = tmp_path / "nan.lgz"
+    write_artifact(path, state, {"config": cfg.to_dict()}, cfg.quant)
+    ap = argparse.ArgumentParser()
+    register(ap.add_subparsers())
+    args = ap.parse_args(["evaluate", str(path), "--val", str(tiny_shards["dir"] / "*_val_*.bin"),
+                          "--tokenizer", str(tiny_shards["tokenizer"]), "--device", "cpu", "--skip-behaviour"])
+    assert args.fn(args) == 2
+    err = capsys.readouterr().err
+    assert "error: plain: the loss is not finite" in err and len(err.strip().splitlines()) == 1
