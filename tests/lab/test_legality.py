@@ -161,17 +161,18 @@ RECIPE = dict(stride=16, batch_tokens=32 * 8, sgd_chunk_tokens=128, sgd_epochs=1
               lora_phases=1, lora_phase_batch_seqs=4)
 
 
-def _check(run, vs, **kw):
-    return check_behaviour(run, vs, SLICE, seed=1, perturbations=4, **kw)
+def _check(run, vs, perturbations=4, **kw):
+    return check_behaviour(run, vs, SLICE, seed=1, perturbations=perturbations, **kw)
 
 
 @pytest.mark.parametrize("method", ["plain", "sliding", "ttt_sgd", "ttt_lora", "mixture"])
 def test_shipped_evaluators_pass(vs, method):
     model = _gpt()
     ecfg = EvalConfig(method=method, **RECIPE)
-    rep = _check(lambda v, lg: evaluate(model, v, ecfg, CPU, 32, max_tokens=0, log=lg), vs, phase=method)
+    k = 2 if method == "ttt_lora" else 4  # LoRA TTT is the slowest on CPU
+    rep = _check(lambda v, lg: evaluate(model, v, ecfg, CPU, 32, max_tokens=0, log=lg), vs, k, phase=method)
     assert rep["ok"], rep["problems"]
-    assert rep["deterministic"] and len(rep["perturbed_at"]) == 4
+    assert rep["deterministic"] and len(rep["perturbed_at"]) == k
     assert rep["max_norm_error"] < 1e-12 and rep["max_nats_error"] < 1e-5
 
 
@@ -194,7 +195,7 @@ class PeekingModel(torch.nn.Module):
 def test_peeking_forward_is_flagged(vs, method):
     model = PeekingModel(_gpt())
     ecfg = EvalConfig(method=method, **RECIPE)
-    rep = _check(lambda v, lg: evaluate(model, v, ecfg, CPU, 32, max_tokens=0, log=lg), vs)
+    rep = _check(lambda v, lg: evaluate(model, v, ecfg, CPU, 32, max_tokens=0, log=lg), vs, perturbations=0)
     assert not rep["ok"] and any("differ from -log p(target)" in p for p in rep["problems"])
 
 
@@ -242,7 +243,7 @@ def test_lora_ttt_that_steps_before_rescoring_is_flagged(vs):
                 log.update(step.seen, scope="local")
         lora.remove()
         return sums.result(0.0)
-    rep = _check(step_then_score, vs)
+    rep = _check(step_then_score, vs, perturbations=2)
     assert not rep["ok"] and any("not causal" in p for p in rep["problems"])
 
 
@@ -279,7 +280,7 @@ def test_unnormalized_mixtures_are_flagged(vs, extra, eta, want):
         experts = default_experts(512, CPU) + [extra()]
         return evaluate_mixture(model, v, 32, 16, 8, CPU, experts=experts, prior=[0.6, 0.1, 0.1, 0.1, 0.1],
                                 eta=eta, log=log)
-    rep = _check(run, vs)
+    rep = _check(run, vs, perturbations=0)  # the base run's own commits show it
     assert not rep["ok"] and any(want in p for p in rep["problems"]), rep["problems"]
     if extra is SlightlyOver:
         assert rep["max_norm_error"] == pytest.approx(9e-5, rel=1e-6)
