@@ -112,3 +112,24 @@ def test_a_non_finite_score_exits_2_with_one_line(tmp_path, tiny_shards, capsys)
     assert args.fn(args) == 2
     err = capsys.readouterr().err
     assert "error: plain: the loss is not finite" in err and len(err.strip().splitlines()) == 1
+
+
+def test_case_transformed_shards_are_scored_in_original_bytes(artifact, tmp_path, make_docs):
+    from loopgolf.data.prepare import tokenize_documents
+    from loopgolf.data.tokenizer import train_tokenizer
+    from loopgolf.data.transform import CaseTransform
+
+    ct = CaseTransform()
+    tok = train_tokenizer([ct.encode(x) for x in make_docs(300)], 420, tmp_path / "case",
+                          user_defined_symbols=ct.reserved)
+    docs = make_docs(40, seed=6)
+    tokenize_documents(docs, tok, tmp_path, "val", workers=1, progress=False, transform="case")
+    rep = evaluate_suite(artifact, str(tmp_path / "*_val_*.bin"), str(tok), "cpu", stride=16, batch_seqs=8,
+                         max_tokens=0, behaviour=False)
+    from loopgolf.data.valset import load_val_set
+    vs = load_val_set(str(tmp_path / "*_val_*.bin"), tok, 512)
+    n = rep["phases"]["plain"]["val_tokens"] + 1
+    assert rep["bytes_source"] == "sidecar"
+    assert rep["phases"]["plain"]["val_bytes"] == int(vs.target_bytes[1:n].sum())
+    assert rep["phases"]["sliding"]["val_bytes"] == rep["phases"]["plain"]["val_bytes"]
+    assert int(vs.target_bytes.sum()) == sum(len(d.encode("utf-8")) for d in docs)
