@@ -19,8 +19,9 @@ passes a peeking forward(), an off-by-one TTT and crafted logs, so the core here
     trusted): ranges must be well formed (lo < hi) inside the DATA's [first_target, n_tokens), which
     the caller passes; no score after an update that read the target (global updates are matched
     across ranks by their count, local ones affect their own rank); every target once.
-Also: check_overlap (train/val documents by SHA-256) and check_tokenizer_bytes (byte tables vs
-decoded UTF-8, challenge issue #897). Each returns {"ok", "problems", ...}; `summarize` folds them.
+Also: check_normalized (the same normalization test for any distribution function at chosen
+positions), check_overlap (train/val documents by SHA-256) and check_tokenizer_bytes (byte tables
+vs decoded UTF-8, challenge issue #897). Each returns {"ok", "problems", ...}; `summarize` folds them.
 """
 from __future__ import annotations
 
