@@ -26,6 +26,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from loopgolf import dist
 from loopgolf.data.shards import list_shards
 
 _STEP = re.compile(r"step:\s*(\d+)(?:/\d+)?\b(.*)$")
@@ -143,7 +144,7 @@ def run_script(script: Path, env: dict[str, str], workdir: Path, log_path: Path,
     launcher = launcher or [sys.executable, "-m", "torch.distributed.run", "--standalone",
                             f"--nproc_per_node={nproc}"]
     cmd = [*launcher, str(Path(script).resolve())]
-    full_env = {**os.environ, **env}
+    full_env = {**dist.child_env(), **env}
     if standin is not None:
         full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(standin), full_env.get("PYTHONPATH")]))
     workdir.mkdir(parents=True, exist_ok=True)
