@@ -163,7 +163,7 @@ def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False,
             conf["quant"] = dataclasses.asdict(qcfg)
             return {"config": conf, "code_sha256": env["code_sha256"], "loopgolf": env["loopgolf"]}
 
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("mtp_heads.")}
+        state = model.shipped_state()
         code = budget.code_bytes() if code_bytes is None else int(code_bytes)
         path = run_dir / ARTIFACT_NAME
         report = None

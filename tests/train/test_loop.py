@@ -79,7 +79,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_shards, tmp_pa
 def test_non_finite_loss_stops_with_clear_message(tiny_shards, tmp_path):
     tr = _trainer(tiny_shards, tmp_path, steps=4)
     real = tr.model
-    tr.model = lambda x, y: real(x, y) * float("nan")
+    tr.model = lambda x, y, stage=-1: real(x, y, stage=stage) * float("nan")
     with pytest.raises(TrainingDiverged, match="step 1: training loss is nan"):
         tr.run()
 

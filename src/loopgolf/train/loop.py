@@ -22,6 +22,7 @@ from loopgolf.compress.qat import apply_qat, plain_state_dict, remove_qat, set_q
 from loopgolf.config import RunConfig
 from loopgolf.data.loader import BatchLoader
 from loopgolf.metrics import Logger
+from loopgolf.model.recurrence import stage_index
 from loopgolf.train.checkpoint import load_checkpoint, save_checkpoint
 from loopgolf.train.averaging import WeightAverage
 from loopgolf.train.optim import build_optimizers
@@ -68,6 +69,7 @@ class Trainer:
         q = cfg.quant
         self.qat_names = apply_qat(model, q, enabled=q.qat_start_frac == 0) if q.qat != "off" else []
         self.qat_on = bool(self.qat_names) and q.qat_start_frac == 0
+        self.stage = len(model.stages) - 1  # index into model.stages; run() picks it by progress
 
     # --- one optimizer step ---------------------------------------------------------------------
     def _set_schedules(self, prog: Progress) -> float:
@@ -85,7 +87,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for x, y in self.loader.next_step():
             with self.amp:
-                loss = self.model(x, y).sum() * inv_tokens
+                loss = self.model(x, y, stage=self.stage).sum() * inv_tokens
             loss.backward()
             loss_sum += loss.detach()
         if dist.info().enabled:
@@ -110,18 +112,18 @@ class Trainer:
         model_state = copy.deepcopy(self.raw_model.state_dict())
         opt_states = [copy.deepcopy(o.state_dict()) for o in self.opts]
         position = self.loader.stream.position
-        final_stage = self.raw_model.stage
+        final_stage = self.stage
         # every plan stage is its own graph: compile and warm each one now, never in the timed loop
         qat_states = (False, True) if (self.qat_names and not self.qat_on) else (self.qat_on,)
         for stage in range(len(self.raw_model.stages)):
-            self.raw_model.stage = stage
+            self.stage = stage
             for qat in qat_states:  # a late QAT switch is another graph: warm it too
                 set_qat_enabled(self.raw_model, qat)
                 for _ in range(n):
                     self._set_schedules(Progress(0, 0.0, 0.0))
                     self._train_step()
         set_qat_enabled(self.raw_model, self.qat_on)
-        self.raw_model.stage = final_stage
+        self.stage = final_stage
         self.raw_model.load_state_dict(model_state)
         for o, s in zip(self.opts, opt_states):
             o.load_state_dict(s)
@@ -172,9 +174,12 @@ class Trainer:
             avg = (agreed_s - start_seconds) / steps_done if steps_done else 0.0
             prog = Progress(self.step, agreed_s, avg)
             frac = progress_fraction(prog, t)
-            if self.raw_model.select_stage(frac, self.step):
-                self.logger.log("plan_stage", step=self.step, frac=round(frac, 4), stage=self.raw_model.stage,
-                                plan=self.raw_model.plan.spec, virtual_layers=self.raw_model.plan.n_virtual)
+            stage = stage_index(self.raw_model.stages, frac, self.step)
+            if stage != self.stage:  # another plan: another graph
+                self.stage = stage
+                plan = self.raw_model.stages[stage].plan
+                self.logger.log("plan_stage", step=self.step, frac=round(frac, 4), stage=stage,
+                                plan=plan.spec, virtual_layers=plan.n_virtual)
             if self.qat_names and not self.qat_on and frac >= self.cfg.quant.qat_start_frac:
                 set_qat_enabled(self.raw_model, True)
                 self.qat_on = True
@@ -190,7 +195,7 @@ class Trainer:
             dist.all_reduce_sum(stats)
             loss_v, stop, clock_sum = stats.tolist()  # one host sync per step, like the baseline's stop all-reduce
             agreed_s = clock_sum / info.world_size
-            spec = self.raw_model.plan.spec
+            spec = self.raw_model.stages[self.stage].plan.spec
             secs, n = stage_time.get(spec, (0.0, 0))
             stage_time[spec] = (secs + self.clock.seconds - t_step, n + 1)
             if self.average.enabled:
@@ -239,7 +244,7 @@ class Trainer:
             "stage_ms_per_step": {k: round(1000 * v[0] / v[1], 2) for k, v in stage_time.items()},
             "stage_steps": {k: v[1] for k, v in stage_time.items()},
         }
-        flops = self.raw_model.flops_per_token(self.loader.seq_len)
+        flops = self.raw_model.flops_per_token(self.loader.seq_len, stage=self.stage)
         out["model_tflops_per_s"] = round(flops * out["tokens_per_s"] / 1e12, 2)
         if self.device.type == "cuda":
             out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
