@@ -72,9 +72,8 @@ PARAM_KINDS: tuple[ParamKind, ...] = (
               "matrix_lr", "weight_decay", "matrix", "mlp", ndim=2),
     ParamKind("feature_matrix", r"(?:bigram|ve_inject)\.proj\.weight", "muon", "matrix_lr",
               "weight_decay", "matrix", "feature", ndim=2),
-    # (n_virtual, rows, cols) stacks; Muon orthogonalizes each matrix (PR #21's topology).
-    # TRANSITION: "lora_q_a" (pre-rename) until the model refactor's `lora.q_a` module lands.
-    ParamKind("lora", _PREFIX + r"lora[._][qkvo]_[ab]", "muon", "matrix_lr", "weight_decay", "matrix",
+    # (n_virtual, rows, cols) stacks; Muon orthogonalizes each matrix (PR #21's topology)
+    ParamKind("lora", _PREFIX + r"lora\.[qkvo]_[ab]", "muon", "matrix_lr", "weight_decay", "matrix",
               "lora", ndim=3),
     ParamKind("mtp_head", r"mtp_heads\.\d+\.proj\.weight", "muon", "matrix_lr", "weight_decay",
               "none", "", ndim=2, training_only=True),
