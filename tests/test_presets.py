@@ -34,7 +34,7 @@ def test_every_preset_is_pinned():
 def test_preset_parameter_count_and_rules(name):
     model = GPT(get_preset(name).model)
     assert model.num_params() == PINNED[name]
-    groups = assign_groups(model)  # raises unless every parameter matches exactly one rule
+    groups = assign_groups(model)  # raises unless every parameter matches one PARAM_KINDS row
     assert sum(p.numel() for ps in groups.values() for _, p in ps) == PINNED[name]
 
 

@@ -40,8 +40,8 @@ def small_state(seed: int = 0) -> dict[str, torch.Tensor]:
         "blocks.0.attn.c_q.weight": torch.randn(16, 16, generator=g).bfloat16(),  # int8_row
         "blocks.0.attn.q_gain": torch.full((4,), 1.5),  # fp32
         "blocks.0.resid_mix": torch.randn(2, 16, generator=g),  # fp32 (control, 32 elements)
-        "blocks.0.norm.bias": torch.randn(16, generator=g),  # fp16
-        "conv.kernel": torch.randn(3, 5, 7, generator=g),  # int8_tensor
+        "bigram.proj.weight": torch.randn(4, 4, generator=g),  # fp16 (a small matrix)
+        "lora.q_a": torch.randn(3, 5, 7, generator=g),  # int8_tensor (large, 3-D)
         "step": torch.tensor(123, dtype=torch.int64),  # raw
         "mask": torch.tensor([True, False, True]),  # raw
     }
@@ -80,8 +80,8 @@ def test_round_trip(blob: bytes) -> None:
     assert torch.equal(back["step"], state["step"]) and torch.equal(back["mask"], state["mask"])
     assert torch.equal(back["blocks.0.attn.q_gain"], state["blocks.0.attn.q_gain"])
     assert torch.equal(back["blocks.0.resid_mix"], state["blocks.0.resid_mix"])
-    assert torch.equal(back["blocks.0.norm.bias"], state["blocks.0.norm.bias"].half().float())
-    for name in ("tok_emb.weight", "blocks.0.attn.c_q.weight", "conv.kernel"):
+    assert torch.equal(back["bigram.proj.weight"], state["bigram.proj.weight"].half().float())
+    for name in ("tok_emb.weight", "blocks.0.attn.c_q.weight", "lora.q_a"):
         assert back[name].dtype == torch.float32 and back[name].shape == state[name].shape
         assert (back[name] - state[name].float()).abs().max() < 0.05
 
@@ -331,13 +331,15 @@ def test_write_and_read(tmp_path: Path, blob: bytes) -> None:
     assert report.scheme_counts == {"fp16": 1, "fp32": 2, "int8_row": 2, "int8_tensor": 1, "raw": 2}
     assert report.scheme_raw_bytes["int8_row"] == 32 * 16 + 32 * 2 + 16 * 16 + 16 * 2
     assert sum(report.group_raw_bytes.values()) == report.payload_raw_bytes
-    assert set(report.group_raw_bytes) == {"tok_emb.weight", "blocks.0", "conv.kernel", "step", "mask"}
+    assert set(report.group_raw_bytes) == {"tok_emb.weight", "blocks.0", "bigram.proj", "lora.q_a",
+                                           "step", "mask"}
     assert report.header_bytes + report.payload_bytes + 60 == report.total_bytes
     assert sum(v[4] for v in report.streams.values()) == report.payload_bytes
     assert sum(v[3] for v in report.streams.values()) == report.payload_raw_bytes
+    # one stream per PARAM_KINDS stream role x part dtype
     assert set(report.streams) == {"embed.int8", "embed.float16", "attn.int8", "attn.float16",
-                                   "attn.float32", "other.float32", "other.float16", "other.int64",
-                                   "other.bool", "other.int8"}
+                                   "control.float32", "feature.float16", "lora.int8",
+                                   "lora.float32", "buffer.int64", "buffer.bool"}
     table = report.format_table()
     assert "int8_tensor" in table and "blocks.0" in table and f"{len(blob):,} B" in table
     with pytest.raises(ArtifactError, match="cannot read"):
@@ -399,3 +401,30 @@ def test_source_never_unpickles() -> None:
                                                           ("np", "load"), ("numpy", "load")}
             elif isinstance(node, ast.Name):
                 assert node.id not in banned_modules
+
+
+def test_one_atomic_writer(tmp_path: Path, monkeypatch) -> None:
+    """write_bytes_atomic is data/atomic.py's writer, not a second implementation."""
+    from loopgolf.compress import artifact
+
+    calls = []
+    monkeypatch.setattr(artifact, "atomic_write_bytes", lambda p, b: calls.append((p, b)))
+    artifact.write_bytes_atomic(tmp_path / "a.bin", b"xyz")
+    assert calls == [(tmp_path / "a.bin", b"xyz")] and not (tmp_path / "a.bin").exists()
+
+
+def test_streams_follow_the_parameter_table() -> None:
+    """Stream = PARAM_KINDS stream role x part dtype; LQER factors travel with their matrix."""
+    g = torch.Generator().manual_seed(0)
+    state = {"blocks.0.mlp.fc.weight": torch.randn(32, 16, generator=g),
+             "repeat_mlps.0.proj.weight": torch.randn(16, 32, generator=g),
+             "loop_embed": torch.zeros(3, 16), "value_embeds.0.weight": torch.randn(32, 16, generator=g)}
+    qcfg = QuantConfig(passthrough_max_numel=64, lqer_rank=2)
+    header, _ = header_of(pack(state, {}, qcfg))
+    streams = [s["name"] for s in header["streams"]]
+    where = {t["name"]: {streams[p["stream"]] for p in t["parts"]} for t in header["tensors"]}
+    assert where["blocks.0.mlp.fc.weight"] == {"mlp.int8", "mlp.float16"}
+    assert where["repeat_mlps.0.proj.weight"] == {"mlp.int8", "mlp.float16"}
+    assert where["blocks.0.mlp.fc.weight.lqer_a"] == {"mlp.float16"}
+    assert where["loop_embed"] == {"control.float32"}
+    assert where["value_embeds.0.weight"] == {"embed.int8", "embed.float16"}

@@ -19,21 +19,21 @@ def state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def test_prune_zeroes_the_least_certain_ones() -> None:
-    w = {"m.weight": torch.tensor([[0.6, -0.7, 1.4, 0.1], [-0.55, 0.9, 2.0, -1.2]])}
+    w = {"blocks.0.mlp.fc.weight": torch.tensor([[0.6, -0.7, 1.4, 0.1], [-0.55, 0.9, 2.0, -1.2]])}
     qcfg = QuantConfig(scheme="int4_row", passthrough_max_numel=1, row_scale_min=0.0,
                        clip="sdclip", sdclip_k=7.0)
     quantized = quantize_state(w, qcfg)
-    q = quantized["m.weight"][1]["q"]
-    scale = quantized["m.weight"][1]["scale"].astype(np.float32)
+    q = quantized["blocks.0.mlp.fc.weight"][1]["q"]
+    scale = quantized["blocks.0.mlp.fc.weight"][1]["scale"].astype(np.float32)
     ones = np.argwhere(np.abs(q) == 1)
-    keys = sorted((abs(float(w["m.weight"][r, c])) / scale[r], r, c) for r, c in ones)
-    pruned = prune_ones(quantized, w, 0.5)["m.weight"][1]["q"]
+    keys = sorted((abs(float(w["blocks.0.mlp.fc.weight"][r, c])) / scale[r], r, c) for r, c in ones)
+    pruned = prune_ones(quantized, w, 0.5)["blocks.0.mlp.fc.weight"][1]["q"]
     n = round(0.5 * len(keys))
     assert all(pruned[r, c] == 0 for _, r, c in keys[:n])
     assert all(pruned[r, c] == q[r, c] for _, r, c in keys[n:])
     assert (np.abs(pruned) != 1).sum() - (np.abs(q) != 1).sum() == n
-    assert quantized["m.weight"][1]["q"] is q  # the input is not modified
-    assert np.array_equal(prune_ones(quantized, w, 0.0)["m.weight"][1]["q"], q)
+    assert quantized["blocks.0.mlp.fc.weight"][1]["q"] is q  # the input is not modified
+    assert np.array_equal(prune_ones(quantized, w, 0.0)["blocks.0.mlp.fc.weight"][1]["q"], q)
 
 
 @pytest.mark.parametrize("clip", ["sdclip", "percentile"])

@@ -28,9 +28,9 @@ def test_gptq_beats_round_to_nearest_on_layer_output() -> None:
     g = torch.Generator().manual_seed(1)
     w = torch.randn(64, 96, generator=g) * 0.05
     qcfg = QuantConfig(scheme="int4_row", row_scale_min=0.0, passthrough_max_numel=16)
-    state = {"layer.weight": w}
+    state = {"blocks.0.mlp.fc.weight": w}
     rtn = QUANTIZERS["int4_row"].dequantize(QUANTIZERS["int4_row"].quantize(w, qcfg), (64, 96))
-    parts = gptq_quantize_state(state, {"layer.weight": x.T @ x}, qcfg)["layer.weight"][1]
+    parts = gptq_quantize_state(state, {"blocks.0.mlp.fc.weight": x.T @ x}, qcfg)["blocks.0.mlp.fc.weight"][1]
     gq = QUANTIZERS["int4_row"].dequantize(parts, (64, 96))
     assert torch.equal(torch.from_numpy(parts["scale"]),
                        torch.from_numpy(QUANTIZERS["int4_row"].quantize(w, qcfg)["scale"]))
@@ -39,8 +39,8 @@ def test_gptq_beats_round_to_nearest_on_layer_output() -> None:
     err_gptq = ((gq - w) @ x.T).norm()
     assert err_gptq < 0.8 * err_rtn, (float(err_gptq), float(err_rtn))
     back, _ = unpack(pack(state, {}, qcfg, precomputed=gptq_quantize_state(
-        state, {"layer.weight": x.T @ x}, qcfg)))
-    assert torch.equal(back["layer.weight"], gq)
+        state, {"blocks.0.mlp.fc.weight": x.T @ x}, qcfg)))
+    assert torch.equal(back["blocks.0.mlp.fc.weight"], gq)
 
 
 def test_gptq_identity_hessian_equals_rounding_and_handles_dead_columns() -> None:
@@ -58,10 +58,14 @@ def test_gptq_identity_hessian_equals_rounding_and_handles_dead_columns() -> Non
 class Shared(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.lin = nn.Linear(4, 4, bias=False)
+        self.mlp = nn.Module()
+        self.mlp.fc = nn.Linear(4, 4, bias=False)
+        self.mtp_heads = nn.ModuleList([nn.Module()])
+        self.mtp_heads[0].proj = nn.Linear(4, 4, bias=False)  # training-only: no Hessian
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin(torch.tanh(self.lin(x)))  # the same layer visited twice
+        lin = self.mlp.fc
+        return self.mtp_heads[0].proj(lin(torch.tanh(lin(x))))  # the same layer visited twice
 
 
 def test_shared_layer_accumulates_every_visit() -> None:
@@ -73,10 +77,11 @@ def test_shared_layer_accumulates_every_visit() -> None:
     with torch.no_grad():
         for x in xs:
             a = x.reshape(-1, 4)
-            b = torch.tanh(m.lin(x)).reshape(-1, 4)
+            b = torch.tanh(m.mlp.fc(x)).reshape(-1, 4)
             expect += a.T @ a + b.T @ b
-    assert list(hess) == ["lin.weight"] and torch.allclose(hess["lin.weight"], expect, atol=1e-5)
-    assert not m.lin._forward_hooks  # hooks removed
+    assert list(hess) == ["mlp.fc.weight"]
+    assert torch.allclose(hess["mlp.fc.weight"], expect, atol=1e-5)
+    assert not m.mlp.fc._forward_hooks  # hooks removed
 
 
 def test_gpt_hessians_and_self_calibration() -> None:

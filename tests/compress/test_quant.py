@@ -1,15 +1,12 @@
-"""Quantization schemes: error bounds, exactness, baseline equivalence, and the rules table."""
+"""Quantization schemes: error bounds, exactness, baseline equivalence (the rules table: test_rules.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from loopgolf.compress import quant
 from loopgolf.compress.quant import QUANTIZERS, row_quantile
-from loopgolf.compress.rules import RULES, Rule, assign_schemes
 from loopgolf.config import QuantConfig
 
 FP16_SLACK = 2.0 ** -10  # fp16 keeps 11 significant bits: relative rounding error <= 2**-11
@@ -151,71 +148,6 @@ def test_quantile_chunking_and_fallback_match_torch(monkeypatch) -> None:
         assert quant.flat_quantile(a, q) == float(torch.quantile(a.flatten(), q))
 
 
-def baseline_like_state() -> dict[str, torch.Tensor]:
-    return {
-        "tok_emb.weight": torch.randn(1024, 512),
-        "blocks.0.attn.c_q.weight": torch.randn(512, 512),
-        "blocks.0.attn.q_gain": torch.ones(8),
-        "blocks.0.attn_scale": torch.ones(512),
-        "blocks.0.mlp_scale": torch.ones(512),
-        "blocks.0.resid_mix": torch.ones(2, 512),
-        "skip_weights": torch.ones(4, 512),
-        "bigram.proj.weight": torch.randn(64, 64),
-        "edge.exact": torch.randn(256, 256),  # exactly 65,536 elements: still passed through
-        "edge.above": torch.randn(1, 65537),
-        "blocks.0.mlp.fc.weight": torch.randn(1024, 512).bfloat16(),
-        "conv.kernel": torch.randn(70_000),
-        "big.resid_mix": torch.randn(300, 300),  # control name but large: quantized like baseline
-        "step": torch.tensor(12, dtype=torch.int64),
-    }
-
-
-def test_assign_schemes_matches_baseline() -> None:
-    got = assign_schemes(baseline_like_state(), QuantConfig())
-    assert got == {
-        "tok_emb.weight": "int8_row", "blocks.0.attn.c_q.weight": "int8_row",
-        "blocks.0.attn.q_gain": "fp32", "blocks.0.attn_scale": "fp32", "blocks.0.mlp_scale": "fp32",
-        "blocks.0.resid_mix": "fp32", "skip_weights": "fp32", "bigram.proj.weight": "fp16",
-        "edge.exact": "fp16", "edge.above": "int8_row", "blocks.0.mlp.fc.weight": "int8_row",
-        "conv.kernel": "int8_tensor", "big.resid_mix": "int8_row", "step": "raw",
-    }
-    got = assign_schemes(baseline_like_state(), QuantConfig(scheme="int5_row"))
-    assert got["tok_emb.weight"] == "int5_row" and got["conv.kernel"] == "int8_tensor"
-
-
-def test_rule_table_errors_list_offenders() -> None:
-    state = {"a.weight": torch.randn(4, 4), "n": torch.tensor(1)}
-    overlapping = RULES + (Rule("also_small", "fp16", floating=True, small=True),)
-    with pytest.raises(ValueError, match=r"a\.weight.*small_float, also_small"):
-        assign_schemes(state, QuantConfig(), overlapping)
-    with pytest.raises(ValueError, match=r"n int64\[\]: rules matched: none"):
-        assign_schemes(state, QuantConfig(), RULES[1:])
-    with pytest.raises(ValueError, match="int9_row"):
-        assign_schemes(state, QuantConfig(scheme="int9_row"))
-    with pytest.raises(ValueError, match="not a tensor"):
-        assign_schemes({"x": [1.0]}, QuantConfig())  # type: ignore[dict-item]
-
-
-DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64, torch.int8,
-          torch.bool, torch.uint8]
-NAMES = ["w", "blocks.1.attn_scale", "q_gain", "x.resid_mixes", "skip_weight", "mlp.fc.weight",
-         "blocks.0.mlp_scales", "tok_emb.weight"]
-
-
-@settings(max_examples=200, deadline=None)
-@given(name=st.sampled_from(NAMES), dtype=st.sampled_from(DTYPES),
-       shape=st.lists(st.integers(0, 5), min_size=0, max_size=4))
-def test_every_tensor_matches_exactly_one_rule(name: str, dtype: torch.dtype, shape: list[int]) -> None:
-    qcfg = QuantConfig(passthrough_max_numel=12)
-    t = torch.zeros(shape, dtype=dtype)
-    hits = [r for r in RULES if r.matches(name, t, qcfg)]
-    assert len(hits) == 1
-    scheme = assign_schemes({name: t}, qcfg)[name]
-    parts = QUANTIZERS[scheme].quantize(t, qcfg)
-    back = QUANTIZERS[scheme].dequantize(parts, tuple(shape), quant.dtype_name(dtype))
-    assert back.shape == t.shape
-
-
 @pytest.mark.parametrize("bits", [4, 6, 8])
 def test_search_clip_never_worse_than_any_candidate(bits: int) -> None:
     w = weights(seed=3)
@@ -251,19 +183,3 @@ def test_ternary_absmean() -> None:
                        torch.clamp(torch.round(w / gamma[:, None]), -1, 1))
     assert torch.equal(torch.from_numpy(parts["scale"]), gamma.half())
     assert bool((deq[5] == 0).all())
-
-
-def test_bits_rules_mixed_precision() -> None:
-    state = {"tok_emb.weight": torch.randn(300, 300), "blocks.0.attn.c_q.weight": torch.randn(300, 300),
-             "blocks.0.mlp.fc.weight": torch.randn(300, 300), "blocks.0.attn.q_gain": torch.ones(4)}
-    qcfg = QuantConfig(bits_rules="mlp=5, attn=6,tok_emb=ternary_row")
-    assert assign_schemes(state, qcfg) == {
-        "tok_emb.weight": "ternary_row", "blocks.0.attn.c_q.weight": "int6_row",
-        "blocks.0.mlp.fc.weight": "int5_row", "blocks.0.attn.q_gain": "fp32"}
-    with pytest.raises(ValueError, match=r"tok_emb.weight: quant.bits_rules patterns matched: none"):
-        assign_schemes(state, QuantConfig(bits_rules="mlp=5,attn=6"))
-    with pytest.raises(ValueError, match=r"c_q.weight: quant.bits_rules patterns matched: attn, c_q"):
-        assign_schemes(state, QuantConfig(bits_rules="mlp=5,attn=6,c_q=8,tok=8"))
-    for bad in ("mlp=9", "mlp", "=5", "mlp=int3", "(=5"):
-        with pytest.raises(ValueError, match="quant.bits_rules"):
-            assign_schemes(state, QuantConfig(bits_rules=bad))

@@ -6,17 +6,25 @@ from loopgolf.presets import get_preset
 from loopgolf.train.optim import Muon, assign_groups, build_optimizers, newton_schulz5
 
 
+MUON = ("muon", "matrix_lr", "weight_decay")
+EMBED = ("adam", "tied_embed_lr", "embed_weight_decay")
+SCALAR = ("adam", "scalar_lr", "adam_weight_decay")
+
+
 def test_baseline_groups_match_the_challenge_split():
     cfg = get_preset("baseline")
     groups = assign_groups(GPT(cfg.model))
     names = {g: {n for n, _ in ps} for g, ps in groups.items()}
-    assert names["adam_embed"] == {"tok_emb.weight"}
-    assert names["adam_head"] == set()
-    assert "blocks.0.attn.c_q.weight" in names["muon"] and "blocks.8.mlp.proj.weight" in names["muon"]
-    assert {"blocks.0.resid_mix", "blocks.0.attn.q_gain", "skip_weights"} <= names["adam_scalar"]
-    assert len(names["muon"]) == 9 * 6
+    assert set(names) == {MUON, EMBED, SCALAR}
+    assert names[EMBED] == {"tok_emb.weight"}
+    assert "blocks.0.attn.c_q.weight" in names[MUON] and "blocks.8.mlp.proj.weight" in names[MUON]
+    assert {"blocks.0.resid_mix", "blocks.0.attn.q_gain", "skip_weights"} <= names[SCALAR]
+    assert len(names[MUON]) == 9 * 6
     total = sum(p.numel() for ps in groups.values() for _, p in ps)
     assert total == 17_059_912
+    opts = build_optimizers(GPT(cfg.model), cfg.optim, cfg.model)
+    assert [g["name"] for g in opts[0].param_groups] == ["attn_matrix+mlp_matrix"]
+    assert sorted(g["name"] for g in opts[1].param_groups) == ["control", "embedding"]
 
 
 def test_a_parameter_without_rule_fails_loudly():
@@ -24,6 +32,32 @@ def test_a_parameter_without_rule_fails_loudly():
     model.register_parameter("mystery", torch.nn.Parameter(torch.zeros(3)))
     with pytest.raises(ValueError, match="mystery"):
         assign_groups(model)
+
+
+def test_lora_stacks_are_trained_by_muon_at_matrix_lr():
+    """PR #21's topology trains the LoRA factors with Muon; they used to get scalar_lr via Adam."""
+    cfg = get_preset("tiny").override(["model.lora_rank=2"])
+    groups = assign_groups(GPT(cfg.model))
+    lora = [n for n, _ in groups[MUON] if "lora" in n]
+    assert len(lora) == 8 and not any("lora" in n for n, _ in groups[SCALAR])
+
+
+def test_muon_orthogonalizes_each_matrix_of_a_stack():
+    torch.manual_seed(0)
+    grad = torch.randn(3, 12, 4)
+    stack = torch.nn.Parameter(torch.zeros(3, 12, 4))
+    singles = [torch.nn.Parameter(torch.zeros(12, 4)) for _ in range(3)]
+    opt_stack = Muon([stack], lr=0.1, momentum=0.0, nesterov=False)
+    opt_single = Muon(singles, lr=0.1, momentum=0.0, nesterov=False)
+    stack.grad = grad.clone()
+    for p, g in zip(singles, grad):
+        p.grad = g.clone()
+    opt_stack.step()
+    opt_single.step()
+    for i, p in enumerate(singles):  # the same update as three separate (12, 4) matrices
+        assert torch.allclose(stack[i].detach(), p.detach(), atol=1e-6)
+    expect = -0.1 * 3 ** 0.5 * newton_schulz5(grad[0], 5).float()  # sqrt(rows / cols) = sqrt(3)
+    assert torch.allclose(stack[0].detach(), expect, atol=1e-6)
 
 
 def test_newton_schulz_orthogonalizes():
@@ -48,7 +82,7 @@ def test_untied_model_gets_head_group_and_embed_lr():
     opts = build_optimizers(GPT(cfg.model), cfg.optim, cfg.model)
     adam = opts[-1]
     lrs = {g["name"]: g["lr"] for g in adam.param_groups}
-    assert lrs["adam_embed"] == cfg.optim.embed_lr and lrs["adam_head"] == cfg.optim.head_lr
+    assert lrs["embedding"] == cfg.optim.embed_lr and lrs["head"] == cfg.optim.head_lr
 
 
 def test_polar_express_and_row_norm_orthogonalize():

@@ -4,7 +4,8 @@ Layout (all integers little-endian):
     b"LOOPGOLF" | u32 format version | u64 header length | header (UTF-8 JSON, sorted keys, compact)
     | u64 compressed payload length | compressed payload | SHA-256 of every preceding byte (32 B)
 Version 2 (written now): the payload is a sequence of compressed streams, one per tensor group
-(role x part dtype, e.g. "mlp.int8", "attn.float16"), each with its own codec (quant.codec=best
+(role x part dtype, e.g. "mlp.int8", "attn.float16"; the role is the stream column of the tensor's
+model/params.py PARAM_KINDS row, so tensors of one kind compress together), each with its own codec (quant.codec=best
 keeps the smallest of zlib/zstd/lzma/brotli per stream) and optional byte-shuffle. The header holds
 the streams, the tensor table (per tensor, in name order: scheme, original shape and dtype, and each
 part's dtype, shape, stream, offset and size in that stream's uncompressed bytes), the caller's
@@ -16,17 +17,14 @@ No pickle and no torch.load: reading an artifact runs no code from it. Every len
 from a file is checked before use (compress/header.py), so malformed or hostile input raises
 ArtifactError (a ValueError with a one-line message naming the file and the fix) and never anything
 else. Writes go through a temp file + fsync + os.replace, so a crash never leaves a half-written
-artifact behind.
+artifact behind (data/atomic.py, the one atomic writer).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import re
 import struct
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,11 +42,13 @@ from loopgolf.compress.codecs import (
     unshuffle_bytes,
 )
 from loopgolf.compress.header import MAX_PAYLOAD_BYTES, Malformed, check_header
-from loopgolf.compress.lqer import factor_shape, fold_lqer
+from loopgolf.compress.lqer import SUFFIX_A, SUFFIX_B, factor_shape, fold_lqer
 from loopgolf.compress.prune import prune_ones
-from loopgolf.compress.quant import PART_DTYPES, QUANTIZERS, dtype_name
+from loopgolf.compress.quant import PART_DTYPES, QUANTIZERS, TORCH_DTYPES, dtype_name
 from loopgolf.compress.rules import QTensor, quantize_state
 from loopgolf.config import QuantConfig
+from loopgolf.data.atomic import atomic_write_bytes
+from loopgolf.model.params import kind_of
 
 MAGIC = b"LOOPGOLF"
 FORMAT_VERSION = 2
@@ -103,14 +103,12 @@ def group_of(name: str) -> str:
     return ".".join(name.split(".")[:2])
 
 
-_ROLES = (("embed", re.compile(r"tok_emb|lm_head|embed")), ("attn", re.compile(r"attn")),
-          ("mlp", re.compile(r"mlp")))
-
-
-def stream_of(name: str, part_dtype: str) -> str:
-    """The compression stream of one part: tensor role x part dtype, e.g. "mlp.int8"."""
-    role = next((r for r, pat in _ROLES if pat.search(name)), "other")
-    return f"{role}.{part_dtype}"
+def stream_of(name: str, shape: tuple[int, ...], dtype: str, part_dtype: str) -> str:
+    """The compression stream of one part: the tensor's PARAM_KINDS stream role x part dtype, e.g.
+    "mlp.int8". An LQER factor (`<W>.lqer_a`) goes with its matrix W, given W's shape and dtype."""
+    base = name.removesuffix(SUFFIX_A).removesuffix(SUFFIX_B)
+    like = torch.empty(shape, dtype=TORCH_DTYPES[dtype][0], device="meta")
+    return f"{kind_of(base, like).stream}.{part_dtype}"
 
 
 # --- writing -------------------------------------------------------------------------------------
@@ -136,18 +134,20 @@ def pack_quantized(quantized: dict[str, QTensor], shapes: dict[str, tuple[tuple[
     tensors = []
     for name in sorted(quantized):
         scheme, parts = quantized[name]
+        shape, dtype = shapes[name] if name in shapes else factor_shape(name, parts)
+        base = name.removesuffix(SUFFIX_A).removesuffix(SUFFIX_B)
+        role_shape, role_dtype = shapes.get(base, (shape, dtype))
         table = []
         for pname in sorted(parts):
             a = np.asarray(parts[pname]).copy(order="C")  # ascontiguousarray would make 0-d 1-d
             if a.dtype.name not in PART_DTYPES:
                 raise ValueError(f"tensor {name}: part {pname!r} has unsupported dtype {a.dtype}")
             raw = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
-            key = stream_of(name, a.dtype.name)
+            key = stream_of(name, role_shape, role_dtype, a.dtype.name)
             table.append({"name": pname, "dtype": a.dtype.name, "shape": list(a.shape),
                           "stream": key, "offset": sizes.get(key, 0), "nbytes": len(raw)})
             raw_streams.setdefault(key, []).append(raw)
             sizes[key] = sizes.get(key, 0) + len(raw)
-        shape, dtype = shapes[name] if name in shapes else factor_shape(name, parts)
         tensors.append({"name": name, "scheme": scheme, "shape": list(shape), "dtype": dtype,
                         "parts": table})
     keys = sorted(raw_streams)
@@ -192,27 +192,7 @@ def seal(header: dict, compressed_payload: bytes, version: int = FORMAT_VERSION)
 
 def write_bytes_atomic(path: str | os.PathLike, blob: bytes) -> None:
     """`path` holds either the old file or the complete new one, whatever happens."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # persist the rename itself (POSIX)
-        with contextlib.suppress(OSError):
-            dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+    atomic_write_bytes(path, blob)
 
 
 def write_artifact(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict,

@@ -4,11 +4,15 @@ The gap that matters is post-quantization minus pre-quantization val_bpb (the is
 <= 0.010 at the default loop count). With depth recurrence a shared weight's error is applied on
 every loop, so the per-tensor report lists relative errors to find the tensors worth more bits, and
 `bpb_gap` takes any eval function, e.g. one that runs the model at several loop counts.
+`progress` wraps the long compression loops (GPTQ, budget-fit trials) in a tqdm bar when stderr is
+a terminal, and is the plain iterable otherwise (logs and CI stay free of bar redraws).
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -16,6 +20,17 @@ from torch import nn
 from loopgolf.compress.quant import QUANTIZERS, dtype_name
 from loopgolf.compress.rules import QTensor, quantize_state
 from loopgolf.config import QuantConfig
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T] | Iterable[T]:
+    """`items` with a tqdm bar on stderr when it is a TTY (results unchanged), else `items`."""
+    if not sys.stderr.isatty():
+        return items
+    from tqdm import tqdm  # only needed for interactive runs
+
+    return tqdm(items, desc=desc, total=total, leave=False, file=sys.stderr)
 
 
 def dequantized_state(state: dict[str, torch.Tensor], qcfg: QuantConfig,
@@ -35,7 +50,7 @@ def quant_error_report(state: dict[str, torch.Tensor], qcfg: QuantConfig,
     schemes = {n: s for n, (s, _) in quantize_state(state, qcfg, precomputed).items()}
     deq = dequantized_state(state, qcfg, precomputed)
     rows = []
-    for name in sorted(state):
+    for name in sorted(schemes):
         t = state[name]
         if not t.is_floating_point():
             continue
@@ -64,6 +79,7 @@ def bpb_gap(model: nn.Module, qcfg: QuantConfig, eval_fn: Callable[[nn.Module], 
     pre = float(eval_fn(model)["val_bpb"])
     quantized = copy.deepcopy(model)
     deq = dequantized_state(state, qcfg, precomputed)
-    quantized.load_state_dict({k: v.to(state[k].dtype) for k, v in deq.items()})
+    # training-only tensors (not shipped, so not quantized) keep their values
+    quantized.load_state_dict(state | {k: v.to(state[k].dtype) for k, v in deq.items()})
     post = float(eval_fn(quantized)["val_bpb"])
     return {"pre": pre, "post": post, "gap": post - pre}

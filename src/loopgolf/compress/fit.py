@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from loopgolf.compress.artifact import pack_quantized
+from loopgolf.compress.diagnostics import progress
 from loopgolf.compress.prune import prune_ones
 from loopgolf.compress.quant import dtype_name
 from loopgolf.compress.rules import QTensor, quantize_state
@@ -95,7 +96,7 @@ def bisect_knob(packer: Packer, qcfg: QuantConfig, knob: str, lo: float, hi: flo
     if total_hi > target:
         return None
     best = (cfg_hi, total_hi, blob_hi)
-    for _ in range(_STEPS):
+    for _ in progress(range(_STEPS), f"fit {knob}"):
         mid = (lo + hi) / 2
         cfg = dataclasses.replace(qcfg, **{knob: mid})
         total, blob = packer.total(cfg)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from loopgolf.compress.artifact import pack_quantized
+from loopgolf.compress.diagnostics import progress
 from loopgolf.compress.fit import (
     DEFAULT_TARGET,
     FitError,
@@ -44,8 +45,8 @@ from loopgolf.compress.fit import (
 )
 from loopgolf.compress.gptq import gptq_quantize_state
 from loopgolf.compress.prune import prune_ones
-from loopgolf.compress.quant import QUANTIZERS, RowGridQuantizer, dtype_name
-from loopgolf.compress.rules import QTensor, assign_schemes, quantize_state
+from loopgolf.compress.quant import dtype_name
+from loopgolf.compress.rules import QTensor, grid_quantizers, quantize_state
 from loopgolf.config import QuantConfig
 
 K_RANGE = (2.0, 64.0)
@@ -79,9 +80,7 @@ class _Trial:
 
 def grid_weights(state: dict[str, torch.Tensor], qcfg: QuantConfig) -> int:
     """Number of weights stored on a per-row grid (the ones whose bytes follow k)."""
-    schemes = assign_schemes(state, qcfg)
-    return sum(state[n].numel() for n, s in schemes.items()
-               if isinstance(QUANTIZERS[s], RowGridQuantizer))
+    return sum(state[n].numel() for n in grid_quantizers(state, qcfg))
 
 
 def next_k(points: list[tuple[float, int]], aim: float, slope0: float,
@@ -147,7 +146,7 @@ def fit_gptq(state: dict[str, torch.Tensor], hessians: dict[str, torch.Tensor], 
         cfg = dataclasses.replace(qcfg, sdclip_k=trial.k)
         return FitResult(blob, cfg, len(blob) + code_bytes, target_bytes, log)
 
-    for i in range(max_trials):
+    for i in progress(range(max_trials), "fit gptq k"):
         k = qcfg.sdclip_k if i == 0 else next_k(
             [(t.k, t.estimate(code_bytes, done)) for t in done], aim, slope0, bounds)
         if any(abs(k - t.k) < 1e-9 for t in done):

@@ -6,8 +6,10 @@ the columns not yet quantized, weighted by the inverse Hessian of the layer's in
 keep the scale of the round-to-nearest quantizer (percentile, searched or SDClip clip), so a GPTQ
 tensor is stored with the same scheme and parts and needs no new dequantizer.
 
-`collect_hessians` hooks every nn.Linear of a model, so a shared (looped) block accumulates its
-Hessian over every visit of the recurrence. Calibration batches come from the caller: training
+`collect_hessians` hooks every shipped nn.Linear of a model whose PARAM_KINDS storage is "matrix"
+(training-only heads are skipped), so a shared (looped) block accumulates its Hessian over every
+visit of the recurrence; `gptq_quantize_state` rounds exactly the tensors that compress/rules.py
+`grid_quantizers` puts on a row grid. Calibration batches come from the caller: training
 batches taken inside the training budget, or `sample_calibration` (the model samples its own text,
 record (a): 64 x 2048 tokens at T = 0.8; no data access).
 """
@@ -18,16 +20,18 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from loopgolf.compress.quant import QUANTIZERS, RowGridQuantizer, _float32_cpu
-from loopgolf.compress.rules import QTensor, assign_schemes
+from loopgolf.compress.diagnostics import progress
+from loopgolf.compress.quant import _float32_cpu
+from loopgolf.compress.rules import QTensor, grid_quantizers
 from loopgolf.config import QuantConfig
+from loopgolf.model.params import kind_of
 
 
 @torch.no_grad()
 def collect_hessians(model: nn.Module, batches: Iterable[torch.Tensor],
                      device: torch.device | str) -> dict[str, torch.Tensor]:
     """{"<module>.weight": sum over calibration inputs of X^T X (float32, on CPU)} for every
-    nn.Linear. Each batch is a (B, T) token tensor; the model is called as model.logits(x) when it
+    shipped matrix nn.Linear (PARAM_KINDS storage "matrix"). Each batch is a (B, T) token tensor; the model is called as model.logits(x) when it
     has that method, else model(x). Under torch.distributed the caller all-reduces the sums."""
     hess: dict[str, torch.Tensor] = {}
     hooks = []
@@ -41,7 +45,7 @@ def collect_hessians(model: nn.Module, batches: Iterable[torch.Tensor],
         return hook
 
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear):
+        if isinstance(mod, nn.Linear) and _is_matrix(f"{name}.weight", mod.weight):
             hooks.append(mod.register_forward_hook(hook_for(f"{name}.weight")))
     was_training = model.training
     model.eval()
@@ -126,19 +130,20 @@ def gptq_quantize_state(model_state: dict[str, torch.Tensor], hessians: dict[str
     """GPTQ parts for every tensor that has a Hessian and a row-grid scheme under `qcfg`, ready for
     artifact.pack(..., precomputed=...). Other tensors are left to round-to-nearest. Scales are
     always computed on CPU; `device` runs the column loop (CUDA is much faster on real sizes)."""
-    schemes = assign_schemes(model_state, qcfg)
+    grid = grid_quantizers(model_state, qcfg)
     out: dict[str, QTensor] = {}
-    for name in sorted(hessians):
-        scheme = schemes.get(name)
-        quantizer = QUANTIZERS.get(scheme or "")
-        if not isinstance(quantizer, RowGridQuantizer):
-            continue
-        w = _float32_cpu(model_state[name], scheme or "")
-        scale, _ = quantizer.row_scale(w, qcfg)
-        scale16 = scale.to(torch.float16)
+    for name in progress(sorted(n for n in hessians if n in grid), "gptq"):
+        quantizer = grid[name]
+        w = _float32_cpu(model_state[name], quantizer.name)
+        _, scale16 = quantizer.grid(w, qcfg)  # the round-to-nearest quantizer's scales
         q = gptq_quantize_weight(w.to(device), hessians[name].to(device),
                                  scale16.float().to(device), quantizer.qmax, qcfg.gptq_damp,
                                  qcfg.gptq_block, qcfg.gptq_act_order).cpu()
-        out[name] = (scheme or "", {"q": q.contiguous().numpy(),
-                                    "scale": scale16.contiguous().numpy()})
+        out[name] = (quantizer.name, {"q": q.contiguous().numpy(),
+                                      "scale": scale16.contiguous().numpy()})
     return out
+
+
+def _is_matrix(name: str, weight: torch.Tensor) -> bool:
+    kind = kind_of(name, weight)
+    return kind.storage == "matrix" and not kind.training_only

@@ -20,16 +20,18 @@ def is_factor(name: str) -> bool:
     return name.endswith((SUFFIX_A, SUFFIX_B))
 
 
-def add_lqer(quantized: dict, state: dict[str, torch.Tensor], rank: int, qcfg) -> dict:
-    """`quantized` plus the fp16 factors of every 2-D row-grid matrix with both sides > rank."""
+def add_lqer(quantized: dict, state: dict[str, torch.Tensor], rank: int, qcfg,
+             grid: set[str]) -> dict:
+    """`quantized` plus the fp16 factors of every matrix in `grid` (the row-grid tensors, from
+    compress/rules.py grid_quantizers) with both sides > rank."""
     out = dict(quantized)
-    for name in sorted(quantized):
+    for name in sorted(grid & set(quantized)):
         scheme, parts = quantized[name]
         t = state.get(name)
         if t is None or t.ndim != 2 or min(t.shape) <= rank:
             continue
         if not isinstance(QUANTIZERS[scheme], RowGridQuantizer):
-            continue
+            raise ValueError(f"LQER: {name} is stored as {scheme}, not on a row grid")
         w = t.detach().cpu().float()
         err = w - QUANTIZERS[scheme].dequantize(parts, tuple(t.shape), dtype_name(t.dtype))
         u, s, vh = torch.linalg.svd(err, full_matrices=False)

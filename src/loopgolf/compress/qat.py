@@ -1,14 +1,19 @@
 """Quantization-aware training, applied to a model from outside through torch parametrizations.
 
-`apply_qat` wraps the weight of every nn.Linear whose tensor the rules give a row-grid scheme
-(intN_row, ternary_row) with a FakeQuant parametrization, so the model code is untouched:
-  - "ste": the forward sees round-to-nearest weights on a per-row absmax grid (PR #927: int6 STE
-    from step 0), the backward passes the gradient straight through;
-  - "noise": in training mode the forward adds uniform noise of one quantization step (PR #363:
-    "noisy QAT" on shared blocks cut the quantization gap from 0.37 to 0.002); eval is exact.
-The parametrized Parameter is the same object as before, so an optimizer built earlier keeps
-working; state_dict names change, so `remove_qat` (or `plain_state_dict`) must run before saving.
-`set_qat_enabled` switches the fake quantization on late (quant.qat_start_frac).
+`apply_qat` wraps the weight of every nn.Linear that the artifact stores on a per-row grid
+(compress/rules.py grid_quantizers: the PARAM_KINDS storage column, sizes, quant.scheme and
+quant.bits_rules) with a FakeQuant parametrization, so the model code is untouched:
+  - "ste": the forward sees exactly the weights the exporter will write, dequantize(quantize(w)),
+    computed by the exporter's own code path (RowGridQuantizer.grid: percentile / search / SDClip
+    clip, ternary absmean, the row_scale_min floor, fp16-rounded scales); the backward passes the
+    gradient straight through (PR #927: int6 STE from step 0);
+  - "noise": in training mode the forward adds uniform noise of one quantization step of that same
+    per-row (fp16) scale (PR #363: "noisy QAT" on shared blocks cut the quantization gap from 0.37
+    to 0.002); eval is the raw weight.
+The grid is recomputed from the current weight at every forward (the scale follows the weight, as
+the exporter's would). The parametrized Parameter is the same object as before, so an optimizer
+built earlier keeps working; state_dict names change, so `remove_qat` (or `plain_state_dict`) must
+run before saving. `set_qat_enabled` switches the fake quantization on late (quant.qat_start_frac).
 """
 from __future__ import annotations
 
@@ -16,42 +21,43 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from loopgolf.compress.quant import QUANTIZERS, RowGridQuantizer
-from loopgolf.compress.rules import assign_schemes
+from loopgolf.compress.quant import RowGridQuantizer
+from loopgolf.compress.rules import grid_quantizers
 from loopgolf.config import QuantConfig
 
 
 class FakeQuant(nn.Module):
-    def __init__(self, qmax: int, mode: str, enabled: bool = True) -> None:
+    def __init__(self, quantizer: RowGridQuantizer, qcfg: QuantConfig, mode: str,
+                 enabled: bool = True) -> None:
         super().__init__()
         if mode not in ("ste", "noise"):
             raise ValueError(f"QAT mode {mode!r}: choose ste or noise")
-        self.qmax, self.mode, self.enabled = qmax, mode, enabled
+        self.quantizer, self.qcfg, self.mode, self.enabled = quantizer, qcfg, mode, enabled
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return w
-        scale = w.detach().abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / self.qmax
         if self.mode == "noise":
-            return w + (torch.rand_like(w) - 0.5) * scale if self.training else w
-        wq = torch.clamp(torch.round(w / scale), -self.qmax, self.qmax) * scale
-        return w + (wq - w).detach()
+            if not self.training:
+                return w
+            _, scale = self.quantizer.grid(w.detach().float(), self.qcfg)
+            return w + (torch.rand_like(w) - 0.5) * scale.to(w.dtype)[:, None]
+        wq = self.quantizer.fake_quantize(w, self.qcfg).to(w.dtype)
+        return wq + (w - w.detach())  # value: exactly wq; gradient: identity (straight through)
 
 
 def apply_qat(model: nn.Module, qcfg: QuantConfig, mode: str | None = None,
               enabled: bool = True) -> list[str]:
     """Parametrize the row-grid nn.Linear weights of `model`; returns their names."""
     mode = qcfg.qat if mode is None else mode
-    state = {k: v for k, v in model.state_dict().items()}
-    schemes = assign_schemes(state, qcfg)
+    grid = grid_quantizers(plain_state_dict(model), qcfg)
     done = []
     for name, mod in model.named_modules():
         key = f"{name}.weight"
-        quantizer = QUANTIZERS.get(schemes.get(key, ""))
-        if isinstance(mod, nn.Linear) and isinstance(quantizer, RowGridQuantizer):
+        if isinstance(mod, nn.Linear) and key in grid:
             if not parametrize.is_parametrized(mod, "weight"):
                 parametrize.register_parametrization(mod, "weight",
-                                                     FakeQuant(quantizer.qmax, mode, enabled))
+                                                     FakeQuant(grid[key], qcfg, mode, enabled))
                 done.append(key)
     return done
 

@@ -74,7 +74,7 @@ def _float32_cpu(t: torch.Tensor, scheme: str) -> torch.Tensor:
 def _quantile_sorted(a: torch.Tensor, q: float) -> torch.Tensor:
     """torch.quantile(a, q, dim=-1) (linear interpolation) for inputs too large for torch."""
     s = a.sort(dim=-1).values
-    rank = torch.tensor(q, dtype=s.dtype) * (s.shape[-1] - 1)
+    rank = torch.tensor(q, dtype=s.dtype, device=s.device) * (s.shape[-1] - 1)
     below, above = rank.long(), rank.ceil().long()
     return s[..., below].lerp(s[..., above], rank - below)
 
@@ -83,7 +83,7 @@ def row_quantile(a: torch.Tensor, q: float) -> torch.Tensor:
     """Per-row q-quantile of a 2-D tensor, bit-identical to torch.quantile(a, q, dim=1)."""
     rows, cols = a.shape
     if rows == 0 or cols == 0:
-        return torch.zeros(rows, dtype=a.dtype)
+        return torch.zeros(rows, dtype=a.dtype, device=a.device)
     if cols > _QUANTILE_MAX_NUMEL:
         return _quantile_sorted(a, q)
     step = _QUANTILE_MAX_NUMEL // cols  # row blocks are independent, so chunking changes nothing
@@ -175,7 +175,10 @@ class CastQuantizer(Quantizer):
 class RowGridQuantizer(Quantizer):
     """Symmetric per-row grid: int8 container q in [-qmax, qmax], one fp16 scale per row.
 
-    Subclasses choose the scale (`row_scale`); GPTQ (compress/gptq.py) quantizes onto the same grid.
+    Subclasses choose the scale (`row_scale`). `grid` is the one code path from a matrix to its
+    stored codes and scales: `quantize` (the artifact), `fake_quantize` (QAT's forward weight,
+    compress/qat.py) and GPTQ's scales (compress/gptq.py) all go through it, so training sees
+    exactly the grid the exporter writes.
     """
 
     qmax = 1
@@ -189,22 +192,32 @@ class RowGridQuantizer(Quantizer):
         """(fp32 scale per row, clip per row) for a float32 CPU matrix."""
         raise NotImplementedError
 
+    def grid(self, w: torch.Tensor, qcfg: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes, scales) of a float32 matrix on any device: q as float32 integers in
+        [-qmax, qmax] (rounded with the fp32 scale, as the baseline does) and the fp16 scale per
+        row that the artifact stores."""
+        scale, clip = self.row_scale(w, qcfg)
+        return _round_codes(w, scale, clip, self.qmax), scale.to(torch.float16)
+
+    def fake_quantize(self, w: torch.Tensor, qcfg: QuantConfig) -> torch.Tensor:
+        """dequantize(quantize(w)) computed in torch on w's device (bit for bit on CPU)."""
+        q, scale = self.grid(w.detach().float(), qcfg)
+        return q * scale.float()[:, None]
+
     def quantize(self, t: torch.Tensor, qcfg: QuantConfig) -> dict[str, np.ndarray]:
         w = _float32_cpu(t, self.name)
         self.part_spec(tuple(w.shape), "float32")
-        scale, clip = self.row_scale(w, qcfg)
-        return {"q": _round_rows(w, scale, clip, self.qmax).numpy(),
-                "scale": scale.to(torch.float16).contiguous().numpy()}
+        q, scale = self.grid(w, qcfg)
+        return {"q": q.to(torch.int8).contiguous().numpy(), "scale": scale.contiguous().numpy()}
 
     def _dequantize(self, parts: dict[str, np.ndarray], shape: tuple[int, ...],
                     dtype: str) -> torch.Tensor:
         return _to_torch(parts["q"]).float() * _to_torch(parts["scale"]).float()[:, None]
 
 
-def _round_rows(w: torch.Tensor, scale: torch.Tensor, clip: torch.Tensor, qmax: int) -> torch.Tensor:
+def _round_codes(w: torch.Tensor, scale: torch.Tensor, clip: torch.Tensor, qmax: int) -> torch.Tensor:
     clipped = torch.maximum(torch.minimum(w, clip[:, None]), -clip[:, None])
-    q = torch.clamp(torch.round(clipped / scale[:, None]), -qmax, qmax)
-    return q.to(torch.int8).contiguous()
+    return torch.clamp(torch.round(clipped / scale[:, None]), -qmax, qmax)
 
 
 # Candidate clips of quant.clip=search, as percentiles of |w_row| (record (a) searches 5 in 99.9..100).
@@ -231,18 +244,18 @@ class IntRowQuantizer(RowGridQuantizer):
 
     def row_scale(self, w: torch.Tensor, qcfg: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
         if qcfg.clip == "sdclip":
-            std = w.std(dim=1) if w.shape[1] > 1 else torch.zeros(w.shape[0])
+            std = w.std(dim=1) if w.shape[1] > 1 else torch.zeros(w.shape[0], device=w.device)
             clip = qcfg.sdclip_k * std
             return self._scale_of(clip, qcfg), clip
         if qcfg.clip != "search":
             clip = row_quantile(w.abs(), qcfg.clip_percentile / 100.0)
             return self._scale_of(clip, qcfg), clip
-        best_err = torch.full((w.shape[0],), float("inf"))
-        best_clip = torch.zeros(w.shape[0])
+        best_err = torch.full((w.shape[0],), float("inf"), device=w.device)
+        best_clip = torch.zeros(w.shape[0], device=w.device)
         for pct in SEARCH_PERCENTILES:  # ties keep the earlier (smaller) clip: deterministic
             clip = row_quantile(w.abs(), pct / 100.0)
             scale = self._scale_of(clip, qcfg)
-            q = _round_rows(w, scale, clip, self.qmax).float()
+            q = _round_codes(w, scale, clip, self.qmax)
             err = ((q * scale.half().float()[:, None] - w) ** 2).sum(dim=1)
             better = err < best_err
             best_err = torch.where(better, err, best_err)

@@ -1,58 +1,45 @@
-"""Muon for block matrices, Adam for embeddings and control tensors, chosen by a name-pattern table.
+"""Muon for the matrices, AdamW for embeddings, head and control tensors, as model/params.py says.
 
-PARAM_RULES decides each parameter's optimizer group; `build_optimizers` asserts that every
-parameter matches exactly one rule, so a new tensor without a rule fails loudly instead of silently
-landing in the wrong group. Muon follows the baseline (techniques.md 2.2): Nesterov momentum, a
-5-step Newton-Schulz orthogonalization with coefficients (3.4445, -4.7750, 2.0315) in bf16 after
-Frobenius normalization, update scaled by sqrt(max(1, rows/cols)).
+Each parameter's optimizer, learning-rate field and weight-decay field come from its PARAM_KINDS
+row (`kinds_of` asserts exactly one row per parameter, so a new tensor without a row fails loudly).
+Parameters that share (optimizer, lr field, wd field) form one param group, named after their kinds.
+Muon follows the baseline (techniques.md 2.2): Nesterov momentum, a 5-step Newton-Schulz
+orthogonalization with coefficients (3.4445, -4.7750, 2.0315) in bf16 after Frobenius normalization,
+update scaled by sqrt(max(1, rows/cols)). A 3-D parameter (a stack such as LoRA's
+(n_virtual, rows, cols)) is orthogonalized matrix by matrix, with the scale of its last two dims.
 """
 from __future__ import annotations
-
-import re
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
 from loopgolf.config import ModelConfig, OptimConfig
+from loopgolf.model.params import kinds_of
 
-# Linear weights orthogonalized by Muon, wherever they sit (blocks, repeat MLPs, bigram/VE projections)
-MATRIX = re.compile(r"\.(c_q|c_k|c_v|proj|fc)\.weight$")
-EMBEDDING = re.compile(r"^(tok_emb|value_embeds\.\d+|bigram\.table|ve_inject\.table)\.weight$")
-CONTROL = re.compile(r"(attn_scale|mlp_scale|resid_mix|q_gain|skip_weights|skip_gates|loop_embed|"
-                     r"cross_repeat_scales|ve_scales|bigram\.scale|smear\.gate|ve_inject\.scales|"
-                     r"lora\.[qkvo]_[ab])$")
+GroupKey = tuple[str, str, str]  # (optimizer, lr field, wd field)
 
 
-@dataclass(frozen=True)
-class ParamRule:
-    group: str  # adam_embed | adam_head | muon | adam_scalar
-    matches: Callable[[str, torch.Tensor], bool]
-    lr_field: str  # OptimConfig field holding the base learning rate
-
-
-PARAM_RULES: tuple[ParamRule, ...] = (
-    ParamRule("adam_embed", lambda n, p: bool(EMBEDDING.match(n)), "tied_embed_lr"),
-    ParamRule("adam_head", lambda n, p: n == "lm_head.weight", "head_lr"),
-    ParamRule("muon", lambda n, p: p.ndim == 2 and bool(MATRIX.search(n)), "matrix_lr"),
-    ParamRule("adam_scalar", lambda n, p: bool(CONTROL.search(n)), "scalar_lr"),
-)
-
-
-def assign_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    groups: dict[str, list] = {r.group: [] for r in PARAM_RULES}
-    problems = []
-    for name, p in model.named_parameters():  # shared (looped) blocks appear once
-        hits = [r for r in PARAM_RULES if r.matches(name, p)]
-        if len(hits) != 1:
-            problems.append(f"{name} {tuple(p.shape)} matches {[r.group for r in hits] or 'no rule'}")
-        else:
-            groups[hits[0].group].append((name, p))
-    if problems:
-        raise ValueError("optimizer PARAM_RULES must match every parameter exactly once: "
-                         + "; ".join(problems))
+def assign_groups(model: nn.Module, tie_embeddings: bool = True
+                  ) -> dict[GroupKey, list[tuple[str, nn.Parameter]]]:
+    """(optimizer, lr field, wd field) -> the parameters it trains, in named_parameters order
+    (shared, looped blocks appear once); ValueError if a parameter has no PARAM_KINDS row or
+    several, or its row says it is not trained."""
+    named = list(model.named_parameters())
+    kinds = kinds_of(named)
+    groups: dict[GroupKey, list[tuple[str, nn.Parameter]]] = {}
+    untrained = [n for n, _ in named if kinds[n].optimizer == "none"]
+    if untrained:
+        raise ValueError(f"parameters whose PARAM_KINDS row trains nothing: {untrained[:5]}")
+    for name, p in named:
+        k = kinds[name]
+        groups.setdefault((k.optimizer, k.lr_field(tie_embeddings), k.wd), []).append((name, p))
     return groups
+
+
+def group_name(params: list[tuple[str, nn.Parameter]]) -> str:
+    """The kinds of a group, joined: e.g. "control" or "attn_matrix+mlp_matrix"."""
+    kinds = kinds_of(params)
+    return "+".join(dict.fromkeys(kinds[n].kind for n, _ in params))
 
 
 STANDARD_NS = ((3.4445, -4.7750, 2.0315),)  # modded-nanogpt / baseline L96-109, every iteration
@@ -97,8 +84,9 @@ def _ns_fn(compiled: bool):
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon with Nesterov momentum. Matrices of one shape are orthogonalized together in one
-    batched Newton-Schulz call: a few large kernels instead of thousands of tiny launches."""
+    """Muon with Nesterov momentum. Parameters of one shape are orthogonalized together in one
+    batched Newton-Schulz call: a few large kernels instead of thousands of tiny launches. A 3-D
+    parameter is a stack of matrices, each orthogonalized on its own (NS works on the last two dims)."""
 
     def __init__(self, params, lr: float, momentum: float, ns_steps: int = 5, nesterov: bool = True,
                  weight_decay: float = 0.0, compiled: bool = False, row_norm: bool = False,
@@ -131,7 +119,7 @@ class Muon(torch.optim.Optimizer):
                 if self.row_norm:
                     g = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-7)
                 ortho = self._ns(g, group["ns_steps"], coeffs=self.coeffs)
-                scale = max(1.0, shape[0] / shape[1]) ** 0.5
+                scale = max(1.0, shape[-2] / shape[-1]) ** 0.5
                 if group["weight_decay"]:
                     torch._foreach_mul_(ps, 1 - lr * group["weight_decay"])
                 torch._foreach_add_(ps, [u.to(p.dtype) for u, p in zip(ortho.unbind(0), ps)],
@@ -140,30 +128,21 @@ class Muon(torch.optim.Optimizer):
 
 def build_optimizers(model: nn.Module, cfg: OptimConfig, mcfg: ModelConfig,
                      fused: bool = False) -> list[torch.optim.Optimizer]:
-    """One Muon over the block matrices and one Adam with a group per other rule.
+    """One Muon and one AdamW, each with a param group per (lr field, wd field) of the table.
     fused=True (CUDA): fused Adam and a compiled Newton-Schulz."""
-    groups = assign_groups(model)
-    rules = {r.group: r for r in PARAM_RULES}
+    groups = assign_groups(model, mcfg.tie_embeddings)
     opts: list[torch.optim.Optimizer] = []
-    muon_params = [p for _, p in groups["muon"]]
-    if muon_params:
-        opt = Muon(muon_params, lr=cfg.matrix_lr, momentum=cfg.momentum, ns_steps=cfg.ns_steps,
-                   weight_decay=cfg.weight_decay, compiled=fused, row_norm=cfg.muon_row_norm,
-                   coeffs=cfg.ns_coeffs)
-        opt.param_groups[0]["base_lr"] = cfg.matrix_lr
-        opts.append(opt)
-    adam_groups = []
-    for name in ("adam_embed", "adam_head", "adam_scalar"):
-        params = [p for _, p in groups[name]]
-        if not params:
-            continue
-        field_name = rules[name].lr_field
-        if name == "adam_embed" and not mcfg.tie_embeddings:
-            field_name = "embed_lr"
-        lr = getattr(cfg, field_name)
-        wd = cfg.embed_weight_decay if name == "adam_embed" else cfg.adam_weight_decay
-        adam_groups.append(dict(params=params, lr=lr, base_lr=lr, name=name, weight_decay=wd))
-    if adam_groups:  # decoupled weight decay per group (AdamW)
-        opts.append(torch.optim.AdamW(adam_groups, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
-                                      fused=fused))
+    by_opt: dict[str, list[dict]] = {"muon": [], "adam": []}
+    for (opt_name, lr_field, wd_field), named in groups.items():
+        lr = getattr(cfg, lr_field)
+        wd = getattr(cfg, wd_field) if wd_field else 0.0
+        by_opt[opt_name].append(dict(params=[p for _, p in named], lr=lr, base_lr=lr,
+                                     weight_decay=wd, name=group_name(named)))
+    if by_opt["muon"]:
+        opts.append(Muon(by_opt["muon"], lr=cfg.matrix_lr, momentum=cfg.momentum,
+                         ns_steps=cfg.ns_steps, weight_decay=cfg.weight_decay, compiled=fused,
+                         row_norm=cfg.muon_row_norm, coeffs=cfg.ns_coeffs))
+    if by_opt["adam"]:  # decoupled weight decay per group (AdamW)
+        opts.append(torch.optim.AdamW(by_opt["adam"], betas=(cfg.beta1, cfg.beta2),
+                                      eps=cfg.adam_eps, fused=fused))
     return opts
