@@ -336,3 +336,9 @@ def test_a_nondeterministic_evaluator_is_compared_within_its_noise(vs):
     assert not calm["deterministic"] and 0 < calm["noise"] < 1e-8
     leaky = _check(_bigram_eval(leak=True, noise=1e-9), vs)
     assert not leaky["ok"] and len(leaky["leaks"]) == 4  # the next token moves every distribution
+
+
+def test_jitter_cannot_hide_a_leak(vs):
+    """An evaluator that adds run-to-run noise larger than a leak's effect is refused outright."""
+    noisy = _check(_bigram_eval(leak=False, noise=1e-3), vs)
+    assert not noisy["ok"] and any("cannot tell a leak from noise" in p for p in noisy["problems"])

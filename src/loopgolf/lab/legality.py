@@ -39,6 +39,9 @@ from loopgolf.eval.events import EventLog
 
 NORM_TOL = 1e-6  # |sum p - 1| in float64
 NATS_TOL = 1e-5  # |nats + log p(target)| / (1 + nats): float32 cross-entropy vs float64 log-softmax
+# Run-to-run noise above this cannot be told apart from a leak: such an evaluator is refused rather
+# than compared within its noise (an evaluator could otherwise add jitter to hide what it peeks at).
+MAX_NOISE = 1e-6
 
 
 def _examples(idx: np.ndarray, k: int = 5) -> str:
@@ -176,6 +179,10 @@ def check_behaviour(run: RunFn, vs: ValSet, n: int, seed: int = 0, perturbations
     # A nondeterministic evaluator (e.g. CUDA atomics in a TTT backward) cannot be compared bit for
     # bit; differences are then judged against 10x its run-to-run noise, and the report says so.
     tol = 10 * noise
+    if noise > MAX_NOISE:
+        problems.append(f"two runs on the same input committed distributions {noise:.3g} apart; above "
+                        f"{MAX_NOISE:g} a perturbation test cannot tell a leak from noise: make the "
+                        "evaluator deterministic (fixed batch shapes, no atomics) to certify it")
     leaks = []
     for q in qs:
         # Document boundaries stay: batching by document (LoRA TTT) may use them, and moving them
