@@ -5,6 +5,7 @@ from loopgolf.data.loader import BatchLoader, TokenStream
 from loopgolf.metrics import Logger
 from loopgolf.model.gpt import GPT
 from loopgolf.presets import get_preset
+from loopgolf.train.checkpoint import CheckpointStore
 from loopgolf.train.loop import Trainer, TrainingDiverged
 
 
@@ -16,7 +17,7 @@ def _trainer(tiny_shards, tmp_path, steps=8, ckpt_every=0, extra=()):
     loader = BatchLoader(TokenStream(tiny_shards["train"]), cfg.data.seq_len, cfg.train.batch_tokens,
                          cfg.train.micro_batch_seqs, 0, 1, torch.device("cpu"))
     return Trainer(cfg, model, loader, torch.device("cpu"), Logger(None, echo=False),
-                   checkpoint_path=tmp_path / "ck.pt")
+                   checkpoints=CheckpointStore(tmp_path / "checkpoints"))
 
 
 def _interrupted_then_resumed(tiny_shards, path, ckpt_every, die_at, extra=()):
@@ -32,7 +33,7 @@ def _interrupted_then_resumed(tiny_shards, path, ckpt_every, die_at, extra=()):
     with pytest.raises(KeyboardInterrupt):
         first.run()
     resumed = _trainer(tiny_shards, path, steps=8, ckpt_every=ckpt_every, extra=extra)
-    resumed.resume(path / "ck.pt")
+    resumed.resume()
     assert resumed.step == die_at - die_at % ckpt_every
     resumed.run()
     return resumed
@@ -79,8 +80,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_shards, tmp_pa
 def test_non_finite_loss_stops_with_clear_message(tiny_shards, tmp_path):
     tr = _trainer(tiny_shards, tmp_path, steps=4)
     real = tr.model
-    tr.model = lambda x, y: real(x, y) * float("nan")
-    with pytest.raises(TrainingDiverged, match="step 1: training loss is nan"):
+    tr.model = lambda x, y, stage=-1: real(x, y, stage=stage) * float("nan")
+    with pytest.raises(TrainingDiverged, match="step 1: training loss is nan.*no checkpoint was written"):
         tr.run()
 
 
