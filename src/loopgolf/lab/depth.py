@@ -11,10 +11,9 @@ from pathlib import Path
 
 
 from loopgolf import dist
-from loopgolf.data.shards import list_shards
 from loopgolf.eval.bpb import evaluate_bpb
 from loopgolf.model.recurrence import plan_with_loops
-from loopgolf.pipeline import _byte_tables, load_val_tokens, model_from_artifact, resolve_device
+from loopgolf.pipeline import load_val, model_from_artifact, resolve_device
 
 
 def depth_curve(artifact: Path, val: str, tokenizer: str, loops: list[int], device_kind: str = "auto",
@@ -22,14 +21,12 @@ def depth_curve(artifact: Path, val: str, tokenizer: str, loops: list[int], devi
     device = resolve_device(device_kind)
     dist.init(device.type)
     model, cfg = model_from_artifact(artifact, device)
-    luts, _ = _byte_tables(tokenizer, cfg.model.vocab_size, device)
-    list_shards(val)
-    tokens = load_val_tokens(val)
+    valset = load_val(val, tokenizer, cfg.model.vocab_size, device)
     out = []
     for k in loops:
         spec = plan_with_loops(cfg.model.plan, k)
         model.set_eval_plan(spec)
-        res = evaluate_bpb(model, tokens, luts, cfg.data.seq_len, 32, device, max_tokens=max_tokens)
+        res = evaluate_bpb(model, valset.tokens, valset.luts, cfg.data.seq_len, 32, device, max_tokens=max_tokens)
         res.update(loops=k, plan=spec, virtual_layers=model.plan.n_virtual,
                    trained=spec == cfg.model.plan)
         out.append(res)

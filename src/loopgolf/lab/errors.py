@@ -12,8 +12,12 @@ from loopgolf.data.shards import ShardError
 from loopgolf.lab.export import ExportError
 from loopgolf.data.tokenizer import TokenizerError
 from loopgolf.model.recurrence import PlanError
-from loopgolf.train.checkpoint import CheckpointError
-from loopgolf.train.loop import TrainingDiverged
+from loopgolf.lab.runs import ReloadEvalError
+from loopgolf.run_phases import ArtifactWriteError
+from loopgolf.train.checkpoint import CheckpointError, CheckpointWriteError
+from loopgolf.train.guards import DegenerateModelError, TrainingDiverged
 
 USER_ERRORS = (ArtifactError, FitError, ExportError, CorpusError, DownloadError, ConfigError, ShardError, TokenizerError, PlanError, CheckpointError,
-               TrainingDiverged, FileNotFoundError)
+               TrainingDiverged, DegenerateModelError, CheckpointWriteError, ArtifactWriteError,
+               ReloadEvalError,
+               FileNotFoundError)

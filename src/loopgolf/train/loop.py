@@ -70,6 +70,7 @@ class Trainer:
         self.params = list(model.parameters())
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
         self.table = TriggerTable(cfg, getattr(model, "stages", ()))
+        self.store = checkpoints  # where resume() looks; periodic saves only when the policy says so
         self.checkpoints = checkpoints if self.table.checkpoints else None
         self.progress = progress or TrainProgress(enabled=False)
         self.step = 0
@@ -78,6 +79,7 @@ class Trainer:
         self.stage = max(0, len(self.table.stages) - 1)  # index into model.stages, passed to forward
         self.ck_slot = 0  # the checkpoint slot last written (slot 0 = the start: nothing to save)
         self.finished = False  # resumed from the checkpoint written after the last step
+        self.end_position: int | None = None
         o = cfg.optim
         self.average = WeightAverage(model, o.ema_horizon_frac, o.swa_start_frac, o.swa_every_frac)
         self.stall = StallGuard(cfg.model.vocab_size, cfg.train.stall_frac)
@@ -158,7 +160,9 @@ class Trainer:
             "stall": self.stall.state_dict(),
             "step": self.step,
             "train_seconds": self.clock.seconds,
-            "position": self.loader.stream.position,
+            # a finished run's position is where training stopped (calibration reads on from there)
+            "position": self.end_position if finished and self.end_position is not None
+            else self.loader.stream.position,
             "stage": self.stage, "qat_on": self.qat_on, "ck_slot": self.ck_slot,
             "finished": finished, "last_loss": self.last_loss,
             "rng": rng,
@@ -173,12 +177,13 @@ class Trainer:
             self.logger.log("checkpoint", step=self.step, path=str(path), console=False)
         dist.barrier()
 
-    def resume(self) -> None:
-        """Continue from the newest checkpoint; refuses one whose config changes tensor shapes."""
-        store = self.checkpoints
-        if store is None:
-            raise ValueError("Trainer.resume needs a checkpoint store")
-        ck, path = store.load_latest(map_location=self.device)
+    def resume(self, ck: dict | None = None, path=None) -> None:
+        """Continue from checkpoint `ck` (default: the store's newest); refuses one whose config
+        changes tensor shapes."""
+        if ck is None:
+            if self.store is None:
+                raise ValueError("Trainer.resume needs a checkpoint store")
+            ck, path = self.store.load_latest(map_location=self.device)
         check_resumable(ck, path, self.cfg.to_dict())
         qat = {n[: -len(".weight")] for n in self.qat_names}  # checkpoints hold plain names
         self.raw_model.load_state_dict({
@@ -281,6 +286,7 @@ class Trainer:
                 break
         self.clock.pause()
         self.progress.close()
+        self.end_position = self.loader.stream.position
         if not self.finished:
             self.save(finished=True)  # resuming this one goes straight to compression
         return self._finish(start_step, start_seconds, stage_time)
