@@ -7,6 +7,7 @@ from loopgolf.config import ModelConfig
 from loopgolf.data.luts import build_byte_luts
 from loopgolf.data.shards import load_shard
 from loopgolf.data.tokenizer import load_tokenizer
+from loopgolf.data.valset import load_val_set
 from loopgolf.model.gpt import GPT
 
 
@@ -29,6 +30,12 @@ def val(tiny_shards):
     """(uint16 val tokens, byte tables on CPU) of the tiny shards."""
     sp = load_tokenizer(tiny_shards["tokenizer"])
     return np.asarray(load_shard(tiny_shards["val"][0])), build_byte_luts(sp, 512).to_torch("cpu")
+
+
+@pytest.fixture(scope="session")
+def vs(tiny_shards):
+    """The tiny shards' validation set (ValSet: tokens and per-target bytes from the tables)."""
+    return load_val_set(str(tiny_shards["dir"] / "*_val_*.bin"), tiny_shards["tokenizer"], 512)
 
 
 @pytest.fixture

@@ -81,5 +81,5 @@ def test_byte_sidecar_replaces_the_tables(tiny_shards):
                            byte_sidecar=2 * side)
     assert doubled["val_bytes"] == 2 * ref["val_bytes"]
     assert doubled["val_bpb"] == pytest.approx(ref["val_bpb"] / 2, rel=1e-12)
-    with pytest.raises(ValueError, match="byte_sidecar has 3 entries"):
+    with pytest.raises(ValueError, match="byte sidecar has 3 entries"):
         evaluate_bpb(model, tokens, luts, 32, batch_seqs=8, device=torch.device("cpu"), max_tokens=1024, byte_sidecar=side[:3])

@@ -36,7 +36,7 @@ def test_ngram_experts_are_distributions_after_updates():
         for e in (uni, bi, tri):
             probs = e.probs(p1, p2, torch.zeros(50, 16))
             assert probs.shape == (50, 16) and (probs > 0).all()
-            assert torch.allclose(probs.sum(-1), torch.ones(50), atol=1e-5)
+            assert torch.allclose(probs.sum(-1), torch.ones(50, dtype=torch.float64), atol=1e-12)
             e.update(p1, p2, t)
     assert uni.counts.sum() == 150
     # add-a unigram, known answer: token 3 seen c times of N=150
@@ -44,37 +44,22 @@ def test_ngram_experts_are_distributions_after_updates():
     assert float(uni.probs(p1[:1], p2[:1], None)[0, 3]) == pytest.approx((c + 0.5) / (150 + 8))
 
 
-def test_mixture_is_legal_normalized_and_beats_a_weak_network(val, small_model):
+def test_mixture_is_legal_normalized_and_beats_a_weak_network(val, vs, small_model):
     tokens, luts = val
     model = small_model()
     n = usable_tokens(len(tokens), 32, MAX)
     log = new_log("mixture", n)
-    net = evaluate_sliding(model, tokens, luts, 32, 16, 8, CPU, max_tokens=MAX)
-    res = evaluate_mixture(model, tokens, luts, 32, 16, 8, CPU, max_tokens=MAX, log=log)
+    net = evaluate_sliding(model, vs, 32, 16, 8, CPU, max_tokens=MAX)
+    res = evaluate_mixture(model, vs, 32, 16, 8, CPU, max_tokens=MAX, log=log)
     assert res["val_tokens"] == net["val_tokens"] and res["val_bytes"] == net["val_bytes"]
     assert res["val_loss"] < net["val_loss"]  # a random network: the n-grams carry the score
     assert abs(sum(res["final_weights"]) - 1) < 1e-6
     assert check_events(log)["ok"]
-    snaps = res["snapshots"]
-    rep = check_normalized(snaps.get, sorted(snaps), vocab=512)
-    assert rep["ok"], rep["problems"]
-    assert rep["checked"] == len(snaps) >= 16
 
 
-def test_hedge_mixer_entropy_expert_is_flagged(val, small_model):
-    tokens, luts = val
-    model = small_model()
-    experts = default_experts(512, CPU) + [EntropyExpert()]
-    res = evaluate_mixture(model, tokens, luts, 32, 16, 8, CPU, experts=experts,
-                           prior=[0.5, 0.1, 0.1, 0.1, 0.2], max_tokens=600)
-    rep = check_normalized(res["snapshots"].get, sorted(res["snapshots"]), vocab=512)
-    assert not rep["ok"] and rep["max_abs_sum_error"] > 1e-3
-    assert any("not 1 (unnormalized)" in p for p in rep["problems"])
-
-
-def test_scoring_with_counts_of_the_scored_batch_is_impossible(val, small_model):
+def test_scoring_with_counts_of_the_scored_batch_is_impossible(val, vs, small_model):
     """Counts used for a batch exclude that batch: the first batch sees empty n-gram tables."""
     tokens, luts = val
     model = small_model()
-    res = evaluate_mixture(model, tokens, luts, 32, 32, 1, CPU, max_tokens=200, sample_positions=0)
+    res = evaluate_mixture(model, vs, 32, 32, 1, CPU, max_tokens=200)
     assert math.isfinite(res["val_loss"])

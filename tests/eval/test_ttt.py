@@ -4,7 +4,8 @@ import torch
 
 from loopgolf.eval.bpb import evaluate_bpb, usable_tokens
 from loopgolf.eval.lora import document_spans
-from loopgolf.eval.sliding import ScoreSums, evaluate_sliding, new_log, window_plan
+from loopgolf.eval.bpb import ScoreSums, window_plan
+from loopgolf.eval.sliding import evaluate_sliding, new_log
 from loopgolf.eval.ttt import MomentumSGD, score_chunk, train_chunk, ttt_lora, ttt_sgd
 from loopgolf.lab.legality import check_events
 
@@ -14,19 +15,19 @@ pytestmark = pytest.mark.usefixtures("flush_denormals")
 MAX = 2000  # tokens of the tiny val stream used here
 
 
-def _sliding_then_sgd_ttt(val, small_model, lr, epochs):
+def _sliding_then_sgd_ttt(val, vs, small_model, lr, epochs):
     """(sliding-window result, score-first SGD TTT result, TTT event log) on one fresh model."""
     tokens, luts = val
     model = small_model()
-    ref = evaluate_sliding(model, tokens, luts, 32, 16, 8, CPU, max_tokens=MAX)
+    ref = evaluate_sliding(model, vs, 32, 16, 8, CPU, max_tokens=MAX)
     log = new_log("ttt_sgd", usable_tokens(len(tokens), 32, MAX))
-    res = ttt_sgd(model, tokens, luts, 32, 16, CPU, chunk_tokens=256, lr=lr, epochs=epochs,
+    res = ttt_sgd(model, vs, 32, 16, CPU, chunk_tokens=256, lr=lr, epochs=epochs,
                   batch_seqs=8, max_tokens=MAX, log=log)
     return ref, res, log
 
 
-def test_sgd_with_lr_zero_equals_sliding_eval(val, small_model):
-    ref, res, log = _sliding_then_sgd_ttt(val, small_model, lr=0.0, epochs=1)
+def test_sgd_with_lr_zero_equals_sliding_eval(val, vs, small_model):
+    ref, res, log = _sliding_then_sgd_ttt(val, vs, small_model, lr=0.0, epochs=1)
     assert res["val_tokens"] == ref["val_tokens"] and res["val_bytes"] == ref["val_bytes"]
     assert res["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-6)
     rep = check_events(log)
@@ -34,8 +35,8 @@ def test_sgd_with_lr_zero_equals_sliding_eval(val, small_model):
     assert rep["updates"] == res["updates"] > 0
 
 
-def test_sgd_ttt_learns_and_stays_legal(val, small_model):
-    ref, res, log = _sliding_then_sgd_ttt(val, small_model, lr=0.05, epochs=2)
+def test_sgd_ttt_learns_and_stays_legal(val, vs, small_model):
+    ref, res, log = _sliding_then_sgd_ttt(val, vs, small_model, lr=0.05, epochs=2)
     assert res["val_loss"] < ref["val_loss"] - 0.05
     assert check_events(log)["ok"]
     # the last chunk was never trained on: no update read a position past the last chunk's start
@@ -43,7 +44,7 @@ def test_sgd_ttt_learns_and_stays_legal(val, small_model):
     assert max(hi for e in log.events if e["kind"] == "update" for _, hi in e["ranges"]) <= last_start + 1
 
 
-def test_train_then_score_is_flagged(val, small_model):
+def test_train_then_score_is_flagged(val, vs, small_model):
     """The illegal order (PR #1376 cluster): adapt on a chunk, then score it."""
     tokens, luts = val
     model = small_model()
@@ -54,8 +55,8 @@ def test_train_then_score_is_flagged(val, small_model):
     opt = MomentumSGD(list(model.parameters()), 0.9)
     sums = ScoreSums(CPU)
     for c in range(int(chunk_of[-1]) + 1):
-        train_chunk(model, opt, tokens, c * 256, min((c + 1) * 256, n - 1) + 1, 32, 8, 1, 0.01, 1.0, log, CPU)
-        score_chunk(model, tokens, plan[chunk_of == c], 32, 8, luts, sums, log, CPU)
+        train_chunk(model, opt, vs, c * 256, min((c + 1) * 256, n - 1) + 1, 32, 8, 1, 0.01, 1.0, log, CPU)
+        score_chunk(model, vs, plan[chunk_of == c], 32, 8, sums, log, CPU)
     rep = check_events(log)
     assert not rep["ok"] and not rep["score_first"]
     assert any("train-then-score" in p for p in rep["problems"])
@@ -67,24 +68,24 @@ def test_document_spans_tile_the_targets():
     assert document_spans(np.array([4, 5, 1, 6], dtype=np.uint16)) == [(0, 2), (2, 3)]
 
 
-def test_frozen_lora_counts_every_target_once(val, small_model):
+def test_frozen_lora_counts_every_target_once(val, vs, small_model):
     tokens, luts = val
     model = small_model()
     plain = evaluate_bpb(model, tokens, luts, 32, 8, CPU, max_tokens=600)
     log = new_log("ttt_lora", usable_tokens(len(tokens), 32, 600))
-    frozen = ttt_lora(model, tokens, luts, CPU, context=32, chunk_len=8, rank=2, lr=0.0,
+    frozen = ttt_lora(model, vs, CPU, context=32, chunk_len=8, rank=2, lr=0.0,
                       docs_per_batch=16, max_tokens=600, log=log)
     assert frozen["val_tokens"] == plain["val_tokens"] and frozen["val_bytes"] == plain["val_bytes"]
     rep = check_events(log)
     assert rep["ok"], rep["problems"]
 
 
-def test_lora_ttt_with_a_phase_is_legal(val, small_model):
+def test_lora_ttt_with_a_phase_is_legal(val, vs, small_model):
     tokens, luts = val
     model = small_model()
     log = new_log("ttt_lora", usable_tokens(len(tokens), 32, 1200))
     before = [p.detach().clone() for p in model.parameters()]
-    res = ttt_lora(model, tokens, luts, CPU, context=32, chunk_len=8, rank=2, lr=0.01,
+    res = ttt_lora(model, vs, CPU, context=32, chunk_len=8, rank=2, lr=0.01,
                    docs_per_batch=8, phases=1, max_tokens=1200, log=log)
     rep = check_events(log)
     assert rep["ok"], rep["problems"]

@@ -36,7 +36,7 @@ def test_suite_runs_every_phase_and_passes_the_checker(artifact, tiny_shards, tm
     assert set(rep["phases"]) == {"load", "plain", "sliding", "mixture", "ttt_sgd"}
     assert rep["legality"]["ok"], rep["legality"]
     assert set(rep["legality"]["checks"]) == {"sliding_events", "sliding_normalized", "mixture_events",
-                                              "mixture_normalized", "ttt_sgd_events", "tokenizer_bytes"}
+                                              "ttt_sgd_events", "tokenizer_bytes"}
     p = rep["phases"]
     assert p["plain"]["val_tokens"] == p["sliding"]["val_tokens"] == p["ttt_sgd"]["val_tokens"] == 800
     assert all(r["within_eval_budget"] for r in p.values())

@@ -8,8 +8,13 @@ positions the update read, inputs or targets), each stamped with `version`, the 
 applied before it. lab/legality.py replays the log; it never trusts the evaluator's own claims.
 
 Positions are indices into the validation token stream; scoring position p means predicting
-tokens[p] from tokens[:p]. Updates are numbered by a counter that is the same on every rank (all
-ranks update in lock-step), so per-rank logs merge by concatenation.
+tokens[p] from tokens[:p]. An update is "global" (every rank applies it in lock-step: the k-th
+global update of each rank is the same update, whose reads are the union of the ranks' ranges) or
+"local" (only this rank's state changes, e.g. a per-document LoRA step). The checker replays each
+rank's events in the order they were appended; `version` stamps are informational only.
+
+A legality checker may attach a `recorder` (lab/legality.Recorder): the evaluators then also hand it
+every committed distribution (eval/bpb.commit_record). It is never serialized.
 """
 from __future__ import annotations
 
@@ -34,6 +39,17 @@ def merge_ranges(ranges: list[Range]) -> list[Range]:
     return [(a, b) for a, b in out]
 
 
+def _join_adjacent(ranges: list[list[int]]) -> list[list[int]]:
+    """Join [a, b), [b, c) into [a, c) in order; overlaps are kept, so double scoring stays visible."""
+    out: list[list[int]] = []
+    for lo, hi in ranges:
+        if out and out[-1][1] == lo and out[-1][0] < lo < hi:
+            out[-1][1] = hi
+        else:
+            out.append([lo, hi])
+    return out
+
+
 @dataclass
 class EventLog:
     """Append-only log of ("score" | "update", version, ranges) events for one evaluation phase.
@@ -47,34 +63,42 @@ class EventLog:
     first_target: int = 1
     rank: int = 0
     version: int = 0  # updates applied so far
-    # True when every rank applies the same updates in lock-step (versions are global, logs are
-    # merged); False when each rank adapts its own copy (per-document LoRA): each log is then
-    # checked against its own updates, and only coverage is checked across ranks.
+    # Informational only (older logs carry it): the checker never trusts it; each update's own
+    # scope says whether other ranks share it, and unmarked updates count as global.
     lockstep: bool = True
     events: list[dict] = field(default_factory=list)
+    recorder: object = field(default=None, repr=False, compare=False)
 
     def score(self, ranges: list[Range]) -> None:
         """Record that the targets at `ranges` were scored and their losses committed."""
         self._add("score", ranges)
 
-    def update(self, ranges: list[Range]) -> None:
-        """Record one model/state update that read the tokens at `ranges`; bumps the version."""
+    def update(self, ranges: list[Range], scope: str = "global") -> None:
+        """Record one model/state update that read the tokens at `ranges`; bumps the version.
+
+        scope "global": every rank takes part in this update (call it on every rank, with an
+        empty list where a rank read nothing); "local": only this rank's state changes."""
+        if scope not in ("global", "local"):
+            raise ValueError(f"update scope {scope!r}: choose global or local")
         self._add("update", ranges)
+        self.events[-1]["scope"] = scope
         self.version += 1
+        if self.recorder is not None:
+            self.recorder.mark_update()
 
     def step_without_update(self) -> None:
-        """Advance the version on a rank that had nothing to train on while the others updated."""
-        self.version += 1
+        """This rank read nothing for a global update the other ranks made."""
+        self.update([])
 
     def _add(self, kind: str, ranges: list[Range]) -> None:
-        ranges = merge_ranges(list(ranges))
+        ranges = _join_adjacent([[int(a), int(b)] for a, b in ranges])
         last = self.events[-1] if self.events else None
         if (kind == "score" and last is not None and last["kind"] == "score"
                 and last["version"] == self.version):
-            last["ranges"] = [list(r) for r in merge_ranges([tuple(r) for r in last["ranges"]] + ranges)]
+            last["ranges"] = _join_adjacent(last["ranges"] + ranges)
             return
         self.events.append({"kind": kind, "version": self.version, "rank": self.rank,
-                            "ranges": [list(r) for r in ranges]})
+                            "ranges": ranges})
 
     # --- persistence --------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -110,6 +110,7 @@ class DocStep:
     x: torch.Tensor  # (B, T) right-padded inputs
     y: torch.Tensor
     mask: torch.Tensor  # (B, T) bool: this step's scored targets
+    pos: torch.Tensor  # (B, T) int64 target position of each column (0 in the padding)
     slots: torch.Tensor  # (B,) adapter slot (document index within the batch) per row
     train_rows: torch.Tensor  # (B,) bool: rows whose chunk is not their document's last
     scored: list[tuple[int, int]]
@@ -117,19 +118,20 @@ class DocStep:
 
 
 def pad_windows(tokens: np.ndarray, wins: list[tuple[int, int, int]], device: torch.device):
-    """Right-padded (x, y, mask) for windows (ws, lo, hi): inputs tokens[ws:hi-1], targets
-    tokens[ws+1:hi], of which positions [lo, hi) are scored."""
+    """Right-padded (x, y, mask, pos) for windows (ws, lo, hi): inputs tokens[ws:hi-1], targets
+    tokens[ws+1:hi] (at positions pos), of which positions [lo, hi) are scored."""
     width = max(hi - 1 - ws for ws, _, hi in wins)
     x = np.zeros((len(wins), width), dtype=np.int64)
     y = np.zeros((len(wins), width), dtype=np.int64)
     mask = np.zeros((len(wins), width), dtype=np.bool_)
+    pos = np.zeros((len(wins), width), dtype=np.int64)
     for r, (ws, lo, hi) in enumerate(wins):
         t = hi - 1 - ws
         x[r, :t] = tokens[ws:hi - 1]
         y[r, :t] = tokens[ws + 1:hi]
         mask[r, lo - ws - 1:t] = True
-    return (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device),
-            torch.from_numpy(mask).to(device))
+        pos[r, :t] = np.arange(ws + 1, hi)
+    return tuple(torch.from_numpy(a).to(device) for a in (x, y, mask, pos))
 
 
 def batched_document_chunks(spans: list[tuple[int, int]], tokens: np.ndarray, chunk_len: int,
@@ -145,8 +147,8 @@ def batched_document_chunks(spans: list[tuple[int, int]], tokens: np.ndarray, ch
             lo = s + 1 + k * chunk_len
             hi = min(lo + chunk_len, e + 1)
             wins.append((max(s, hi - 1 - context), lo, hi))
-        x, y, mask = pad_windows(tokens, wins, device)
+        x, y, mask, pos = pad_windows(tokens, wins, device)
         train = np.array([n_chunks[j] > k + 1 for j in rows])
-        yield DocStep(x, y, mask, torch.tensor(rows, device=device), torch.from_numpy(train).to(device),
+        yield DocStep(x, y, mask, pos, torch.tensor(rows, device=device), torch.from_numpy(train).to(device),
                       [(lo, hi) for _, lo, hi in wins],
                       [(ws, hi) for (ws, _, hi), t in zip(wins, train) if t])

@@ -5,14 +5,17 @@ Two variants, both single-pass and structured so the order cannot be swapped by 
     `chunk_tokens` targets by the chunk holding each window's first scored target. For each chunk:
     score its windows under no_grad and commit their losses (score_chunk), THEN, unless it is the
     last chunk, train all parameters on the chunk's tokens with SGD + momentum, cosine LR over the
-    chunk index, gradient clipping, gradients all-reduced (train_chunk).
+    chunk index, gradient clipping (train_chunk).
   * ttt_lora (record PR #1855, techniques.md 4e): documents (split at BOS) are scored in chunks of
     `chunk_len` targets, each with up to `context` tokens of in-document context, through LoRA
     adapters attached to every nn.Linear from outside the model (lora.py). A chunk's nats are
     detached and committed before backward(); one Adam step follows unless it is the document's
     last chunk. Optional global phases train the base weights with SGD on documents already scored.
-Every score and update is recorded in an EventLog, which lab/legality.py replays. Nothing here
-compiles, so there is no warm-up; a compile warm-up must use synthetic tokens, never val data.
+Rank independence (issue 16 finding 5): every update's batch is a fixed number of sequences of the
+GLOBAL stream, split over ranks, and LoRA batches and phase boundaries are indices into the global
+list of document batches, so the updates are a function of the data, never of the world size.
+LoRA batches hold consecutive documents in stream order, so a phase trains only on the stream's
+prefix. Every score and update is recorded in an EventLog, which lab/legality.py replays.
 """
 from __future__ import annotations
 
@@ -25,11 +28,12 @@ import torch
 from loopgolf import dist
 from loopgolf.data.loader import rank_slice
 from loopgolf.data.tokenizer import BOS_ID
-from loopgolf.eval.bpb import usable_tokens
+from loopgolf.data.valset import ValSet
+from loopgolf.eval.bpb import (ScoreSums, autocast_ctx, commit_record, iter_window_batches,
+                               score_windows, usable_tokens, window_plan)
 from loopgolf.eval.events import EventLog
 from loopgolf.eval.lora import LoRA, batched_document_chunks, document_spans, pad_windows
-from loopgolf.eval.sliding import (ScoreSums, autocast_ctx, iter_window_batches, new_log,
-                                   score_windows, window_plan)
+from loopgolf.eval.sliding import new_log
 
 
 class MomentumSGD:
@@ -47,58 +51,67 @@ class MomentumSGD:
                 p.add_(b, alpha=-lr)
 
 
-def score_chunk(model: torch.nn.Module, tokens: np.ndarray, windows: np.ndarray, context: int,
-                batch_seqs: int, luts, sums: ScoreSums, log: EventLog, device: torch.device) -> None:
+def score_chunk(model: torch.nn.Module, vs: ValSet, windows: np.ndarray, context: int,
+                batch_seqs: int, sums: ScoreSums, log: EventLog, device: torch.device) -> None:
     """Score this rank's share of a chunk's windows under no_grad and commit them."""
     info = dist.info()
     lo, hi = rank_slice(len(windows), info.rank, info.world_size)
     model.eval()
-    for batch in iter_window_batches(tokens, windows[lo:hi], context, batch_seqs, device):
-        score_windows(model, batch, luts, sums, log)
+    for batch in iter_window_batches(vs, windows[lo:hi], context, batch_seqs, device):
+        score_windows(model, batch, sums, log)
 
 
-def train_chunk(model: torch.nn.Module, opt: MomentumSGD, tokens: np.ndarray, start: int, end: int,
-                seq_len: int, batch_seqs: int, epochs: int, lr: float, grad_clip: float,
-                log: EventLog, device: torch.device) -> None:
-    """Train on tokens[start:end] (split into seq_len sequences across ranks); one update per batch."""
-    starts = list(range(start, end - 1, seq_len))
+def sgd_on_sequences(model: torch.nn.Module, opt: MomentumSGD, tokens: np.ndarray,
+                     seqs: list[tuple[int, int]], batch_seqs: int, lr_at, grad_clip: float,
+                     log: EventLog, device: torch.device) -> int:
+    """One SGD step per `batch_seqs` consecutive sequences (s, e) of the global list, each reading
+    tokens[s:e+1]; a step's sequences are split over ranks. lr_at(i) is step i's LR; returns steps."""
     info = dist.info()
+    n_steps = math.ceil(len(seqs) / batch_seqs)
     model.train()
-    for _ in range(epochs):
-        for b in range(0, len(starts), batch_seqs * info.world_size):
-            group = starts[b:b + batch_seqs * info.world_size]
-            n_targets = sum(min(s + seq_len, end - 1) - s for s in group)
-            lo, hi = rank_slice(len(group), info.rank, info.world_size)
-            for p in opt.params:
-                p.grad = torch.zeros_like(p)
-            mine = group[lo:hi]
-            full = [s for s in mine if s + seq_len <= end - 1]
-            parts = ([np.stack([tokens[s:s + seq_len + 1] for s in full])] if full else []) + \
-                [tokens[s:end][None] for s in mine if s + seq_len > end - 1]
-            for part in parts:  # the full-length sequences in one batch, a short tail alone
-                seq = torch.from_numpy(part.astype(np.int64)).to(device)
-                with autocast_ctx(device):
-                    loss = model(seq[:, :-1], seq[:, 1:]).sum() / n_targets
-                loss.backward()
-            seen = [(s, min(s + seq_len, end - 1) + 1) for s in mine]
-            dist.all_reduce_grads(opt.params)
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(opt.params, grad_clip)
-            opt.step(lr)
-            log.update(seen)
+    for i in range(n_steps):
+        group = seqs[i * batch_seqs:(i + 1) * batch_seqs]
+        n_targets = sum(e - s for s, e in group)
+        lo, hi = rank_slice(len(group), info.rank, info.world_size)
+        mine = group[lo:hi]
+        for p in opt.params:
+            p.grad = torch.zeros_like(p)
+        lengths = sorted({e - s for s, e in mine}, reverse=True)
+        for length in lengths:  # equal-length sequences in one batch (a short tail alone)
+            part = np.stack([tokens[s:e + 1] for s, e in mine if e - s == length])
+            seq = torch.from_numpy(part.astype(np.int64)).to(device)
+            with autocast_ctx(device):
+                loss = model(seq[:, :-1], seq[:, 1:]).sum() / n_targets
+            loss.backward()
+        dist.all_reduce_grads(opt.params)
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(opt.params, grad_clip)
+        opt.step(lr_at(i))
+        log.update([(s, e + 1) for s, e in mine])
     for p in opt.params:
         p.grad = None
     model.eval()
+    return n_steps
 
 
-def ttt_sgd(model: torch.nn.Module, tokens: np.ndarray, luts, context: int, stride: int,
-            device: torch.device, chunk_tokens: int = 32_768, lr: float = 0.005,
-            momentum: float = 0.9, epochs: int = 3, seq_len: int = 0, batch_seqs: int = 32,
+def train_chunk(model: torch.nn.Module, opt: MomentumSGD, vs: ValSet, start: int, end: int,
+                seq_len: int, batch_seqs: int, epochs: int, lr: float, grad_clip: float,
+                log: EventLog, device: torch.device) -> None:
+    """Train on tokens[start:end] in seq_len sequences, `batch_seqs` global sequences per update."""
+    seqs = [(s, min(s + seq_len, end - 1)) for s in range(start, end - 1, seq_len)]
+    for _ in range(epochs):
+        sgd_on_sequences(model, opt, vs.tokens, seqs, batch_seqs, lambda i: lr, grad_clip, log, device)
+
+
+def ttt_sgd(model: torch.nn.Module, vs: ValSet, context: int, stride: int, device: torch.device,
+            chunk_tokens: int = 32_768, lr: float = 0.005, momentum: float = 0.9, epochs: int = 3,
+            seq_len: int = 0, batch_seqs: int = 32, train_batch_seqs: int = 32,
             grad_clip: float = 1.0, max_tokens: int = 0, log: EventLog | None = None) -> dict:
     """Score-first full-parameter SGD TTT (record PR #1493: chunks 32,768, lr 0.005, momentum 0.9,
-    3 epochs, clip 1.0, cosine LR over chunks). seq_len 0 = context. Adapts `model` in place."""
+    3 epochs, clip 1.0, cosine LR over chunks). seq_len 0 = context; batch_seqs: windows per
+    scoring forward on one rank; train_batch_seqs: global sequences per update. Adapts `model`."""
     t0 = time.perf_counter()
-    n = usable_tokens(len(tokens), context, max_tokens)
+    n = usable_tokens(len(vs), context, max_tokens)
     plan = window_plan(n, context, stride)
     chunk_of = (plan[:, 1] - 1) // chunk_tokens
     n_chunks = int(chunk_of[-1]) + 1
@@ -107,117 +120,136 @@ def ttt_sgd(model: torch.nn.Module, tokens: np.ndarray, luts, context: int, stri
     opt = MomentumSGD(params, momentum)
     sums = ScoreSums(device)
     for c in range(n_chunks):
-        score_chunk(model, tokens, plan[chunk_of == c], context, batch_seqs, luts, sums, log, device)
+        score_chunk(model, vs, plan[chunk_of == c], context, batch_seqs, sums, log, device)
         if c == n_chunks - 1:
             break  # the last chunk is never trained on: nothing is left to score
         lr_c = lr * 0.5 * (1 + math.cos(math.pi * c / max(1, n_chunks - 1)))
         end = min((c + 1) * chunk_tokens, n - 1) + 1
-        train_chunk(model, opt, tokens, c * chunk_tokens, end, seq_len or context, batch_seqs,
+        train_chunk(model, opt, vs, c * chunk_tokens, end, seq_len or context, train_batch_seqs,
                     epochs, lr_c, grad_clip, log, device)
-    res = sums.result(t0)
+    res = sums.result(t0, "ttt_sgd")
     res.update(context=context, stride=stride, chunks=n_chunks, chunk_tokens=chunk_tokens, lr=lr,
                epochs=epochs, updates=log.version, n_tokens=n)
     return res
 
 
-def ttt_lora(model: torch.nn.Module, tokens: np.ndarray, luts, device: torch.device,
-             context: int = 1024, chunk_len: int = 48, rank: int = 8, alpha: float = 16.0,
-             lr: float = 1e-4, beta2: float = 0.99, weight_decay: float = 0.5, docs_per_batch: int = 64,
+def phase_boundaries(n_batches: int, phases: int) -> list[int]:
+    """Batch indices after which each global phase runs: round(n_batches * (k+1) / (phases+1))."""
+    if phases <= 0:
+        return []
+    if n_batches < phases + 1:
+        raise ValueError(f"ttt_lora: {phases} phase(s) need at least {phases + 1} document batches; "
+                         f"this stream has {n_batches}: lower eval.lora_docs_per_batch or eval.lora_phases")
+    return [round(n_batches * (k + 1) / (phases + 1)) for k in range(phases)]
+
+
+def ttt_lora(model: torch.nn.Module, vs: ValSet, device: torch.device, context: int = 1024,
+             chunk_len: int = 48, rank: int = 8, alpha: float = 16.0, lr: float = 1e-4,
+             beta2: float = 0.99, weight_decay: float = 0.5, docs_per_batch: int = 64,
              phases: int = 0, phase_lr: float = 0.001, phase_seq_len: int = 0,
-             warm_start_a: bool = False, max_tokens: int = 0, log: EventLog | None = None) -> dict:
+             phase_batch_seqs: int = 32, warm_start_a: bool = False, max_tokens: int = 0,
+             log: EventLog | None = None) -> dict:
     """Score-first per-document LoRA TTT (record PR #1855: chunk 48, AdamW betas (0, 0.99),
-    lr 1e-4, wd 0.5; documents batched longest first). The stream is truncated as in evaluate_bpb
-    with seq_len = context. `phases` > 0 trains the base weights with SGD on the documents scored so
-    far after each of `phases` equal slices of the batches (PR #1855's global phases); the base
-    model is adapted in place."""
+    lr 1e-4, wd 0.5). Batches of `docs_per_batch` consecutive documents; the stream is truncated as
+    in plain eval with seq_len = context. `phases` > 0 trains the base weights with SGD on the
+    documents scored so far after each of `phases` equal slices of the batches (PR #1855's global
+    phases; phase_batch_seqs global sequences per step); the base model is adapted in place."""
     t0 = time.perf_counter()
-    n = usable_tokens(len(tokens), context, max_tokens)
-    spans = document_spans(tokens[:n])
-    order = sorted(range(len(spans)), key=lambda d: -(spans[d][1] - spans[d][0]))
-    batches = [order[i:i + docs_per_batch] for i in range(0, len(order), docs_per_batch)]
     info = dist.info()
-    mine = batches[info.rank::info.world_size]
-    n_rounds = math.ceil(len(batches) / info.world_size)
+    if warm_start_a and info.world_size > 1:
+        raise ValueError("ttt_lora: warm_start_a keeps A from this rank's previous batch, which "
+                         "depends on the world size; run it on one process or turn it off")
+    tokens = vs.tokens
+    n = usable_tokens(len(vs), context, max_tokens)
+    spans = document_spans(tokens[:n])
+    batches = [list(range(i, min(i + docs_per_batch, len(spans))))
+               for i in range(0, len(spans), docs_per_batch)]
+    bounds_at = phase_boundaries(len(batches), phases)
     log = log if log is not None else new_log("ttt_lora", n)
-    log.lockstep = False  # each rank adapts its own LoRA copies
     lora = LoRA(model, docs_per_batch, rank, alpha, device)
     sums = ScoreSums(device)
-    # A document's last target is usually the next document's BOS, which the next document's
-    # adapter reads as its first input: score all of those first, before any update.
-    bounds = [(max(s, e - context), e, e + 1) for b in mine for s, e in (spans[d] for d in b)
-              if tokens[e] == BOS_ID]
     model.eval()
-    for i in range(0, len(bounds), docs_per_batch):
-        x, y, mask = pad_windows(tokens, bounds[i:i + docs_per_batch], device)
-        with torch.no_grad(), autocast_ctx(device):
-            sums.add(model(x, y), x, y, mask, luts)
-        log.score([(lo, hi) for _, lo, hi in bounds[i:i + docs_per_batch]])
+    # A document's last target is usually the next document's BOS, which the next document's
+    # adapter reads as its first input: score all of those first, before any update (one forward
+    # per global batch, so the rows are the same on any world size).
+    for b in batches[info.rank::info.world_size]:
+        wins = [(max(s, e - context), e, e + 1) for s, e in (spans[d] for d in b) if tokens[e] == BOS_ID]
+        if wins:
+            x, y, mask, pos = pad_windows(tokens, wins, device)
+            with torch.no_grad(), autocast_ctx(device):
+                nats = model(x, y)
+            sums.add(nats, torch.from_numpy(vs.target_bytes[pos.cpu().numpy()]).to(device), mask)
+            log.score([(lo, hi) for _, lo, hi in wins])
+            commit_record(log, pos[mask], nats[mask], lambda: _logp(model, x, mask))
     chunked = [(s, e - 1 if tokens[e] == BOS_ID else e) for s, e in spans]
-    phase_at = {round(n_rounds * (k + 1) / (phases + 1)) for k in range(phases)} if phases else set()
-    scored: list[tuple[int, int]] = []
     base = [p for p in model.parameters() if p.requires_grad]
     opt = MomentumSGD(base, 0.9)
     for p in base:  # only the adapters learn per document; phases re-enable the base weights
         p.requires_grad_(False)
-    for r in range(n_rounds):
-        if r < len(mine):
-            lora.reset(info.rank + r * info.world_size, keep_a=warm_start_a and r > 0)
-            for step in batched_document_chunks([chunked[d] for d in mine[r]], tokens, chunk_len,
-                                                context, device):
-                model.eval()
-                with lora.active(step.slots), autocast_ctx(device):
-                    nats = model(step.x, step.y)
-                sums.add(nats.detach(), step.x, step.y, step.mask, luts)  # committed before backward
-                log.score(step.scored)
-                if step.train_rows.any():
-                    m = step.mask & step.train_rows[:, None]
-                    loss = (nats * m).sum() / m.sum()
-                    loss.backward()
-                    lora.adam_step(step.slots[step.train_rows], lr, beta2, weight_decay)
-                    log.update(step.seen)
-                model.zero_grad(set_to_none=True)
-            scored += [(spans[d][0], spans[d][1] + 1) for d in mine[r]]
-        if r + 1 in phase_at:
-            _global_phase(model, opt, tokens, scored, phase_seq_len or context, phase_lr, log, device,
-                          lora)
+    edges = [0] + bounds_at + [len(batches)]
+    phase_steps: list[int] = []
+    for k in range(len(edges) - 1):
+        for g in range(edges[k] + info.rank, edges[k + 1], info.world_size):
+            lora.reset(g, keep_a=warm_start_a and g > 0)
+            _score_and_adapt(model, lora, vs, [chunked[d] for d in batches[g]], chunk_len, context,
+                             lr, beta2, weight_decay, sums, log, device)
+        if k < len(bounds_at):
+            docs = [d for b in batches[:edges[k + 1]] for d in b]
+            phase_steps.append(_global_phase(model, opt, tokens, [spans[d] for d in docs],
+                                             phase_seq_len or context, phase_batch_seqs, phase_lr,
+                                             log, device, lora))
     lora.remove()
     for p in base:
         p.requires_grad_(True)
-    res = sums.result(t0)
+    res = sums.result(t0, "ttt_lora")
     res.update(context=context, chunk_len=chunk_len, lora_rank=rank, documents=len(spans),
-               phases=phases, updates=log.version, n_tokens=n)
+               batches=len(batches), phases=phases, phases_run=sum(s > 0 for s in phase_steps),
+               phase_steps=sum(phase_steps), updates=log.version, n_tokens=n)
     return res
 
 
+def _logp(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad(), autocast_ctx(x.device):
+        return torch.log_softmax(model.logits(x)[mask].double(), -1)
+
+
+def _score_and_adapt(model, lora: LoRA, vs: ValSet, spans: list[tuple[int, int]], chunk_len: int,
+                     context: int, lr: float, beta2: float, weight_decay: float, sums: ScoreSums,
+                     log: EventLog, device: torch.device) -> None:
+    """One batch of documents: each step scores chunk k of every document, commits it, then takes
+    one Adam step on the adapters of the documents that have a chunk left (a local update)."""
+    for step in batched_document_chunks(spans, vs.tokens, chunk_len, context, device):
+        model.eval()
+        with lora.active(step.slots), autocast_ctx(device):
+            nats = model(step.x, step.y)
+        nbytes = torch.from_numpy(vs.target_bytes[step.pos.cpu().numpy()]).to(device)
+        sums.add(nats.detach(), nbytes, step.mask)  # committed before backward
+        log.score(step.scored)
+        with lora.active(step.slots):
+            commit_record(log, step.pos[step.mask], nats.detach()[step.mask],
+                          lambda: _logp(model, step.x, step.mask))
+        if step.train_rows.any():
+            m = step.mask & step.train_rows[:, None]
+            loss = (nats * m).sum() / m.sum()
+            loss.backward()
+            lora.adam_step(step.slots[step.train_rows], lr, beta2, weight_decay)
+            log.update(step.seen, scope="local")
+        model.zero_grad(set_to_none=True)
+
+
 def _global_phase(model: torch.nn.Module, opt: MomentumSGD, tokens: np.ndarray,
-                  scored: list[tuple[int, int]], seq_len: int, lr: float, log: EventLog,
-                  device: torch.device, lora: LoRA, step_tokens: int = 32_768) -> None:
-    """One epoch of SGD (momentum 0.9, clip 1.0, cosine LR) on the base weights over this rank's
-    scored documents, ~step_tokens per rank per step; ranks step in lock-step."""
-    seqs = [(s, min(s + seq_len, hi - 1)) for lo, hi in scored for s in range(lo, hi - 1, seq_len)]
-    per_step = max(1, step_tokens // seq_len)
-    groups = [seqs[i:i + per_step] for i in range(0, len(seqs), per_step)]
-    steps = torch.tensor([len(groups)], device=device)
-    n_steps = int(dist.all_reduce_max(steps).item())
+                  spans: list[tuple[int, int]], seq_len: int, batch_seqs: int, lr: float,
+                  log: EventLog, device: torch.device, lora: LoRA) -> int:
+    """One epoch of SGD (momentum 0.9, clip 1.0, cosine LR) on the base weights over the scored
+    documents `spans` (s, e) = targets s+1..e, in stream order; returns the number of steps."""
+    seqs = [(s, min(s + seq_len, e)) for lo, e in spans for s in range(lo, e, seq_len)]
+    n_steps = math.ceil(len(seqs) / batch_seqs)
     for p in opt.params:
         p.requires_grad_(True)
-    model.train()
-    for i in range(n_steps):
-        group = groups[i] if i < len(groups) else []
-        count = torch.tensor([float(sum(e - s for s, e in group))], device=device)
-        total = max(float(dist.all_reduce_sum(count).item()), 1.0)
-        for p in opt.params:
-            p.grad = torch.zeros_like(p)
-        for s, e in group:
-            seq = torch.from_numpy(tokens[s:e + 1].astype(np.int64)).to(device)
-            with autocast_ctx(device):
-                (model(seq[None, :-1], seq[None, 1:]).sum() / total).backward()
-        dist.all_reduce_grads(opt.params)
-        torch.nn.utils.clip_grad_norm_(opt.params, 1.0)
-        opt.step(lr * 0.5 * (1 + math.cos(math.pi * i / max(1, n_steps))))
-        log.update([(s, e + 1) for s, e in group])
+    steps = sgd_on_sequences(model, opt, tokens, seqs, batch_seqs,
+                             lambda i: lr * 0.5 * (1 + math.cos(math.pi * i / max(1, n_steps))),
+                             1.0, log, device)
     for p in opt.params:
-        p.grad = None
         p.requires_grad_(False)
     lora.clear_grads()
-    model.eval()
+    return steps

@@ -18,16 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from loopgolf import dist
-from loopgolf.data.luts import build_byte_luts
-from loopgolf.data.shards import check_vocab, list_shards
 from loopgolf.data.tokenizer import load_tokenizer
-from loopgolf.eval.bpb import evaluate_bpb, usable_tokens
+from loopgolf.data.valset import load_val_set
+from loopgolf.eval.bpb import usable_tokens
 from loopgolf.eval.events import EventLog
 from loopgolf.eval.mixture import evaluate_mixture
-from loopgolf.eval.sliding import evaluate_sliding, new_log
+from loopgolf.eval.sliding import evaluate_plain, evaluate_sliding, new_log
 from loopgolf.eval.ttt import ttt_lora, ttt_sgd
 from loopgolf.lab import legality
-from loopgolf.pipeline import load_val_tokens, model_from_artifact, resolve_device, write_json
+from loopgolf.pipeline import model_from_artifact, resolve_device, write_json
 
 EVAL_BUDGET_S = 600.0
 
@@ -55,9 +54,8 @@ def evaluate_suite(artifact: Path, val: str, tokenizer: str, device_kind: str = 
     model.eval()
     phases: dict[str, dict] = {"load": {"seconds": time.perf_counter() - t0}}
     sp = load_tokenizer(tokenizer)
-    luts = build_byte_luts(sp, cfg.model.vocab_size).to_torch(device)
-    check_vocab(list_shards(val), sp.get_piece_size())
-    tokens = load_val_tokens(val)
+    vs = load_val_set(val, tokenizer, cfg.model.vocab_size)
+    tokens = vs.tokens
     context = context or cfg.data.seq_len
     max_tok = cfg.eval.max_tokens if max_tokens is None else max_tokens
     n = usable_tokens(len(tokens), context, max_tok)
@@ -68,9 +66,9 @@ def evaluate_suite(artifact: Path, val: str, tokenizer: str, device_kind: str = 
     events_dir.mkdir(parents=True, exist_ok=True)
     checks: dict[str, dict] = {}
 
-    phases["plain"] = evaluate_bpb(model, tokens, luts, cfg.data.seq_len, batch_seqs, device, max_tok)
+    phases["plain"] = evaluate_plain(model, vs, cfg.data.seq_len, batch_seqs, device, max_tok)
     log = new_log("sliding", n)
-    phases["sliding"] = evaluate_sliding(model, tokens, luts, context, stride, batch_seqs, device,
+    phases["sliding"] = evaluate_sliding(model, vs, context, stride, batch_seqs, device,
                                          max_tok, log=log)
     checks["sliding_events"] = _check_logs(log, events_dir)
     positions = np.linspace(1, n - 1, min(sample_positions, n - 1)).astype(int)
@@ -78,22 +76,19 @@ def evaluate_suite(artifact: Path, val: str, tokenizer: str, device_kind: str = 
         legality.network_distribution(model, tokens, context, device), positions, cfg.model.vocab_size)
     if mixture:
         log = new_log("mixture", n)
-        res = evaluate_mixture(model, tokens, luts, context, stride, batch_seqs, device,
-                               max_tokens=max_tok, sample_positions=sample_positions, log=log)
-        snaps = res.pop("snapshots")
+        res = evaluate_mixture(model, vs, context, stride, batch_seqs, device,
+                               max_tokens=max_tok, log=log)
         phases["mixture"] = res
         checks["mixture_events"] = _check_logs(log, events_dir)
-        checks["mixture_normalized"] = legality.check_normalized(snaps.get, sorted(snaps),
-                                                                 cfg.model.vocab_size)
     if ttt:
         fresh = model_from_artifact(artifact, device)[0].eval()  # TTT adapts weights in place: a fresh copy
         log = new_log(f"ttt_{ttt}", n)
         if ttt == "sgd":
-            phases["ttt_sgd"] = ttt_sgd(fresh, tokens, luts, context, stride, device, ttt_chunk,
+            phases["ttt_sgd"] = ttt_sgd(fresh, vs, context, stride, device, ttt_chunk,
                                         lr=0.005 if ttt_lr is None else ttt_lr, epochs=ttt_epochs,
                                         batch_seqs=batch_seqs, max_tokens=max_tok, log=log)
         elif ttt == "lora":
-            phases["ttt_lora"] = ttt_lora(fresh, tokens, luts, device, context=context,
+            phases["ttt_lora"] = ttt_lora(fresh, vs, device, context=context,
                                           lr=1e-4 if ttt_lr is None else ttt_lr, max_tokens=max_tok,
                                           log=log)
         else:
