@@ -27,6 +27,8 @@ from loopgolf.config import ConfigError, RunConfig
 from loopgolf.data.atomic import atomic_write_text
 from loopgolf.data.loader import BatchLoader, TokenStream
 from loopgolf.data.shards import check_vocab, list_shards
+from loopgolf.data.tokenizer import load_tokenizer
+from loopgolf.data.valset import check_tokenizer, load_val_set
 from loopgolf.metrics import Logger, provenance
 from loopgolf.model.blocks import attention_backend
 from loopgolf.model.gpt import GPT
@@ -36,7 +38,7 @@ from loopgolf.train.loop import Trainer
 from loopgolf.train.progress import TrainProgress
 
 __all__ = ["ARTIFACT_NAME", "ArtifactWriteError", "evaluate_artifact", "model_from_artifact",
-           "resolve_device", "train_and_compress", "write_json", "load_val"]
+           "resolve_device", "train_and_compress", "write_json", "load_val", "check_train_shards"]
 
 ARTIFACT_NAME = "model.lgz"
 CHECKPOINT_DIR = "checkpoints"
@@ -60,35 +62,18 @@ def write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
 
 
-class _ValSet:
-    """Validation tokens and the byte tables of their tokenizer. TRANSITIONAL: replaced by
-    data/valset.py's ValSet when that lands."""
-
-    def __init__(self, pattern: str, tokenizer: str, vocab_size: int, device: torch.device):
-        from loopgolf.data.luts import build_byte_luts
-        from loopgolf.data.shards import load_shard
-        from loopgolf.data.tokenizer import load_tokenizer
-
-        sp = load_tokenizer(tokenizer)
-        self.luts = build_byte_luts(sp, vocab_size).to_torch(device)
-        self.vocab = sp.get_piece_size()
-        paths = list_shards(pattern)
-        check_vocab(paths, self.vocab)
-        parts = [np.asarray(load_shard(p)) for p in paths]
-        self.tokens = parts[0] if len(parts) == 1 else np.concatenate(parts)
+def load_val(pattern: str, tokenizer: str, vocab_size: int):
+    """The one validation preamble (data/valset.py): tokens checked against the tokenizer and its
+    manifest, with the bytes each target stands for."""
+    return load_val_set(pattern, tokenizer, vocab_size)
 
 
-def load_val(pattern: str, tokenizer: str, vocab_size: int, device: torch.device):
-    """The one validation preamble: tokens of `pattern`, checked against `tokenizer`, with byte counts."""
-    return _ValSet(pattern, tokenizer, vocab_size, device)
-
-
-def load_val_tokens(pattern: str) -> np.ndarray:
-    """TRANSITIONAL for lab/eval_suite.py until it takes a ValSet: the tokens of `pattern`."""
-    from loopgolf.data.shards import load_shard
-
-    parts = [np.asarray(load_shard(p)) for p in list_shards(pattern)]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+def check_train_shards(pattern: str, tokenizer: str) -> list:
+    """Training shards of `pattern`, made with `tokenizer` (manifest SHA-256, id range)."""
+    paths = list_shards(pattern)
+    check_tokenizer(paths, tokenizer)
+    check_vocab(paths, load_tokenizer(tokenizer).get_piece_size())
+    return paths
 
 
 # --- provenance ---------------------------------------------------------------------------------
@@ -151,9 +136,8 @@ def _run(cfg, run_dir, device, info, env, store, start, code_bytes) -> dict:
                device=str(device), world_size=info.world_size)
     logger.text("config " + json.dumps(cfg.to_dict(), sort_keys=True), console=False)
 
-    valset = load_val(cfg.data.val, cfg.data.tokenizer, cfg.model.vocab_size, device)
-    train_paths = list_shards(cfg.data.train)
-    check_vocab(train_paths, valset.vocab)  # ids must come from this tokenizer
+    valset = load_val(cfg.data.val, cfg.data.tokenizer, cfg.model.vocab_size)
+    train_paths = check_train_shards(cfg.data.train, cfg.data.tokenizer)
     model = GPT(cfg.model).to(device)
     logger.log("attention", backend=attention_backend(device.type))
     logger.log("model", params=model.num_params(), plan=" ".join(map(str, model.plan.schedule)),
@@ -206,17 +190,14 @@ def evaluate_artifact(artifact: Path, val: str, tokenizer: str, device_kind: str
                       batch_tokens: int = 0, max_tokens: int | None = None) -> dict:
     """Rebuild the model from the artifact alone and score it with its embedded recipe (cfg.eval);
     distributed when under torchrun. A non-finite score raises DegenerateModelError."""
-    from loopgolf.train.guards import check_finite_eval
-
     device = resolve_device(device_kind)
     dist.init(device.type)
     t0 = time.perf_counter()
     model, cfg = model_from_artifact(artifact, device)
     decompress_s = time.perf_counter() - t0
-    valset = load_val(val, tokenizer, cfg.model.vocab_size, device)
+    valset = load_val(val, tokenizer, cfg.model.vocab_size)
     res = phases.score(model, valset, cfg, device, recipe=True, max_tokens=max_tokens,
-                       batch_tokens=batch_tokens)
-    check_finite_eval(res, f"{artifact}: evaluation")
+                       batch_tokens=batch_tokens, what=f"{artifact}: evaluation")
     res["artifact_bytes"] = Path(artifact).stat().st_size
     res["decompress_seconds"] = round(decompress_s, 3)
     return res

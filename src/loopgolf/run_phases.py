@@ -30,10 +30,12 @@ from loopgolf.compress.gptq import collect_hessians, gptq_quantize_state, sample
 from loopgolf.config import QuantConfig, RunConfig
 from loopgolf.data.atomic import atomic_write_bytes
 from loopgolf.data.loader import BatchLoader
+from loopgolf.eval.bpb import NonFiniteScoreError
+from loopgolf.eval.recipe import evaluate as evaluate_recipe
 from loopgolf.metrics import Logger
 from loopgolf.model.gpt import GPT
 from loopgolf.train.checkpoint import CheckpointStore, CheckpointWriteError, save_checkpoint
-from loopgolf.train.guards import check_finite_eval
+from loopgolf.train.guards import DegenerateModelError, check_finite_eval
 from loopgolf.train.loop import Trainer
 
 
@@ -136,26 +138,33 @@ class UntilDeadline:
 
 
 # --- evaluate -----------------------------------------------------------------------------------
-def evaluate(ctx: RunContext, model: torch.nn.Module, key: str, recipe: bool, max_tokens: int | None = None) -> dict:
+def evaluate(ctx: RunContext, model: torch.nn.Module, key: str, recipe: bool,
+             max_tokens: int | None = None) -> dict:
     """Score `model` on the run's validation set: plain bpb (recipe=False) or the run's scoring
     recipe cfg.eval; timed into phases[key]; a non-finite score stops the run."""
     with ctx.timed(key):
-        res = score(model, ctx.valset, ctx.cfg, ctx.device, recipe=recipe, max_tokens=max_tokens)
-    return check_finite_eval(res, f"{ctx.run_dir}: {key.removesuffix('_s')}")
+        return score(model, ctx.valset, ctx.cfg, ctx.device, recipe=recipe, max_tokens=max_tokens,
+                     what=f"{ctx.run_dir}: {key.removesuffix('_s')}")
 
 
 def score(model: torch.nn.Module, valset, cfg: RunConfig, device: torch.device, recipe: bool = True,
-          max_tokens: int | None = None, batch_tokens: int = 0) -> dict:
-    """val_loss / val_bpb of `model`: the scoring recipe cfg.eval (eval/recipe.py) or plain bpb."""
-    from loopgolf.eval.bpb import evaluate_bpb
-
-    limit = cfg.eval.max_tokens if max_tokens is None else max_tokens
-    batch_seqs = max(1, (batch_tokens or cfg.eval.batch_tokens) // cfg.data.seq_len // dist.info().world_size)
-    res = evaluate_bpb(model, valset.tokens, valset.luts, cfg.data.seq_len,
-                       min(batch_seqs, 64) if recipe else cfg.train.micro_batch_seqs, device,
-                       max_tokens=limit)
-    res.setdefault("method", "plain")
-    return res
+          max_tokens: int | None = None, batch_tokens: int = 0, what: str = "evaluation") -> dict:
+    """val_loss / val_bpb of `model`: the scoring recipe cfg.eval (eval/recipe.py), or plain bpb in
+    training-sized batches (recipe=False: pre-quantization and periodic validation). A NaN or
+    infinite score raises DegenerateModelError naming `what`."""
+    ecfg = cfg.eval
+    if not recipe:
+        seqs = cfg.train.micro_batch_seqs * dist.info().world_size
+        ecfg = dataclasses.replace(ecfg, method="plain", context=0, batch_tokens=seqs * cfg.data.seq_len)
+    elif batch_tokens:
+        ecfg = dataclasses.replace(ecfg, batch_tokens=batch_tokens)
+    try:
+        res = evaluate_recipe(model, valset, ecfg, device, cfg.data.seq_len, max_tokens=max_tokens)
+    except NonFiniteScoreError as e:
+        raise DegenerateModelError(f"{what}: {e}; the model is broken (weights or logits not "
+                                   "finite): lower optim.matrix_lr / optim.tied_embed_lr or set "
+                                   "optim.grad_clip, then train again") from None
+    return check_finite_eval(res, what)
 
 
 # --- quantize, fit, pack, write -----------------------------------------------------------------

@@ -11,9 +11,9 @@ from pathlib import Path
 
 
 from loopgolf import dist
-from loopgolf.eval.bpb import evaluate_bpb
 from loopgolf.model.recurrence import plan_with_loops
 from loopgolf.pipeline import load_val, model_from_artifact, resolve_device
+from loopgolf.run_phases import score
 
 
 def depth_curve(artifact: Path, val: str, tokenizer: str, loops: list[int], device_kind: str = "auto",
@@ -21,12 +21,12 @@ def depth_curve(artifact: Path, val: str, tokenizer: str, loops: list[int], devi
     device = resolve_device(device_kind)
     dist.init(device.type)
     model, cfg = model_from_artifact(artifact, device)
-    valset = load_val(val, tokenizer, cfg.model.vocab_size, device)
+    valset = load_val(val, tokenizer, cfg.model.vocab_size)
     out = []
     for k in loops:
         spec = plan_with_loops(cfg.model.plan, k)
         model.set_eval_plan(spec)
-        res = evaluate_bpb(model, valset.tokens, valset.luts, cfg.data.seq_len, 32, device, max_tokens=max_tokens)
+        res = score(model, valset, cfg, device, max_tokens=max_tokens)  # the artifact's recipe
         res.update(loops=k, plan=spec, virtual_layers=model.plan.n_virtual,
                    trained=spec == cfg.model.plan)
         out.append(res)
