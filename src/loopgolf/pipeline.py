@@ -77,14 +77,13 @@ def check_train_shards(pattern: str, tokenizer: str) -> list:
 
 
 # --- provenance ---------------------------------------------------------------------------------
-def _record_attempt(run_dir: Path, cfg: RunConfig, env: dict, resume: bool, outcome: str) -> None:
-    """Append one line per start to attempts.jsonl; config.json / env.json are written only once."""
+def _record_attempt(run_dir: Path, **fields) -> None:
+    """Append one record to attempts.jsonl: a "start" per start (a killed run leaves just that one)
+    and an "end" with the outcome. config.json / env.json are written only by the first start."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    conf = cfg.to_json()
-    rec = {"time_utc": env["time_utc"], "argv": env["argv"], "resume": resume, "outcome": outcome,
-           "code_sha256": env["code_sha256"], "config_sha256": hashlib.sha256(conf.encode()).hexdigest()}
     with open(run_dir / ATTEMPTS_NAME, "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec, sort_keys=True) + "\n")
+        f.write(json.dumps({"time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields},
+                           sort_keys=True) + "\n")
 
 
 def _check_start(cfg: RunConfig, run_dir: Path, store: CheckpointStore, resume: bool):
@@ -112,15 +111,18 @@ def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False,
     run_dir = Path(run_dir)
     store = CheckpointStore(run_dir / CHECKPOINT_DIR)
     env = provenance()
+    if info.is_main:
+        _record_attempt(run_dir, event="start", resume=resume, argv=env["argv"], code_sha256=env["code_sha256"],
+                        config_sha256=hashlib.sha256(cfg.to_json().encode()).hexdigest())
     try:
         start = _check_start(cfg, run_dir, store, resume)
         result = _run(cfg, run_dir, device, info, env, store, start, code_bytes)
     except BaseException as e:
         if info.is_main:
-            _record_attempt(run_dir, cfg, env, resume, f"error: {type(e).__name__}: {e}"[:500])
+            _record_attempt(run_dir, event="end", outcome=f"error: {type(e).__name__}: {e}"[:500])
         raise
     if info.is_main:
-        _record_attempt(run_dir, cfg, env, resume, "trained")
+        _record_attempt(run_dir, event="end", outcome="trained")
     return result
 
 

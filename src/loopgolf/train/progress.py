@@ -6,6 +6,7 @@ file or in CI, there is no bar and the `train step:N loss:...` lines go to the c
 """
 from __future__ import annotations
 
+import shutil
 import sys
 
 _UNITS = 1000  # bar resolution: one unit = 0.1 % of the run
@@ -25,8 +26,11 @@ class TrainProgress:
         if self._bar is None:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=_UNITS, file=self.stream, desc="train", unit="‰", dynamic_ncols=True,
-                             bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
+            # a pty without a size reports 0 x 0, and tqdm then hides the bar: fall back to 100 x 20
+            size = shutil.get_terminal_size((100, 20))
+            self._bar = tqdm(total=_UNITS, file=self.stream, desc="train", unit="‰", ncols=size.columns,
+                             nrows=size.lines,
+                             bar_format="{desc} {percentage:3.0f}%|{bar}|{postfix} [{elapsed}<{remaining}]")
         target = min(_UNITS, int(frac * _UNITS))
         if target > self._done:
             self._bar.update(target - self._done)
