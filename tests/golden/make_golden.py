@@ -69,13 +69,14 @@ def preset_losses(name: str) -> dict:
         stage_losses = [forward_loss(model, x, y, s).item() for s in range(n_stages)]
     opts = build_optimizers(model, cfg.optim, cfg.model)
     losses = []
-    for _ in range(2):
+    for step in range(2):
         loss = forward_loss(model, x, y, n_stages - 1)
         losses.append(loss.item())
-        loss.backward()
-        for o in opts:
-            o.step()
-            o.zero_grad(set_to_none=True)
+        if step == 0:  # the loss after the second step is not recorded: skip its update
+            loss.backward()
+            for o in opts:
+                o.step()
+                o.zero_grad(set_to_none=True)
     return {"stage_losses": stage_losses, "step_losses": losses}
 
 

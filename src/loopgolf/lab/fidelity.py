@@ -1,0 +1,285 @@
+"""`loopgolf fidelity`: a published `train_gpt.py` and its loopgolf preset, side by side.
+
+Both run on the same shards with the same seed, global batch, sequence length and a fixed step
+count, with schedules keyed to that step total (the script with MAX_WALLCLOCK_SECONDS=0, loopgolf
+with train.budget_s=0), and the report gives the train loss at every step both logged, the mean
+|loss difference| over windows of steps, ms/step of each, and the artifact bytes and round-trip
+val_bpb of each. Running the published script with a second seed measures the seed-to-seed spread the
+difference is judged against (`--script-seeds 1337 42`).
+
+The published script is never stored in this repository: the user passes its path. It reads its
+data from DATA_PATH/fineweb_{train,val}_*.bin, so the shards are linked under those names in a
+staging folder. Scripts that import FlashAttention-3 (`flash_attn_interface`) where it is not
+installed get an SDPA stand-in module on PYTHONPATH (`--sdpa-standin`), and the report says so.
+Data order differs slightly: the challenge's loader reads `local_tokens + 1` tokens per micro-batch
+and loopgolf `batch_tokens + 1` per step, so the two runs see the same stream at offsets that drift
+by one token per micro-batch; the comparison is statistical, hence the measured spread.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from loopgolf.data.shards import list_shards
+
+_STEP = re.compile(r"step:\s*(\d+)(?:/\d+)?\b(.*)$")
+_TRAIN_LOSS = re.compile(r"train_loss:\s*([0-9.]+(?:e-?\d+)?)")
+_STEP_AVG = re.compile(r"step_avg:\s*([0-9.]+)ms")
+_ROUNDTRIP = re.compile(r"final_\w+?_roundtrip(_exact)?\s+val_loss:\s*([0-9.]+)\s+val_bpb:\s*([0-9.]+)")
+_TOTAL = re.compile(r"Total submission size[^:]*:\s*(\d+)\s*bytes")
+
+# The seed systems and the preset that reproduces each (README "Fidelity").
+PRESET_OF_PR = {29: "seed-universal-mqa", 927: "seed-recursive-4b", 21: "seed-lora-mtp",
+                1453: "seed-shared-3x4", 1290: "seed-loop45", 1493: "record-loop345"}
+
+SDPA_STANDIN = '''"""SDPA stand-in for FlashAttention-3's flash_attn_interface, written by `loopgolf fidelity`.
+q, k, v are (B, T, H, D) as FA3 takes them; GQA when k/v have fewer heads."""
+import torch
+import torch.nn.functional as F
+
+
+def flash_attn_func(q, k, v, softmax_scale=None, causal=False, *args, **kwargs):
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                       is_causal=causal, scale=softmax_scale,
+                                       enable_gqa=k.size(2) != q.size(2))
+    return y.transpose(1, 2)
+'''
+
+
+@dataclass
+class RunLog:
+    """What one run printed: train loss by step, mean ms/step, artifact bytes, round-trip bpb."""
+
+    train_loss: dict[int, float] = field(default_factory=dict)
+    ms_per_step: float | None = None
+    total_bytes: int | None = None
+    roundtrip_bpb: float | None = None
+    exit_code: int = 0
+    command: str = ""
+
+
+def parse_script_log(text: str) -> RunLog:
+    """Parse the challenge's log lines (`step:N/M train_loss:X ... step_avg:Sms`,
+    `Total submission size ...: N bytes`, `final_*_roundtrip[_exact] val_loss:.. val_bpb:..`)."""
+    out = RunLog()
+    exact_seen = False
+    for line in text.splitlines():
+        if (m := _STEP.search(line)) and (loss := _TRAIN_LOSS.search(m[2])):
+            out.train_loss[int(m[1])] = float(loss[1])
+            if avg := _STEP_AVG.search(m[2]):
+                out.ms_per_step = float(avg[1])
+        if m := _TOTAL.search(line):
+            out.total_bytes = int(m[1])
+        if (m := _ROUNDTRIP.search(line)) and (m[1] or not exact_seen):
+            out.roundtrip_bpb = float(m[3])  # the _exact line, when present, wins
+            exact_seen = exact_seen or bool(m[1])
+    return out
+
+
+def parse_run_dir(run_dir: Path) -> RunLog:
+    """A loopgolf run's train losses (metrics.jsonl) and its result.json figures."""
+    out = RunLog()
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            if rec.get("event") == "train" and "loss" in rec:
+                out.train_loss[int(rec["step"])] = float(rec["loss"])
+    result = run_dir / "result.json"
+    if result.is_file():
+        res = json.loads(result.read_text(encoding="utf-8"))
+        out.ms_per_step = res.get("ms_per_step")
+        out.total_bytes = res.get("total_bytes")
+        out.roundtrip_bpb = res.get("val_bpb", res.get("val_bpb_prequant"))
+    return out
+
+
+def stage_challenge_data(train: str, val: str, out: Path) -> Path:
+    """Link shards as DATA_PATH/fineweb_{train,val}_NNNNNN.bin, the names the published scripts glob."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("fineweb_*.bin"):
+        old.unlink()
+    for split, pattern in (("train", train), ("val", val)):
+        for i, path in enumerate(list_shards(pattern)):
+            (out / f"fineweb_{split}_{i:06d}.bin").symlink_to(Path(path).resolve())
+    return out
+
+
+def compare_curves(a: dict[int, float], b: dict[int, float], window: int) -> dict:
+    """Mean |a - b| over the steps both logged, overall and per window of `window` steps."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        return {"common_steps": 0, "mean_abs_diff": None, "windows": []}
+    diffs = {s: abs(a[s] - b[s]) for s in common}
+    windows = []
+    for lo in range(0, common[-1], window):
+        inside = [diffs[s] for s in common if lo < s <= lo + window]
+        if inside:
+            windows.append({"steps": f"{lo + 1}-{lo + window}", "n": len(inside),
+                            "mean_abs_diff": sum(inside) / len(inside)})
+    return {"common_steps": len(common), "mean_abs_diff": sum(diffs.values()) / len(diffs),
+            "windows": windows}
+
+
+def script_env(data_path: Path, tokenizer: str, seed: int, steps: int, batch_tokens: int, seq_len: int,
+               run_id: str, extra: dict[str, str]) -> dict[str, str]:
+    """The challenge scripts' environment knobs for a fixed-step, wall-clock-free run."""
+    env = {"DATA_PATH": str(data_path), "TOKENIZER_PATH": str(Path(tokenizer).resolve()), "SEED": str(seed),
+           "ITERATIONS": str(steps), "MAX_WALLCLOCK_SECONDS": "0", "TRAIN_BATCH_TOKENS": str(batch_tokens),
+           "TRAIN_SEQ_LEN": str(seq_len), "TRAIN_LOG_EVERY": "1", "VAL_LOSS_EVERY": "0", "RUN_ID": run_id}
+    env.update(extra)
+    return env
+
+
+def run_script(script: Path, env: dict[str, str], workdir: Path, log_path: Path, nproc: int = 1,
+               standin: Path | None = None, launcher: list[str] | None = None) -> RunLog:
+    """Run the published script (torchrun with nproc ranks by default) and parse what it printed."""
+    launcher = launcher or [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            f"--nproc_per_node={nproc}"]
+    cmd = [*launcher, str(Path(script).resolve())]
+    full_env = {**os.environ, **env}
+    if standin is not None:
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(standin), full_env.get("PYTHONPATH")]))
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", encoding="utf-8") as log:
+        code = subprocess.run(cmd, cwd=workdir, env=full_env, stdout=log, stderr=subprocess.STDOUT).returncode
+    out = parse_script_log(log_path.read_text(encoding="utf-8", errors="replace"))
+    out.exit_code = code
+    out.command = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + shlex.join(cmd)
+    return out
+
+
+def preset_command(preset: str, train: str, val: str, tokenizer: str, seed: int, steps: int,
+                   batch_tokens: int, seq_len: int, run_dir: Path, sets: list[str]) -> list[str]:
+    """`loopgolf train` for the preset in step-count mode on the same data, seed and batch."""
+    fixed = [f"data.train={train}", f"data.val={val}", f"data.tokenizer={tokenizer}",
+             f"train.seed={seed}", f"train.max_steps={steps}", "train.budget_s=0",
+             f"train.batch_tokens={batch_tokens}", f"data.seq_len={seq_len}", "train.log_every=1",
+             *sets]
+    return [sys.executable, "-m", "loopgolf", "train", "--preset", preset,
+            *sum((["--set", s] for s in fixed), []), "--run-dir", str(run_dir)]
+
+
+def run_preset(cmd: list[str], run_dir: Path, log_path: Path) -> RunLog:
+    with open(log_path, "w", encoding="utf-8") as log:
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    out = parse_run_dir(run_dir)
+    out.exit_code = code
+    out.command = shlex.join(cmd)
+    return out
+
+
+def fidelity_report(script_runs: list[RunLog], preset_run: RunLog, window: int, standin: bool) -> dict:
+    """Side-by-side curves: the preset against the first script seed, and the script's own spread."""
+    ref = script_runs[0]
+    report = {"window": window, "sdpa_standin": standin,
+              "script": [asdict(r) for r in script_runs], "preset": asdict(preset_run),
+              "preset_vs_script": compare_curves(preset_run.train_loss, ref.train_loss, window)}
+    if len(script_runs) > 1:
+        report["script_seed_spread"] = compare_curves(script_runs[1].train_loss, ref.train_loss, window)
+    if preset_run.ms_per_step and ref.ms_per_step:
+        report["ms_per_step_ratio"] = preset_run.ms_per_step / ref.ms_per_step
+    return report
+
+
+def _curve(run: dict) -> dict[int, float]:
+    return {int(k): float(v) for k, v in run["train_loss"].items()}  # JSON keys are strings
+
+
+def format_report(report: dict) -> str:
+    ref, lg = report["script"][0], report["preset"]
+    ref_c, lg_c = _curve(ref), _curve(lg)
+    steps = sorted(set(ref_c) & set(lg_c))
+    lines = [f"{'step':>6} {'script':>9} {'loopgolf':>9} {'|diff|':>8}"]
+    shown = steps if len(steps) <= 25 else steps[:: max(1, len(steps) // 25)] + [steps[-1]]
+    for s in sorted(set(shown)):
+        a, b = ref_c[s], lg_c[s]
+        lines.append(f"{s:>6} {a:>9.4f} {b:>9.4f} {abs(a - b):>8.4f}")
+    cmp = report["preset_vs_script"]
+    if cmp["mean_abs_diff"] is not None:
+        lines.append(f"mean |diff| over {cmp['common_steps']} steps: {cmp['mean_abs_diff']:.4f}")
+    if (spread := report.get("script_seed_spread")) and spread["mean_abs_diff"] is not None:
+        lines.append(f"script seed-to-seed mean |diff|: {spread['mean_abs_diff']:.4f}")
+    for name, r in (("script", ref), ("loopgolf", lg)):
+        lines.append(f"{name}: ms/step {r['ms_per_step']}, total bytes {r['total_bytes']}, "
+                     f"round-trip val_bpb {r['roundtrip_bpb']}, exit {r['exit_code']}")
+    if report["sdpa_standin"]:
+        lines.append("note: the script's flash_attn_interface was an SDPA stand-in")
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, r in enumerate(report["script"]):
+        c = _curve(r)
+        ax.plot(sorted(c), [c[s] for s in sorted(c)], label=f"published script (seed run {i + 1})", lw=1)
+    c = _curve(report["preset"])
+    ax.plot(sorted(c), [c[s] for s in sorted(c)], label="loopgolf preset", lw=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss (nats)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def cmd_fidelity(args) -> int:
+    out = Path(args.out)
+    data = stage_challenge_data(args.train, args.val, out / "challenge_data")
+    standin = None
+    if args.sdpa_standin:
+        standin = out / "standin"
+        standin.mkdir(parents=True, exist_ok=True)
+        (standin / "flash_attn_interface.py").write_text(SDPA_STANDIN)
+    extra = dict(kv.split("=", 1) for kv in args.script_env)
+    script_runs = []
+    for seed in args.script_seeds:
+        env = script_env(data, args.tokenizer, seed, args.steps, args.batch_tokens, args.seq_len,
+                         f"fidelity_seed{seed}", extra)
+        script_runs.append(run_script(Path(args.script), env, out / f"script_seed{seed}",
+                                      out / f"script_seed{seed}.log", args.nproc, standin))
+    cmd = preset_command(args.preset, args.train, args.val, args.tokenizer, args.script_seeds[0], args.steps,
+                         args.batch_tokens, args.seq_len, out / "preset_run", args.set)
+    preset_run = run_preset(cmd, out / "preset_run", out / "preset.log")
+    report = fidelity_report(script_runs, preset_run, args.window, standin is not None)
+    (out / "fidelity.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    if args.png:
+        plot_report(report, Path(args.png))
+    print(format_report(report), flush=True)
+    failed = [r for r in (*script_runs, preset_run) if r.exit_code]
+    return 2 if failed else 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("fidelity", help="a published train_gpt.py vs its preset: loss curves side by side")
+    p.add_argument("--script", required=True, help="path of the published train_gpt.py (not stored here)")
+    p.add_argument("--preset", required=True, help=f"matching preset, e.g. {PRESET_OF_PR}")
+    p.add_argument("--train", required=True, help="glob of training shards")
+    p.add_argument("--val", required=True, help="glob of validation shards")
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-tokens", type=int, default=524_288)
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--script-seeds", type=int, nargs="+", default=[1337, 42],
+                   help="seeds of the published script; the second measures the seed spread")
+    p.add_argument("--script-env", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra environment for the script (its own knobs)")
+    p.add_argument("--set", action="append", default=[], help="extra --set for the preset")
+    p.add_argument("--nproc", type=int, default=1)
+    p.add_argument("--window", type=int, default=50)
+    p.add_argument("--sdpa-standin", action="store_true",
+                   help="give the script an SDPA flash_attn_interface (logged in the report)")
+    p.add_argument("--png", default="")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_fidelity)

@@ -1,0 +1,55 @@
+"""The token stream wraps around its shards in order, and a step's sequences are the same for any
+world size and micro-batch split (so resuming and scaling out change nothing)."""
+import numpy as np
+import pytest
+import torch
+
+from loopgolf.data.loader import BatchLoader, TokenStream, rank_slice
+from loopgolf.data.shards import write_shard
+
+
+@pytest.fixture
+def two_shards(tmp_path):
+    a, b = np.arange(0, 10, dtype=np.uint16), np.arange(100, 107, dtype=np.uint16)
+    pa, pb = tmp_path / "s_train_000000.bin", tmp_path / "s_train_000001.bin"
+    write_shard(pa, a)
+    write_shard(pb, b)
+    return [pa, pb], np.concatenate([a, b]).astype(np.int64)
+
+
+def test_stream_reads_across_shards_and_wraps(two_shards):
+    paths, tokens = two_shards
+    s = TokenStream(paths)
+    assert s.total == 17
+    got = np.concatenate([s.take(6), s.take(6), s.take(10)])
+    np.testing.assert_array_equal(got, np.concatenate([tokens, tokens[:5]]))
+    assert s.position == 22
+
+
+def test_stream_refuses_empty_input():
+    with pytest.raises(ValueError, match="at least one shard"):
+        TokenStream([])
+
+
+def test_rank_slices_partition_the_sequences():
+    for n in (1, 5, 8, 13):
+        for world in (1, 2, 3, 8):
+            cuts = [rank_slice(n, r, world) for r in range(world)]
+            assert cuts[0][0] == 0 and cuts[-1][1] == n
+            assert all(cuts[i][1] == cuts[i + 1][0] for i in range(world - 1))
+
+
+@pytest.mark.parametrize("world,micro", [(1, 4), (2, 1), (3, 2)])
+def test_a_step_is_the_same_data_for_any_split(two_shards, world, micro):
+    paths, tokens = two_shards
+    seq, batch_tokens = 2, 6  # 3 sequences per step, 7 tokens read (targets overlap by one)
+    x_parts, y_parts = [], []
+    for rank in range(world):
+        loader = BatchLoader(TokenStream(paths), seq, batch_tokens, micro, rank, world, torch.device("cpu"))
+        for x, y in loader.next_step():
+            assert x.size(0) <= micro
+            x_parts.append(x)
+            y_parts.append(y)
+    x, y = torch.cat(x_parts), torch.cat(y_parts)
+    np.testing.assert_array_equal(x.flatten().numpy(), tokens[:6])
+    np.testing.assert_array_equal(y.flatten().numpy(), tokens[1:7])
