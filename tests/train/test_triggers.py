@@ -14,7 +14,7 @@ def test_checkpoint_policy_defaults_on_only_for_long_budgets():
     assert checkpoint_policy(_cfg("train.budget_s=60")) == (0, 0.0)  # a minute: not worth it
     assert checkpoint_policy(_cfg("train.budget_s=0")) == (0, 0.0)
     assert checkpoint_policy(_cfg("train.checkpoint_every=5")) == (5, 0.0)
-    assert checkpoint_policy(_cfg("train.budget_s=600", "train.checkpoint_every=0")) == (0, 0.0)
+    assert checkpoint_policy(_cfg("train.budget_s=600", "train.checkpoint_auto=false")) == (0, 0.0)
 
 
 def test_checkpoint_slots_grow_every_tenth_of_the_run_or_every_n_steps():
@@ -23,7 +23,7 @@ def test_checkpoint_slots_grow_every_tenth_of_the_run_or_every_n_steps():
     assert slots == [s // 10 for s in range(0, 101, 5)]
     table = TriggerTable(_cfg("train.checkpoint_every=4"))
     assert [table.at(Progress(s, 0.0, 0.0)).checkpoint_slot for s in range(9)] == [0, 0, 0, 0, 1, 1, 1, 1, 2]
-    assert TriggerTable(_cfg("train.checkpoint_every=0")).at(Progress(3, 0, 0)).checkpoint_slot == -1
+    assert TriggerTable(_cfg("train.checkpoint_auto=false")).at(Progress(3, 0, 0)).checkpoint_slot == -1
 
 
 def test_stage_qat_and_schedules_come_from_one_row():

@@ -9,8 +9,9 @@ the config; `table.at(progress)` returns a frozen `Triggers` row with every deci
 - the LR multiplier and Muon momentum (train/schedule.py),
 - the expected total steps (budget / mean step time, capped at max_steps) that sets the EMA time
   constant, and whether the averaging window (EMA, or SWA from optim.swa_start_frac) is open,
-- the checkpoint slot (train.checkpoint_every: N steps, or every CHECKPOINT_AUTO_FRAC of the run
-  when the budget is longer than CHECKPOINT_AUTO_MIN_S; 0 = off): a checkpoint is due when it grows.
+- the checkpoint slot (train.checkpoint_every: N steps; else, with train.checkpoint_auto, every
+  CHECKPOINT_AUTO_FRAC of the run when the budget is longer than CHECKPOINT_AUTO_MIN_S): a
+  checkpoint is due when it grows.
 
 The calibration reserve (quant.gptq_reserve_s, GPTQ on training batches) is taken off the budget
 here, so the loop stops in time for calibration to finish inside the training budget.
@@ -26,7 +27,7 @@ from loopgolf.config import RunConfig
 from loopgolf.model.recurrence import stage_index
 from loopgolf.train.schedule import Progress, lr_multiplier, momentum_at, progress_fraction
 
-CHECKPOINT_AUTO_MIN_S = 180.0  # budgets longer than this checkpoint by default (train.checkpoint_every=-1)
+CHECKPOINT_AUTO_MIN_S = 180.0  # budgets longer than this checkpoint by default (train.checkpoint_auto)
 CHECKPOINT_AUTO_FRAC = 0.1  # ... every 10 % of the run
 
 
@@ -83,12 +84,12 @@ class TriggerTable:
 
 
 def checkpoint_policy(cfg: RunConfig) -> tuple[int, float]:
-    """(every N steps, every fraction of the run): train.checkpoint_every > 0 is a step count,
-    0 is off, -1 (the default) is every 10 % of the run when the budget is over a few minutes."""
+    """(every N steps, every fraction of the run): train.checkpoint_every > 0 is a step count; else
+    train.checkpoint_auto (the default) checkpoints every 10 % of runs over a few minutes."""
     every = cfg.train.checkpoint_every
     if every > 0:
         return every, 0.0
-    if every < 0 and cfg.train.budget_s > CHECKPOINT_AUTO_MIN_S:
+    if cfg.train.checkpoint_auto and cfg.train.budget_s > CHECKPOINT_AUTO_MIN_S:
         return 0, CHECKPOINT_AUTO_FRAC
     return 0, 0.0
 
