@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import tempfile
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from loopgolf.eval.bpb import NonFiniteScoreError
 from loopgolf.eval.recipe import evaluate as evaluate_recipe
 from loopgolf.metrics import Logger
 from loopgolf.model.gpt import GPT
-from loopgolf.train.checkpoint import CheckpointStore, CheckpointWriteError, save_checkpoint
+from loopgolf.train.checkpoint import CheckpointStore, CheckpointWriteError
 from loopgolf.train.guards import DegenerateModelError, check_finite_eval
 from loopgolf.train.loop import Trainer
 
@@ -228,15 +227,15 @@ def write_artifact(ctx: RunContext, path: Path, blob: bytes, trainer: Trainer, s
         kept = keep_weights(trainer, store)
         raise ArtifactWriteError(
             f"{path}: cannot write the artifact ({why}); files already there are unchanged; "
-            + (f"the trained weights are in {kept}: free space (or move {kept} into "
-               f"{store.folder}/ of a run folder on another disk) and rerun with --resume to write it"
+            + (f"the trained weights are in {kept}: free space (moving it into {store.folder}/ if it "
+               "is elsewhere) and rerun with --resume to write the artifact"
                if kept else "the trained weights could not be saved anywhere: free space and train again"))
     return inspect_artifact(blob, str(path))
 
 
 def keep_weights(trainer: Trainer, store: CheckpointStore) -> Path | None:
     """The finished-training checkpoint: the one the trainer wrote, else a new one in the run's
-    checkpoint folder, else in the temporary directory. None if nothing could be written."""
+    checkpoint folder, else a rescue file in the temporary directory. None if nothing was written."""
     latest = store.latest()
     if latest is not None and trainer.checkpoints is not None:
         return latest  # written at the end of the loop: resuming from it goes straight to compression
@@ -244,12 +243,7 @@ def keep_weights(trainer: Trainer, store: CheckpointStore) -> Path | None:
     try:
         return store.save(state, trainer.step)
     except CheckpointWriteError:
-        pass
-    rescue = Path(tempfile.gettempdir()) / f"loopgolf-{trainer.cfg.name}-{store.path_for(trainer.step).name}"
-    try:
-        return save_checkpoint(rescue, state)
-    except OSError:
-        return None
+        return store.rescue(state, trainer.step)
 
 
 # --- reload -------------------------------------------------------------------------------------

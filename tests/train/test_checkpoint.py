@@ -36,9 +36,29 @@ def test_full_disk_keeps_previous_checkpoints(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(ckmod, "atomic_write_bytes", full)
     with pytest.raises(CheckpointWriteError, match=r"checkpoint-00000020.pt: cannot write the checkpoint "
-                       r"\(the disk is full\); the previous checkpoint .*checkpoint-00000010.pt is intact"):
+                       r"\(the disk is full\); the previous checkpoint .*checkpoint-00000010.pt is intact; "
+                       r"free space and rerun with --resume") as info:  # the temporary dir is full too
         store.save(_payload(20), 20)
+    assert "saved to" not in str(info.value)
     assert store.paths() == [store.path_for(10)] and store.path_for(10).read_bytes() == before
+
+
+def test_full_run_disk_rescues_the_weights_elsewhere(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path / "run" / "ck")
+    real = ckmod.atomic_write_bytes
+
+    def run_disk_full(path, data):
+        if (tmp_path / "run") in path.parents:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+    monkeypatch.setattr(ckmod, "atomic_write_bytes", run_disk_full)
+    monkeypatch.setattr(ckmod.tempfile, "gettempdir", lambda: str(tmp_path / "other_disk"))
+    with pytest.raises(CheckpointWriteError, match=r"no earlier checkpoint exists; the current weights "
+                       r"were saved to .*other_disk/loopgolf-rescue-\w+/checkpoint-00000007.pt: free space, "
+                       r"move it into .*/ck/ and rerun with --resume"):
+        store.save(_payload(7), 7)
+    (rescued,) = (tmp_path / "other_disk").rglob("checkpoint-00000007.pt")
+    assert load_checkpoint(rescued)["step"] == 7 and store.paths() == []
 
 
 def test_resume_refuses_shape_changes_and_allows_budget_changes(tmp_path):

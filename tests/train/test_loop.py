@@ -138,3 +138,36 @@ def test_qat_changes_training_and_resume_with_qat_matches(tiny_shards, tmp_path)
     resumed = _interrupted_then_resumed(tiny_shards, tmp_path / "b", ckpt_every=6, die_at=7, extra=QAT)
     for pa, pb in zip(straight.raw_model.parameters(), resumed.raw_model.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_nan_error_names_the_checkpoint_only_when_one_exists(tiny_shards, tmp_path):
+    tr = _trainer(tiny_shards, tmp_path, steps=8, ckpt_every=2)
+    real = tr.model
+    tr.model = lambda x, y, stage=-1: real(x, y, stage=stage) * (float("nan") if tr.step >= 3 else 1.0)
+    with pytest.raises(TrainingDiverged, match=r"step 4: training loss is nan.*the last checkpoint "
+                       r".*checkpoints/checkpoint-00000002.pt was written before it"):
+        tr.run()
+
+
+def test_checkpoint_holds_averages_and_resume_matches_with_ema(tiny_shards, tmp_path):
+    ema = ("optim.ema_horizon_frac=0.3",)
+    straight = _trainer(tiny_shards, tmp_path / "a", steps=8, extra=ema)
+    straight.run()
+    resumed = _interrupted_then_resumed(tiny_shards, tmp_path / "b", ckpt_every=3, die_at=7, extra=ema)
+    assert resumed.average.count == straight.average.count == 8
+    for pa, pb in zip(straight.raw_model.parameters(), resumed.raw_model.parameters()):
+        assert torch.equal(pa, pb)  # the averaged weights, bit for bit
+
+
+def test_trainer_passes_the_stage_and_never_writes_it(tiny_shards, tmp_path):
+    tr = _trainer(tiny_shards, tmp_path, steps=8, extra=("model.plan_stages=1+1x1+1@0.5",))
+    seen = []
+    real = tr.model
+
+    def spy(x, y, stage=-1):
+        seen.append(stage)
+        return real(x, y, stage=stage)
+    tr.model = spy
+    tr.run()
+    assert seen[0] == 0 and seen[-1] == 1 and sorted(set(seen)) == [0, 1]
+    assert len([s for s in seen if s == 0]) == 4 * 4  # 4 steps x 4 micro-batches of the first stage

@@ -10,7 +10,9 @@ data/atomic.py, so a crash or a full disk leaves the previous checkpoints intact
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
+import tempfile
 import json
 import re
 from pathlib import Path
@@ -76,19 +78,34 @@ class CheckpointStore:
         return self.folder / f"checkpoint-{step:08d}.pt"
 
     def save(self, payload: dict, step: int) -> Path:
+        """Write checkpoint `step`, then drop all but the newest `keep`. If it cannot be written,
+        the previous ones stay and the weights go to a rescue file in the temporary directory
+        (another file system, usually); CheckpointWriteError says where and how to resume."""
         path = self.path_for(step)
         try:
             save_checkpoint(path, payload)
         except OSError as e:
             prev = self.latest()
             why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            rescue = self.rescue(payload, step)
+            kept = (f"the current weights were saved to {rescue}: free space, move it into {self.folder}/ "
+                    "and rerun with --resume" if rescue else "free space and rerun with --resume")
             raise CheckpointWriteError(
                 f"{path}: cannot write the checkpoint ({why}); "
                 f"{'the previous checkpoint ' + str(prev) + ' is intact' if prev else 'no earlier checkpoint exists'}"
-                f"; free space and rerun with --resume") from None
+                f"; {kept}") from None
         for old in self.paths()[:-self.keep]:
             old.unlink(missing_ok=True)
         return path
+
+    def rescue(self, payload: dict, step: int) -> Path | None:
+        """`payload` written outside the run folder (the temporary directory); None if that fails too."""
+        tag = hashlib.sha256(str(self.folder.resolve()).encode()).hexdigest()[:12]
+        path = Path(tempfile.gettempdir()) / f"loopgolf-rescue-{tag}" / self.path_for(step).name
+        try:
+            return save_checkpoint(path, payload)
+        except OSError:
+            return None
 
     def load_latest(self, map_location="cpu") -> tuple[dict, Path]:
         path = self.latest()
