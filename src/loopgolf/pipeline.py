@@ -22,20 +22,14 @@ import torch
 
 from loopgolf import dist, run_phases as phases
 from loopgolf.compress import budget
-from loopgolf.compress.budget import budget_report, format_budget
 from loopgolf.config import ConfigError, RunConfig
 from loopgolf.data.atomic import atomic_write_text
-from loopgolf.data.loader import BatchLoader, TokenStream
 from loopgolf.data.shards import check_vocab, list_shards
 from loopgolf.data.tokenizer import load_tokenizer
 from loopgolf.data.valset import check_tokenizer, load_val_set
 from loopgolf.metrics import Logger, provenance
-from loopgolf.model.blocks import attention_backend
-from loopgolf.model.gpt import GPT
 from loopgolf.run_phases import ArtifactWriteError, RunContext, model_from_artifact
 from loopgolf.train.checkpoint import CheckpointError, CheckpointStore, check_resumable
-from loopgolf.train.loop import Trainer
-from loopgolf.train.progress import TrainProgress
 
 __all__ = ["ARTIFACT_NAME", "ArtifactWriteError", "evaluate_artifact", "model_from_artifact",
            "resolve_device", "train_and_compress", "write_json", "load_val", "check_train_shards"]
@@ -129,6 +123,32 @@ def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False,
 def _run(cfg, run_dir, device, info, env, store, start, code_bytes) -> dict:
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
+    ctx = _open_run(cfg, run_dir, device, info, env)
+    trainer = phases.build_trainer(ctx, check_train_shards(cfg.data.train, cfg.data.tokenizer), store)
+    if start is not None:
+        trainer.resume(*start)
+    result = phases.train(ctx, trainer)
+    hessians = phases.calibrate(ctx, trainer.raw_model, trainer.loader, result)
+    pre = phases.evaluate(ctx, trainer.raw_model, "prequant_eval_s", recipe=False)  # eager: no recompiles
+    ctx.logger.log("prequant", val_loss=pre["val_loss"], val_bpb=pre["val_bpb"],
+                   eval_s=ctx.phases["prequant_eval_s"])
+    result.update(val_loss_prequant=pre["val_loss"], val_bpb_prequant=pre["val_bpb"],
+                  params=trainer.raw_model.num_params())
+    if info.is_main:
+        code = budget.code_bytes() if code_bytes is None else int(code_bytes)
+        path = run_dir / ARTIFACT_NAME
+        sizes = phases.ship(ctx, trainer, hessians, code, path, store, result)
+        result.update(artifact=str(path), artifact_bytes=sizes["model_bytes"],
+                      code_bytes=sizes["code_bytes"], total_bytes=sizes["total_bytes"],
+                      fits_budget=sizes["fits"], phases=ctx.phases)
+        write_json(run_dir / "result.json", {"name": cfg.name, **result})
+    dist.barrier()
+    ctx.logger.close()
+    return result
+
+
+def _open_run(cfg, run_dir, device, info, env) -> RunContext:
+    """Provenance files (first start only), the logger and the validation set."""
     if info.is_main:
         for name, obj in (("config.json", cfg.to_dict()), ("env.json", env)):
             if not (run_dir / name).exists():  # provenance of the first start is never overwritten
@@ -137,55 +157,8 @@ def _run(cfg, run_dir, device, info, env, store, start, code_bytes) -> dict:
     logger.log("run", name=cfg.name, code_sha256=env["code_sha256"][:16], torch=env["torch"],
                device=str(device), world_size=info.world_size)
     logger.text("config " + json.dumps(cfg.to_dict(), sort_keys=True), console=False)
-
     valset = load_val(cfg.data.val, cfg.data.tokenizer, cfg.model.vocab_size)
-    train_paths = check_train_shards(cfg.data.train, cfg.data.tokenizer)
-    model = GPT(cfg.model).to(device)
-    logger.log("attention", backend=attention_backend(device.type))
-    logger.log("model", params=model.num_params(), plan=" ".join(map(str, model.plan.schedule)),
-               blocks=model.plan.n_blocks, virtual_layers=model.plan.n_virtual)
-    loader = BatchLoader(TokenStream(train_paths), cfg.data.seq_len, cfg.train.batch_tokens,
-                         cfg.train.micro_batch_seqs, info.rank, info.world_size, device)
-    ctx = RunContext(cfg, run_dir, device, info, logger, valset, env)
-
-    def val_fn(m: torch.nn.Module, max_tokens: int) -> dict:  # periodic validation: plain bpb
-        return phases.score(m, valset, cfg, device, recipe=False, max_tokens=max_tokens)
-
-    trainer = Trainer(cfg, model, loader, device, logger, checkpoints=store, val_fn=val_fn,
-                      progress=TrainProgress(enabled=None if info.is_main else False))
-    if start is not None:
-        trainer.resume(*start)
-    result = phases.train(ctx, trainer)
-    hessians = phases.calibrate(ctx, model, loader, result)
-    pre = phases.evaluate(ctx, model, "prequant_eval_s", recipe=False)  # eager model: no recompiles
-    logger.log("prequant", val_loss=pre["val_loss"], val_bpb=pre["val_bpb"], eval_s=ctx.phases["prequant_eval_s"])
-    result.update(val_loss_prequant=pre["val_loss"], val_bpb_prequant=pre["val_bpb"], params=model.num_params())
-    if info.is_main:
-        state = _shipped_state(model)
-        code = budget.code_bytes() if code_bytes is None else int(code_bytes)
-        path = run_dir / ARTIFACT_NAME
-        blob = phases.fit(ctx, state, hessians, code, result)
-        if blob is None:
-            blob = phases.pack_artifact(ctx, state, phases.quantize(ctx, state, hessians))
-        report = phases.write_artifact(ctx, path, blob, trainer, store)
-        sizes = budget_report(report.total_bytes, code)
-        logger.text(report.format_table())
-        logger.log("artifact", path=str(path), **sizes)
-        logger.text(format_budget(sizes))
-        result.update(artifact=str(path), artifact_bytes=sizes["model_bytes"],
-                      code_bytes=sizes["code_bytes"], total_bytes=sizes["total_bytes"],
-                      fits_budget=sizes["fits"], phases=ctx.phases)
-        write_json(run_dir / "result.json", {"name": cfg.name, **result})
-    dist.barrier()
-    logger.close()
-    return result
-
-
-def _shipped_state(model: GPT) -> dict[str, torch.Tensor]:
-    if hasattr(model, "shipped_state"):
-        return model.shipped_state()
-    # TRANSITIONAL until GPT.shipped_state lands: MTP heads are training-only
-    return {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("mtp_heads.")}
+    return RunContext(cfg, run_dir, device, info, logger, valset, env)
 
 
 def evaluate_artifact(artifact: Path, val: str, tokenizer: str, device_kind: str = "auto",

@@ -28,14 +28,17 @@ from loopgolf.compress.fit_gptq import fit_gptq
 from loopgolf.compress.gptq import collect_hessians, gptq_quantize_state, sample_calibration
 from loopgolf.config import QuantConfig, RunConfig
 from loopgolf.data.atomic import atomic_write_bytes
-from loopgolf.data.loader import BatchLoader
+from loopgolf.compress.budget import budget_report, format_budget
+from loopgolf.data.loader import BatchLoader, TokenStream
 from loopgolf.eval.bpb import NonFiniteScoreError
 from loopgolf.eval.recipe import evaluate as evaluate_recipe
 from loopgolf.metrics import Logger
+from loopgolf.model.blocks import attention_backend
 from loopgolf.model.gpt import GPT
 from loopgolf.train.checkpoint import CheckpointStore, CheckpointWriteError
 from loopgolf.train.guards import DegenerateModelError, check_finite_eval
 from loopgolf.train.loop import Trainer
+from loopgolf.train.progress import TrainProgress
 
 
 class ArtifactWriteError(RuntimeError):
@@ -64,7 +67,24 @@ class RunContext:
         self.phases[key] = round(time.perf_counter() - t0, 2)
 
 
-# --- train --------------------------------------------------------------------------------------
+# --- build and train --------------------------------------------------------------------------------------
+def build_trainer(ctx: RunContext, train_paths: list, store: CheckpointStore) -> Trainer:
+    """The model, its batch loader and the trainer (periodic validation = plain bpb)."""
+    cfg, device, info, logger = ctx.cfg, ctx.device, ctx.info, ctx.logger
+    model = GPT(cfg.model).to(device)
+    logger.log("attention", backend=attention_backend(device.type))
+    logger.log("model", params=model.num_params(), plan=" ".join(map(str, model.plan.schedule)),
+               blocks=model.plan.n_blocks, virtual_layers=model.plan.n_virtual)
+    loader = BatchLoader(TokenStream(train_paths), cfg.data.seq_len, cfg.train.batch_tokens,
+                         cfg.train.micro_batch_seqs, info.rank, info.world_size, device)
+
+    def val_fn(m: torch.nn.Module, max_tokens: int) -> dict:
+        return score(m, ctx.valset, cfg, device, recipe=False, max_tokens=max_tokens)
+
+    return Trainer(cfg, model, loader, device, logger, checkpoints=store, val_fn=val_fn,
+                   progress=TrainProgress(enabled=None if info.is_main else False))
+
+
 def train(ctx: RunContext, trainer: Trainer) -> dict:
     with ctx.timed("compile_warmup_s"):
         warm_s = trainer.warmup()
@@ -167,6 +187,29 @@ def score(model: torch.nn.Module, valset, cfg: RunConfig, device: torch.device, 
 
 
 # --- quantize, fit, pack, write -----------------------------------------------------------------
+def ship(ctx: RunContext, trainer: Trainer, hessians, code: int, path: Path, store: CheckpointStore,
+         result: dict) -> dict:
+    """fit | quantize + pack, then write the artifact; returns the budget report (rank 0 only)."""
+    state = shipped_state(trainer.raw_model)
+    blob = fit(ctx, state, hessians, code, result)
+    if blob is None:
+        blob = pack_artifact(ctx, state, quantize(ctx, state, hessians))
+    report = write_artifact(ctx, path, blob, trainer, store)
+    sizes = budget_report(report.total_bytes, code)
+    ctx.logger.text(report.format_table())
+    ctx.logger.log("artifact", path=str(path), **sizes)
+    ctx.logger.text(format_budget(sizes))
+    return sizes
+
+
+def shipped_state(model: GPT) -> dict[str, torch.Tensor]:
+    """What ships: detached CPU tensors without training-only parameters (GPT.shipped_state)."""
+    if hasattr(model, "shipped_state"):
+        return model.shipped_state()
+    # TRANSITIONAL until GPT.shipped_state lands: MTP heads are training-only
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("mtp_heads.")}
+
+
 def shipped_meta(ctx: RunContext, qcfg: QuantConfig) -> dict:
     """The artifact's embedded metadata: the shipped config (training-only parts off, the quant
     knobs actually used) and the code fingerprint."""
