@@ -67,4 +67,4 @@ def test_scaled_down_preset_trains(name, tiny_shards, tmp_path):
     res = tr.run()
     assert res["steps"] == 6 and all(l == l for l in losses)  # finite
     assert losses[-1] < losses[0]
-    assert model.stage == len(model.stages) - 1  # ends on the final plan
+    assert tr.stage == len(model.stages) - 1  # ends on the final plan

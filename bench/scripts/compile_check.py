@@ -12,9 +12,7 @@ import torch.nn.functional as F
 
 from loopgolf.config import ModelConfig
 from loopgolf.model import blocks
-from loopgolf.model.blocks import Attention
 from loopgolf.model.gpt import GPT
-from loopgolf.model.recurrence import LayerSpec, layer_specs, parse_plan
 
 
 def rel(a, b):
@@ -23,9 +21,9 @@ def rel(a, b):
 
 def check_attention(dim, heads, kv, xsa):
     torch.manual_seed(0)
-    cfg = ModelConfig(dim=dim, n_heads=heads, n_kv_heads=kv)
-    att = Attention(cfg).cuda()
-    spec = layer_specs(parse_plan("1"), xsa_last=-1 if xsa else 0)[0]
+    cfg = ModelConfig(dim=dim, n_heads=heads, n_kv_heads=kv, plan="1", xsa_last=-1 if xsa else 0)
+    model = GPT(cfg).cuda()
+    att, layer = model.blocks[0].attn, model._stage_layers[-1][0]  # the one virtual layer's wiring
     x = torch.randn(8, 1024, dim, device="cuda")
     g = torch.randn(8, 1024, dim, device="cuda")
 
@@ -34,9 +32,9 @@ def check_attention(dim, heads, kv, xsa):
         att.zero_grad()
         if dtype is None:
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                y = fn(xx, spec)
+                y = fn(xx, None, layer)
         else:
-            y = fn(xx.to(dtype), spec)
+            y = fn(xx.to(dtype), None, layer)
         (y.double() * g.double()).sum().backward()
         return [y.detach(), xx.grad.detach(), att.c_q.weight.grad.detach().clone()]
 
@@ -65,12 +63,11 @@ def check_gpt(overrides):
     for stage in range(len(m.stages)):
         if stage != len(m.stages) - 1 and "model.plan=3x2" in overrides:
             continue
-        m.stage = stage
         out = []
         for fn in (m, comp):
             m.zero_grad()
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = fn(idx, idx).mean()
+                loss = fn(idx, idx, stage=stage).mean()
             loss.backward()
             out.append((loss.item(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
         worst = sorted(((rel(out[1][1][n], out[0][1][n]), n) for n in out[0][1]), reverse=True)[:3]

@@ -203,11 +203,8 @@ def ship(ctx: RunContext, trainer: Trainer, hessians, code: int, path: Path, sto
 
 
 def shipped_state(model: GPT) -> dict[str, torch.Tensor]:
-    """What ships: detached CPU tensors without training-only parameters (GPT.shipped_state)."""
-    if hasattr(model, "shipped_state"):
-        return model.shipped_state()
-    # TRANSITIONAL until GPT.shipped_state lands: MTP heads are training-only
-    return {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("mtp_heads.")}
+    """What ships: detached CPU tensors without training-only parameters (MTP heads)."""
+    return model.shipped_state()
 
 
 def shipped_meta(ctx: RunContext, qcfg: QuantConfig) -> dict:

@@ -22,7 +22,7 @@ HERE = Path(__file__).parent
 GOLDEN = HERE / "golden_losses.json"
 SEQ, BATCH = 64, 2
 # Parameters renamed by a refactor: new name -> the name the weights were keyed by.
-RENAMED: dict[str, str] = {}
+RENAMED: dict[str, str] = {f"lora.{t}_{ab}": f"lora_{t}_{ab}" for t in "qkvo" for ab in "ab"}
 
 
 def keyed_weights(model: torch.nn.Module) -> None:
@@ -45,12 +45,7 @@ def batch(vocab: int):
 
 def forward_loss(model, x, y, stage: int) -> torch.Tensor:
     """Mean training loss of the given plan stage (index into the model's stages)."""
-    import inspect
-
-    if "stage" in inspect.signature(model.forward).parameters:
-        return model(x, y, stage=stage).mean()
-    model.stage = stage  # the pre-refactor API kept the stage on the model
-    return model(x, y).mean()
+    return model(x, y, stage=stage).mean()
 
 
 def preset_losses(name: str) -> dict:

@@ -1,14 +1,11 @@
 import json
 
 from loopgolf.cli import main
-from loopgolf.model.recurrence import plan_with_loops
+from loopgolf.model.recurrence import parse_plan
 
 
-def test_plan_with_loops():
-    assert plan_with_loops("3x4", 6) == "3x6"
-    assert plan_with_loops("11:4-5x2", 3) == "11:4-5x3"
-    assert plan_with_loops("1+1x2+1", 4) == "1+1x4+1"
-    assert plan_with_loops("4c7", 2) == "4c8"
+def test_depth_plans_are_the_trained_plan_with_other_loop_counts():
+    assert [parse_plan("1+1x2+1").with_loops(k).spec for k in (1, 2, 3)] == ["1+1x1+1", "1+1x2+1", "1+1x3+1"]
 
 
 def test_depth_curve_and_plot(tiny_args, tmp_path):

@@ -171,3 +171,4 @@ def test_trainer_passes_the_stage_and_never_writes_it(tiny_shards, tmp_path):
     tr.run()
     assert seen[0] == 0 and seen[-1] == 1 and sorted(set(seen)) == [0, 1]
     assert len([s for s in seen if s == 0]) == 4 * 4  # 4 steps x 4 micro-batches of the first stage
+    assert not hasattr(tr.raw_model, "stage")  # the model holds no mutable stage

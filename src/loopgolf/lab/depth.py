@@ -1,8 +1,8 @@
 """Depth at evaluation: score one trained artifact with several loop counts and plot bpb vs loops.
 
 A looped model is trained at one depth; running its shared blocks more (or fewer) times at evaluation
-is free in bytes. `depth_curve` rebuilds the model from the artifact once per loop count
-(model/recurrence.py plan_with_loops gives the plan) and reports the exact val_bpb of each.
+is free in bytes. `depth_curve` loads the model from the artifact once and reports the exact val_bpb
+of each loop count k: the trained plan's `with_loops(k)`, run on the same weights through `GPT.at`.
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 
 
 from loopgolf import dist
-from loopgolf.model.recurrence import plan_with_loops
 from loopgolf.pipeline import load_val, model_from_artifact, resolve_device
 from loopgolf.run_phases import score
 
@@ -24,14 +23,12 @@ def depth_curve(artifact: Path, val: str, tokenizer: str, loops: list[int], devi
     valset = load_val(val, tokenizer, cfg.model.vocab_size)
     out = []
     for k in loops:
-        spec = plan_with_loops(cfg.model.plan, k)
-        model.set_eval_plan(spec)
-        res = score(model, valset, cfg, device, max_tokens=max_tokens)  # the artifact's recipe
-        res.update(loops=k, plan=spec, virtual_layers=model.plan.n_virtual,
-                   trained=spec == cfg.model.plan)
+        plan = model.plan.with_loops(k)
+        res = score(model.at(plan), valset, cfg, device, max_tokens=max_tokens)  # the artifact's recipe
+        res.update(loops=k, plan=plan.spec, virtual_layers=plan.n_virtual, trained=plan.schedule == model.plan.schedule)
         out.append(res)
         if dist.info().is_main:
-            print(f"depth loops:{k} plan:{spec} virtual_layers:{model.plan.n_virtual} "
+            print(f"depth loops:{k} plan:{plan.spec} virtual_layers:{plan.n_virtual} "
                   f"val_bpb:{res['val_bpb']:.4f}", flush=True)
     return out
 

@@ -3,10 +3,11 @@
 Defaults reproduce the challenge baseline (techniques.md 2.1): RMSNorm without weights, GQA attention
 with full RoPE and per-head `q_gain`, ReLU^2 MLP, per-block `attn_scale`, `mlp_scale` and `resid_mix`
 (mixing the running residual with x0, the normalized embedding), zero-initialized output projections
-so every block starts as the identity. Options that the records use are decided at construction or
-come in through the per-virtual-layer `LayerSpec` (model/recurrence.py), so a block shared by several
-virtual layers can, e.g., use XSA on its last visit only. Parameter names are an API: the optimizer
-table (train/optim.py) and the quantization table (compress/quant.py) match them.
+so every block starts as the identity. A block runs as one virtual layer at a time: `Block.forward(x,
+ctx, layer)` takes the layer's wiring (model/wiring.py), whose ops (LoRA, V-injection, XSA, LN scale,
+parallel residual, per-layer scales, repeat MLPs) were chosen at construction, so a block shared by
+several virtual layers can, e.g., use XSA on its last visit only. Parameter names are an API: the
+optimizer table (train/optim.py) and the quantization table (compress/quant.py) match them.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from loopgolf.config import ModelConfig
-from loopgolf.model.recurrence import LayerSpec
 
 
 def attention_backend(device_type: str) -> str:
@@ -52,8 +52,20 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
+def to_stream_dtype(x: torch.Tensor) -> torch.Tensor:
+    """Under autocast the residual stream runs in the autocast dtype (bf16), as the baseline's bf16
+    model does; weights stay fp32 masters. Without this cast every elementwise op runs in fp32."""
+    if torch.is_autocast_enabled(x.device.type):
+        return x.to(torch.get_autocast_dtype(x.device.type))
+    return x
+
+
 class Rotary(nn.Module):
-    """RoPE over the first `dims` dims of each head (baseline: all 64; records: 16, partial RoPE)."""
+    """RoPE over the first `dims` dims of each head; the rest pass through unrotated.
+
+    Full RoPE (dims = head dim) is the baseline; partial RoPE (model.rope_dims=16, records (a)/(c),
+    PR #1204 lineage) rotates 16 dims so the others carry position-free content:
+        rot(x)[:d/2] = x1 cos + x2 sin,  rot(x)[d/2:] = x2 cos - x1 sin  over the first `dims` dims."""
 
     def __init__(self, dims: int, base: float):
         super().__init__()
@@ -75,6 +87,9 @@ class Rotary(nn.Module):
 
 
 class Attention(nn.Module):
+    """Causal GQA attention with QK-norm, RoPE and a learned per-head q gain. The virtual layer's ops
+    adjust q/k/v (LoRA), V (V-injection), the attention output (XSA) and the projection (LoRA)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv = cfg.n_heads, cfg.n_kv_heads
@@ -87,29 +102,25 @@ class Attention(nn.Module):
         self.q_gain = nn.Parameter(torch.full((cfg.n_heads,), cfg.qk_gain_init))
         self.rotary = Rotary(cfg.rope_dims or self.head_dim, cfg.rope_base)
 
-    def forward(self, x: torch.Tensor, spec: LayerSpec, v_extra: torch.Tensor | None = None,
-                lora: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx, layer) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
-        if lora is not None:  # this virtual layer's own low-rank deltas: W x + B (A x)
-            q, k, v = (t + (x @ a.to(x.dtype).mT) @ b.to(x.dtype).mT
-                       for t, a, b in zip((q, k, v), lora[0:6:2], lora[1:6:2]))
+        for op in layer.qkv:
+            q, k, v = op(x, q, k, v)
+        for op in layer.v:
+            v = op(v, ctx)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B,H,T,D)
         k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B,KV,T,D)
-        if v_extra is not None:  # value embedding injected into V (record (a) L318-326)
-            v = v + v_extra
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
         y = causal_attention(q, k, v)
-        if spec.xsa:
-            # XSA: remove the component along the token's own normalized value (record (c) L393-400)
-            vh = F.normalize(v, dim=-1).repeat_interleave(self.n_heads // self.n_kv, dim=1)
-            y = y - (y * vh).sum(-1, keepdim=True) * vh
+        for op in layer.attn_y:
+            y = op(y, v)
         y = y.transpose(1, 2).reshape(B, T, C)
         out = self.proj(y)
-        if lora is not None:
-            out = out + (y @ lora[6].to(y.dtype).mT) @ lora[7].to(y.dtype).mT
+        for op in layer.out:
+            out = op(y, out)
         return out
 
 
@@ -144,10 +155,15 @@ MLPS = {
 }
 
 
+def sequential_residual(x: torch.Tensor, attn, mlp, norm) -> torch.Tensor:
+    """The baseline's pre-norm residual: x += attn(norm(x)); x += mlp(norm(x))."""
+    x = x + attn(norm(x))
+    return x + mlp(norm(x))
+
+
 class Block(nn.Module):
     """One physical block. Its residual controls (attn_scale, mlp_scale, resid_mix) live here unless
-    model.per_layer_scales moves them to one set per virtual layer (PR #927), in which case the GPT
-    passes them in."""
+    model.per_layer_scales moves them to one set per virtual layer (PR #927, model/layer_tricks.py)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -158,24 +174,21 @@ class Block(nn.Module):
             self.mlp_scale = nn.Parameter(torch.ones(cfg.dim))
             self.resid_mix = nn.Parameter(torch.stack([torch.ones(cfg.dim), torch.zeros(cfg.dim)]))
 
-    def controls(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def default_ops(self) -> dict:
+        """The single-valued hooks of a virtual layer running this block, before any trick."""
+        return {"controls": self.controls, "norm": rms_norm, "residual": sequential_residual, "mlp": self.mlp}
+
+    def controls(self, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.attn_scale, self.mlp_scale, self.resid_mix
 
-    def forward(self, x: torch.Tensor, x0: torch.Tensor, spec: LayerSpec,
-                controls: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                v_extra: torch.Tensor | None = None, mlp: nn.Module | None = None,
-                lora: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
-        attn_scale, mlp_scale, mix = (c.to(x.dtype) for c in controls)
-        mlp = self.mlp if mlp is None else mlp
-        x = mix[0] * x + mix[1] * x0
-        h = rms_norm(x)
-        if spec.ln_scale != 1.0:
-            h = h * spec.ln_scale
-        a = attn_scale * self.attn(h, spec, v_extra, lora)
-        if spec.parallel:  # GPT-J single-lane parallel residual (record (d) L109-113)
-            return x + a + mlp_scale * mlp(h)
-        x = x + a
-        h = rms_norm(x)
-        if spec.ln_scale != 1.0:
-            h = h * spec.ln_scale
-        return x + mlp_scale * mlp(h)
+    def forward(self, x: torch.Tensor, ctx, layer) -> torch.Tensor:
+        attn_scale, mlp_scale, mix = (c.to(x.dtype) for c in layer.controls(ctx))
+        x = mix[0] * x + mix[1] * ctx.x0
+
+        def attn(h):
+            return attn_scale * self.attn(h, ctx, layer)
+
+        def mlp(h):
+            return mlp_scale * layer.mlp(h)
+
+        return layer.residual(x, attn, mlp, layer.norm)

@@ -1,13 +1,7 @@
-"""Optional input-side features of the records, each one small module built only when its config
-field is on (the GPT holds None otherwise).
+"""Input-side tricks: features of the token sequence added to the embedding before the first block.
 
-- BigramHash (record (a) L308-317): emb[(36313*t XOR 27191*t_prev) mod (B-1)] (position 0 -> B-1),
-  projected to the model width and scaled (init 0.05); the projection starts at zero, so the feature
-  is transparent at initialization.
-- SmearGate (record (a) L305-307): x_t <- (1 - s) x_t + s x_{t-1} with s = sigmoid(g) per dimension,
-  NOT applied at document starts (BOS), so one document never leaks into the next (record (e)'s fix).
-- ValueInjection (record (a) L318-326, VE128): a vocab x ve_dim table projected to the KV width and
-  added to the attention values of chosen virtual layers, with one learned scale per layer.
+Each is a module built only when its config field is on (model/wiring.py says how tricks plug in);
+both start (nearly) transparent, so switching one on does not disturb a model at initialization.
 """
 from __future__ import annotations
 
@@ -15,10 +9,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BOS_ID = 1
+from loopgolf.config import ModelConfig
+from loopgolf.data.tokenizer import BOS_ID
+from loopgolf.model.wiring import Feature, ModelShape
 
 
-class BigramHash(nn.Module):
+class BigramHash(Feature, nn.Module):
+    """Hashed bigram embedding (record (a) L308-317; model.bigram_buckets):
+
+        x += scale * proj(table[(36313 t XOR 27191 t_prev) mod (B-1)])   (position 0 -> bucket B-1)
+
+    The projection starts at zero (transparent at initialization), scale at 0.05, table ~ N(0, 0.02).
+    Added to the token embedding before the residual dtype cast. Parameters: bigram.table.weight,
+    bigram.proj.weight, bigram.scale."""
+
+    field = "bigram_buckets"
+
     def __init__(self, buckets: int, dim: int, model_dim: int):
         super().__init__()
         self.buckets = buckets
@@ -27,6 +33,16 @@ class BigramHash(nn.Module):
         self.scale = nn.Parameter(torch.tensor(0.05))
         nn.init.normal_(self.table.weight, std=0.02)
         nn.init.zeros_(self.proj.weight)
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, shape: ModelShape):
+        return cls(cfg.bigram_buckets, cfg.bigram_dim, cfg.dim) if cfg.bigram_buckets else None
+
+    def create(self):
+        return {"bigram": self}
+
+    def model_hooks(self):
+        return {"token": self.add}
 
     def bucket(self, idx: torch.Tensor) -> torch.Tensor:
         prev = F.pad(idx[:, :-1], (1, 0))
@@ -37,12 +53,34 @@ class BigramHash(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.scale * self.proj(self.table(self.bucket(idx)))
 
+    def add(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return x + self(idx)
 
-class SmearGate(nn.Module):
+
+class SmearGate(Feature, nn.Module):
+    """Static per-dimension token smear (record (a) L305-307; model.smear_gate):
+
+        x_t <- (1 - s) x_t + s x_{t-1},  s = sigmoid(gate),  except where token t is BOS
+
+    so one document never leaks into the next (record (e)'s fix). The gate starts at -3
+    (sigmoid = 0.05, mostly transparent). Applied to the embedding after the dtype cast, before the
+    first RMSNorm. Parameter: smear.gate."""
+
+    field = "smear_gate"
+
     def __init__(self, dim: int, init: float = -3.0):
         super().__init__()
-        # starts mostly transparent (sigmoid(-3) = 0.05); the records learn the mix from there
         self.gate = nn.Parameter(torch.full((dim,), init))
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, shape: ModelShape):
+        return cls(cfg.dim) if cfg.smear_gate else None
+
+    def create(self):
+        return {"smear": self}
+
+    def model_hooks(self):
+        return {"stream": self}
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         s = torch.sigmoid(self.gate).to(x.dtype)
@@ -51,13 +89,4 @@ class SmearGate(nn.Module):
         return torch.where((idx != BOS_ID).unsqueeze(-1), smeared, x)
 
 
-class ValueInjection(nn.Module):
-    def __init__(self, vocab: int, ve_dim: int, kv_dim: int, n_slots: int):
-        super().__init__()
-        self.table = nn.Embedding(vocab, ve_dim)
-        self.proj = nn.Linear(ve_dim, kv_dim, bias=False)
-        self.scales = nn.Parameter(torch.zeros(n_slots))  # zero: transparent at initialization
-        nn.init.normal_(self.table.weight, std=0.02)
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.table(idx))
+TRICKS = (BigramHash, SmearGate)

@@ -11,7 +11,6 @@ stage is passed to the model as an argument, never written into it.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import time
 from contextlib import nullcontext
@@ -43,15 +42,6 @@ def _set_mix_order_reduction(on: bool) -> None:
         inductor_config.triton.mix_order_reduction = on
 
 
-class _StageShim:  # TRANSITIONAL: removed when the model's stage-argument API is merged
-    def __init__(self, raw, fn):
-        self.raw, self.fn = raw, fn
-
-    def __call__(self, x, y, stage=-1):
-        self.raw.stage = stage if stage >= 0 else len(self.raw.stages) - 1
-        return self.fn(x, y)
-
-
 class Trainer:
     def __init__(self, cfg: RunConfig, model: torch.nn.Module, loader: BatchLoader,
                  device: torch.device, logger: Logger, checkpoints: CheckpointStore | None = None,
@@ -64,8 +54,6 @@ class Trainer:
             self.model = torch.compile(model, dynamic=False)
         else:
             self.model = model
-        if "stage" not in inspect.signature(model.forward).parameters:  # TRANSITIONAL until model API
-            self.model = _StageShim(model, self.model)
         self.opts = build_optimizers(model, cfg.optim, cfg.model, fused=cuda)
         self.params = list(model.parameters())
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
@@ -314,7 +302,7 @@ class Trainer:
             "stage_ms_per_step": {k: round(1000 * v[0] / v[1], 2) for k, v in stage_time.items()},
             "stage_steps": {k: v[1] for k, v in stage_time.items()},
         }
-        flops = self.raw_model.flops_per_token(self.loader.seq_len)
+        flops = self.raw_model.flops_per_token(self.loader.seq_len, stage=self.stage)
         out["model_tflops_per_s"] = round(flops * out["tokens_per_s"] / 1e12, 2)
         if self.device.type == "cuda":
             out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)

@@ -22,7 +22,7 @@ MATRIX = re.compile(r"\.(c_q|c_k|c_v|proj|fc)\.weight$")
 EMBEDDING = re.compile(r"^(tok_emb|value_embeds\.\d+|bigram\.table|ve_inject\.table)\.weight$")
 CONTROL = re.compile(r"(attn_scale|mlp_scale|resid_mix|q_gain|skip_weights|skip_gates|loop_embed|"
                      r"cross_repeat_scales|ve_scales|bigram\.scale|smear\.gate|ve_inject\.scales|"
-                     r"lora_[qkvo]_[ab])$")
+                     r"lora\.[qkvo]_[ab])$")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,117 @@
+"""Tricks inside attention at chosen virtual layers: V-injection (VE128), per-virtual-layer LoRA, XSA.
+
+They plug into Attention.forward through the layer's "qkv", "v", "attn_y" and "out" hooks
+(model/wiring.py); a layer without them runs plain attention.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loopgolf.config import ModelConfig
+from loopgolf.model.recurrence import LayerSpec
+from loopgolf.model.wiring import Context, Feature, ModelShape
+
+
+class ValueInjection(Feature, nn.Module):
+    """VE128 (record (a) L318-326; model.ve_dim, model.ve_layers): a vocab x ve_dim token table,
+    projected to the KV width and added to the attention values of the chosen virtual layers:
+
+        v += scales[j] * proj(table[idx])      at the j-th layer of ve_layers (negative = from the end)
+
+    table ~ N(0, 0.02), proj nn.Linear's default, scales init 0 (transparent at initialization), one
+    per injected layer. Parameters: ve_inject.table.weight, ve_inject.proj.weight, ve_inject.scales."""
+
+    field = "ve_dim"
+
+    def __init__(self, vocab: int, ve_dim: int, kv_dim: int, layers: tuple[int, ...]):
+        super().__init__()
+        self.layers = layers
+        self.table = nn.Embedding(vocab, ve_dim)
+        self.proj = nn.Linear(ve_dim, kv_dim, bias=False)
+        self.scales = nn.Parameter(torch.zeros(len(layers)))
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, shape: ModelShape):
+        return cls(cfg.vocab_size, cfg.ve_dim, shape.kv_dim, shape.ve_layers) if cfg.ve_dim else None
+
+    def create(self):
+        return {"ve_inject": self}
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.table(idx))
+
+    def at(self, spec: LayerSpec):
+        chosen = [v % spec.n_virtual for v in self.layers]
+        if spec.v not in chosen:
+            return {}
+        j = chosen.index(spec.v)
+        return {"v": partial(self.inject, j=j)}
+
+    def inject(self, v: torch.Tensor, ctx: Context, j: int) -> torch.Tensor:
+        table = ctx.once("ve_inject", lambda: self(ctx.idx))
+        return v + self.scales[j].to(v.dtype) * table.to(v.dtype)
+
+
+class PerLayerLoRA(Feature, nn.Module):
+    """Per-virtual-layer LoRA on attention q/k/v/o (seed PR #21; model.lora_rank = r): each virtual
+    layer (so each loop of a shared block) adds its own low-rank delta
+
+        q += B_q[slot] (A_q[slot] x)   (likewise k, v),   out += B_o[slot] (A_o[slot] y)
+
+    A ~ N(0, 1/d_in), B = 0 (a no-op at initialization). Parameters lora.{q,k,v,o}_{a,b}:
+    a (n_slots, r, d_in), b (n_slots, d_out, r)."""
+
+    field = "lora_rank"
+
+    def __init__(self, cfg: ModelConfig, shape: ModelShape):
+        super().__init__()
+        r, d, n = cfg.lora_rank, cfg.dim, shape.n_slots
+        for name, d_in, d_out in (("q", d, d), ("k", d, shape.kv_dim), ("v", d, shape.kv_dim), ("o", d, d)):
+            self.register_parameter(f"{name}_a", nn.Parameter(torch.randn(n, r, d_in) / d_in ** 0.5))
+            self.register_parameter(f"{name}_b", nn.Parameter(torch.zeros(n, d_out, r)))
+
+    def create(self):
+        return {"lora": self}
+
+    def at(self, spec: LayerSpec):
+        i = spec.slot
+        return {"qkv": partial(self.qkv, i=i), "out": partial(self.out, i=i)}
+
+    @staticmethod
+    def _delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (x @ a.to(x.dtype).mT) @ b.to(x.dtype).mT
+
+    def qkv(self, x, q, k, v, i: int):
+        return (q + self._delta(x, self.q_a[i], self.q_b[i]), k + self._delta(x, self.k_a[i], self.k_b[i]),
+                v + self._delta(x, self.v_a[i], self.v_b[i]))
+
+    def out(self, y, out, i: int):
+        return out + self._delta(y, self.o_a[i], self.o_b[i])
+
+
+class XSA(Feature):
+    """Exclusive self-attention on the last n virtual layers of the running plan (record (c)
+    L393-400; model.xsa_last = n, -1 = all): the attention output loses its component along the
+    token's own normalized value,  y -= (y . v_hat) v_hat,  v_hat = v / |v| (per head, GQA-expanded).
+    Decided per VIRTUAL layer, so a shared block runs it only on its late visits. No parameters."""
+
+    field = "xsa_last"
+
+    def __init__(self, cfg: ModelConfig, shape: ModelShape):
+        self.last, self.group = cfg.xsa_last, cfg.n_heads // cfg.n_kv_heads
+
+    def at(self, spec: LayerSpec):
+        first = 0 if self.last < 0 else spec.n_virtual - self.last
+        return {"attn_y": self} if spec.v >= first else {}
+
+    def __call__(self, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        vh = F.normalize(v, dim=-1).repeat_interleave(self.group, dim=1)  # (B,H,T,D)
+        return y - (y * vh).sum(-1, keepdim=True) * vh
+
+
+TRICKS = (ValueInjection, PerLayerLoRA, XSA)

@@ -1,0 +1,55 @@
+"""Training-only auxiliary heads: multi-token prediction (MTP). They never ship in an artifact."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loopgolf.config import ModelConfig
+from loopgolf.model.blocks import rms_norm
+from loopgolf.model.wiring import Feature, ModelShape
+
+
+class MTPHead(nn.Module):
+    """One head: a projection whose normalized output goes through the model's unembedding."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+
+class MTPHeads(Feature, nn.ModuleList):
+    """Multi-token prediction (seed PR #21; model.mtp_heads = n, model.mtp_weight = w): head k
+    (1..n) predicts the token at t+1+k from the final hidden state h_t,
+
+        loss_t = nll_t + w / n * sum_k CE(unembed(rms_norm(proj_k h_t)), token_{t+1+k})
+
+    (positions without such a target add nothing). Only in training mode; in eval mode the loss is
+    the plain next-token nll. proj_k is nn.Linear's default init. Parameters mtp_heads.{k}.proj.weight
+    are training-only: GPT.shipped_state drops them."""
+
+    field = "mtp_heads"
+    training_only = True
+
+    def __init__(self, cfg: ModelConfig, shape: ModelShape):
+        super().__init__(MTPHead(cfg.dim) for _ in range(cfg.mtp_heads))
+        self.aux_weight = cfg.mtp_weight
+
+    def create(self):
+        return {"mtp_heads": self}
+
+    def model_hooks(self):
+        return {"loss": self.add_loss}
+
+    def add_loss(self, nll: torch.Tensor, h: torch.Tensor, targets: torch.Tensor, model) -> torch.Tensor:
+        if not self.training:
+            return nll
+        aux = torch.zeros_like(nll)
+        for k, head in enumerate(self, start=1):  # targets[:, t+k] is the token at t+1+k
+            lk = model.unembed(rms_norm(head.proj(h[:, :-k])))
+            ce = F.cross_entropy(lk.reshape(-1, lk.size(-1)), targets[:, k:].reshape(-1), reduction="none")
+            aux[:, :-k] += ce.view(targets.size(0), -1)
+        return nll + self.aux_weight / len(self) * aux
+
+
+TRICKS = (MTPHeads,)

@@ -1,0 +1,75 @@
+import torch
+
+from loopgolf.config import ModelConfig
+from loopgolf.model.attention_tricks import XSA
+from loopgolf.model.gpt import GPT
+from loopgolf.model.recurrence import parse_plan
+from loopgolf.model.wiring import ModelShape
+
+
+def _cfg(**kw):
+    return ModelConfig(**{**dict(vocab_size=64, dim=32, n_heads=4, n_kv_heads=2, mlp_hidden=48), **kw})
+
+
+def _randomize(model):
+    torch.manual_seed(1)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+def test_xsa_removes_the_component_along_the_own_value():
+    cfg = _cfg(xsa_last=-1)
+    xsa = XSA.build(cfg, ModelShape.of(cfg, [parse_plan("1")]))
+    y, v = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 5, 8)  # (B, H, T, D), (B, KV, T, D)
+    out = xsa(y, v)
+    vh = torch.nn.functional.normalize(v, dim=-1).repeat_interleave(2, dim=1)
+    assert torch.allclose((out * vh).sum(-1), torch.zeros(2, 4, 5), atol=1e-5)  # orthogonal to v_hat
+    assert torch.allclose(out + (y * vh).sum(-1, keepdim=True) * vh, y, atol=1e-6)  # only that part left
+
+
+def test_xsa_applies_per_virtual_layer_even_for_shared_blocks():
+    model = GPT(_cfg(plan="2x3", xsa_last=2))
+    assert [len(layer.attn_y) for layer in model._stage_layers[-1]] == [0, 0, 0, 0, 1, 1]
+    assert [(s.block, s.visit) for s in model.plan.layers()] == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]
+    everywhere = GPT(_cfg(plan="2x3", xsa_last=-1))
+    assert all(len(layer.attn_y) == 1 for layer in everywhere._stage_layers[-1])
+
+
+def test_lora_starts_as_a_no_op_and_is_per_virtual_layer():
+    idx = torch.randint(0, 64, (2, 8))
+    plain = _randomize(GPT(_cfg(plan="1x3")))
+    lora = GPT(_cfg(plan="1x3", lora_rank=4))
+    lora.load_state_dict(plain.state_dict(), strict=False)
+    assert torch.allclose(plain(idx, idx), lora(idx, idx), atol=1e-6)  # B = 0
+    names = {n for n, _ in lora.named_parameters() if n.startswith("lora.")}
+    assert names == {f"lora.{t}_{ab}" for t in "qkvo" for ab in "ab"}
+    assert lora.lora.q_a.shape == (3, 4, 32) and lora.lora.k_b.shape == (3, 16, 4)
+    assert abs(lora.lora.q_a.std().item() - 32 ** -0.5) < 0.03
+    torch.nn.init.normal_(lora.lora.v_b, std=0.1)
+    lora(idx, idx).mean().backward()
+    assert all(lora.lora.v_a.grad[v].abs().sum() > 0 for v in range(3))  # each loop has its own
+
+
+def test_lora_delta_is_b_times_a_x():
+    model = _randomize(GPT(_cfg(plan="1", lora_rank=2)))
+    layer = model._stage_layers[-1][0]
+    x, q, k, v = torch.randn(1, 3, 32), torch.randn(1, 3, 32), torch.randn(1, 3, 16), torch.randn(1, 3, 16)
+    (op,) = layer.qkv
+    q2, k2, v2 = op(x, q, k, v)
+    a, b = model.lora.k_a[0], model.lora.k_b[0]
+    assert torch.allclose(k2, k + x @ a.T @ b.T, atol=1e-6)
+
+
+def test_value_injection_only_on_chosen_layers_and_transparent_at_init():
+    model = GPT(_cfg(plan="4", ve_dim=8, ve_layers="1,-1"))
+    assert [len(layer.v) for layer in model._stage_layers[-1]] == [0, 1, 0, 1]
+    assert model.ve_inject.scales.shape == (2,) and not model.ve_inject.scales.any()
+    idx = torch.randint(0, 64, (2, 6))
+    torch.nn.init.normal_(model.blocks[1].attn.proj.weight, std=0.1)
+    before = model(idx, idx)
+    with torch.no_grad():
+        model.ve_inject.scales.fill_(1.0)
+    assert not torch.allclose(model(idx, idx), before)
+    deeper = model.at(parse_plan("4"))  # ve_layers count from the end of the running plan
+    assert [len(layer.v) for layer in deeper._layers] == [0, 1, 0, 1]

@@ -1,0 +1,47 @@
+import torch
+
+from loopgolf.config import ModelConfig
+from loopgolf.model.gpt import GPT
+
+
+def _model(**kw):
+    cfg = ModelConfig(vocab_size=64, dim=32, n_heads=4, n_kv_heads=2, mlp_hidden=48, plan="2", mtp_heads=2, **kw)
+    torch.manual_seed(1)
+    model = GPT(cfg)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+def test_mtp_heads_change_only_the_training_loss():
+    idx = torch.randint(0, 64, (2, 8))
+    model = _model()
+    model.eval()
+    plain = model(idx, idx)
+    assert torch.allclose(plain, torch.nn.functional.cross_entropy(
+        model.logits(idx).view(-1, 64), idx.view(-1), reduction="none").view(2, 8))
+    model.train()
+    trained = model(idx, idx)
+    assert (trained[:, :-1] > plain[:, :-1]).all()  # auxiliary losses added where a target exists
+    assert torch.allclose(trained[:, -1], plain[:, -1])  # the last position has no t+2 target
+
+
+def test_mtp_loss_is_the_weighted_mean_of_the_head_losses():
+    idx = torch.randint(0, 64, (1, 6))
+    model = _model(mtp_weight=0.5)
+    model.train()
+    h = model._hidden(idx, model._stage_layers[-1])
+    nll = torch.nn.functional.cross_entropy(model.unembed(h)[0], idx[0], reduction="none")
+    want = nll.clone()
+    for k, head in enumerate(model.mtp_heads, start=1):
+        from loopgolf.model.blocks import rms_norm
+        lk = model.unembed(rms_norm(head.proj(h[:, :-k])))[0]
+        want[:-k] += 0.5 / 2 * torch.nn.functional.cross_entropy(lk, idx[0, k:], reduction="none")
+    assert torch.allclose(model(idx, idx)[0], want, atol=1e-5)
+
+
+def test_mtp_heads_never_ship():
+    model = _model()
+    assert [n for n in model.state_dict() if n.startswith("mtp_heads.")] == ["mtp_heads.0.proj.weight",
+                                                                            "mtp_heads.1.proj.weight"]
+    assert not any(n.startswith("mtp_heads") for n in model.shipped_state())
