@@ -66,7 +66,7 @@ class Trainer:
         self.last_loss = float("nan")
         self.stage = max(0, len(self.table.stages) - 1)  # index into model.stages, passed to forward
         self.ck_slot = 0  # the checkpoint slot last written (slot 0 = the start: nothing to save)
-        self.finished = False  # resumed from the checkpoint written after the last step
+        self.finished = False  # the weights are final (averaged, plain): from the last checkpoint
         self.end_position: int | None = None
         o = cfg.optim
         self.average = WeightAverage(model, o.ema_horizon_frac, o.swa_start_frac, o.swa_every_frac)
@@ -275,17 +275,20 @@ class Trainer:
         self.clock.pause()
         self.progress.close()
         self.end_position = self.loader.stream.position
-        if not self.finished:
-            self.save(finished=True)  # resuming this one goes straight to compression
         return self._finish(start_step, start_seconds, stage_time)
 
     def _finish(self, start_step: int, start_seconds: float, stage_time: dict) -> dict:
-        if self.average.enabled:
+        """Swap in the averages and drop QAT (the final weights), then checkpoint them: resuming
+        that checkpoint goes straight to compression, and `loopgolf fit` reads the final weights."""
+        if self.average.enabled and not self.finished:
             n_avg = self.average.swap_in()
             self.logger.log("averaging", kind="ema" if self.cfg.optim.ema_horizon_frac else "swa", snapshots=n_avg)
         if self.qat_names:
             remove_qat(self.raw_model)  # the plain float weights go on to GPTQ / the artifact
             self.qat_names, self.qat_on = [], False
+        if not self.finished:
+            self.save(finished=True)
+            self.finished = True
         seconds = self.clock.seconds
         steps = self.step - start_step
         run_seconds = seconds - start_seconds
