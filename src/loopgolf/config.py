@@ -274,6 +274,9 @@ class EvalConfig:
     sgd_seq_len: int = 0  # training sequence length; 0 = context
     sgd_batch_seqs: int = 32  # sequences of the global stream per update, split over ranks
     sgd_grad_clip: float = 1.0  # 0 = off
+    # sequences per forward/backward of ttt_sgd and of ttt_lora's phases; fixed by the data, not
+    # the world size, so gradients sum the same way on any number of ranks
+    sgd_micro_seqs: int = 4
     # ttt_lora: score-first per-document LoRA (PR #1855)
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -292,18 +295,19 @@ class EvalConfig:
     mix_network_prior: float = 0.97  # prior weight of the network; the rest is split evenly
     mix_trigram_buckets: int = 4096
 
-    def validate(self, seq_len: int) -> None:
+    def validate(self, seq_len: int = 0) -> None:
+        """seq_len = data.seq_len (the context when eval.context = 0); 0 skips the stride check."""
         if self.method not in EVAL_METHODS:
             raise ConfigError(f"eval.method={self.method!r}: choose one of {', '.join(EVAL_METHODS)}")
         if self.context < 0:
             raise ConfigError(f"eval.context={self.context} must be >= 0 (0 = data.seq_len)")
         ctx = self.context or seq_len
-        if not 1 <= self.stride <= ctx and self.method in ("sliding", "ttt_sgd", "mixture"):
+        if ctx and not 1 <= self.stride <= ctx and self.method in ("sliding", "ttt_sgd", "mixture"):
             raise ConfigError(f"eval.stride={self.stride} must be in 1..{ctx} (the eval context)")
         if self.batch_tokens < 1 or self.max_tokens < 0:
             raise ConfigError("eval.batch_tokens must be >= 1 and eval.max_tokens >= 0 (0 = all)")
-        positive = ("sgd_epochs", "sgd_chunk_tokens", "sgd_batch_seqs", "lora_rank", "lora_chunk",
-                    "lora_docs_per_batch", "lora_phase_batch_seqs", "mix_trigram_buckets")
+        positive = ("sgd_epochs", "sgd_chunk_tokens", "sgd_batch_seqs", "sgd_micro_seqs", "lora_rank",
+                    "lora_chunk", "lora_docs_per_batch", "lora_phase_batch_seqs", "mix_trigram_buckets")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"eval.{name}={getattr(self, name)} must be >= 1")

@@ -34,3 +34,21 @@ def test_bad_file_names_itself(tmp_path):
     p.write_text('{"phase": "x"}')
     with pytest.raises(ValueError, match="bad.json"):
         EventLog.read(p)
+
+
+def test_ranges_must_be_integer_pairs():
+    bad = {"phase": "x", "n_tokens": 5, "version": 0,
+           "events": [{"kind": "score", "version": 0, "rank": 0, "ranges": [[1, 2, 3]]}]}
+    with pytest.raises(ValueError, match="integer pairs"):
+        EventLog.from_dict(bad, "crafted.json")
+
+
+def test_updates_carry_their_scope_and_overlaps_stay_visible():
+    log = EventLog("p", 10)
+    log.score([(1, 4), (3, 6)])  # overlapping: kept apart so the checker sees the double score
+    log.update([(0, 4)], scope="local")
+    log.step_without_update()
+    assert log.events[0]["ranges"] == [[1, 4], [3, 6]]
+    assert [e.get("scope") for e in log.events] == [None, "local", "global"] and log.version == 2
+    with pytest.raises(ValueError, match="scope"):
+        log.update([], scope="rank")

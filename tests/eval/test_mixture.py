@@ -54,7 +54,7 @@ def test_mixture_is_legal_normalized_and_beats_a_weak_network(val, vs, small_mod
     assert res["val_tokens"] == net["val_tokens"] and res["val_bytes"] == net["val_bytes"]
     assert res["val_loss"] < net["val_loss"]  # a random network: the n-grams carry the score
     assert abs(sum(res["final_weights"]) - 1) < 1e-6
-    assert check_events(log)["ok"]
+    assert check_events(log, log.n_tokens)["ok"]
 
 
 def test_scoring_with_counts_of_the_scored_batch_is_impossible(val, vs, small_model):
@@ -63,3 +63,37 @@ def test_scoring_with_counts_of_the_scored_batch_is_impossible(val, vs, small_mo
     model = small_model()
     res = evaluate_mixture(model, vs, 32, 32, 1, CPU, max_tokens=200)
     assert math.isfinite(res["val_loss"])
+
+
+def test_mixture_scores_a_plan_view(vs, small_model):
+    """Eval-time depth: a GPT.at(plan) view (no .cfg) is scored like the GPT itself."""
+    from loopgolf.model.recurrence import parse_plan
+
+    model = small_model()
+    view = model.at(parse_plan("2"))
+    a = evaluate_mixture(model, vs, 32, 32, 8, CPU, max_tokens=300)
+    b = evaluate_mixture(view, vs, 32, 32, 8, CPU, max_tokens=300)
+    assert a["val_bpb"] == pytest.approx(b["val_bpb"], rel=1e-12)
+
+
+def _recorded_mixture(vs, model, **kw):
+    from loopgolf.lab.legality import Recorder
+
+    n = usable_tokens(len(vs), 32, 600)
+    log = new_log("mixture", n)
+    log.recorder = Recorder(vs, n, seed=0, vocab=512)
+    res = evaluate_mixture(model, vs, 32, 16, 8, CPU, max_tokens=600, log=log, **kw)
+    return res, log.recorder
+
+
+def test_every_committed_mixture_distribution_is_normalized(vs, small_model):
+    res, rec = _recorded_mixture(vs, small_model())
+    assert rec.problems(res) == [] and float(rec.worst[0]) < 1e-12
+    assert int(rec.counts.sum()) == res["val_tokens"]
+
+
+def test_hedge_mixer_entropy_expert_is_flagged(vs, small_model):
+    experts = default_experts(512, CPU) + [EntropyExpert()]
+    res, rec = _recorded_mixture(vs, small_model(), experts=experts, prior=[0.5, 0.1, 0.1, 0.1, 0.2])
+    probs = rec.problems(res)
+    assert any("do not sum to 1" in p for p in probs) and float(rec.worst[0]) > 1e-3

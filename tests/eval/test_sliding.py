@@ -30,7 +30,7 @@ def test_stride_equal_to_seq_len_is_plain_eval(val, vs, small_model):
     assert slide["val_tokens"] == plain["val_tokens"] and slide["val_bytes"] == plain["val_bytes"]
     assert slide["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-6)
     assert slide["val_bpb"] == pytest.approx(plain["val_bpb"], rel=1e-6)
-    assert check_events(log)["ok"]
+    assert check_events(log, log.n_tokens)["ok"]
 
 
 def test_smaller_stride_scores_same_targets_with_more_context(val, vs, small_model):
@@ -42,7 +42,7 @@ def test_smaller_stride_scores_same_targets_with_more_context(val, vs, small_mod
     slide = evaluate_sliding(model, vs, 32, 8, batch_seqs=16, device=CPU, max_tokens=1500, log=log)
     assert slide["val_tokens"] == plain["val_tokens"] == n - 1
     assert slide["val_bytes"] == plain["val_bytes"]
-    rep = check_events(log)
+    rep = check_events(log, log.n_tokens)
     assert rep["ok"] and rep["scored"] == n - 1
 
 

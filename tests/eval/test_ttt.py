@@ -30,7 +30,7 @@ def test_sgd_with_lr_zero_equals_sliding_eval(val, vs, small_model):
     ref, res, log = _sliding_then_sgd_ttt(val, vs, small_model, lr=0.0, epochs=1)
     assert res["val_tokens"] == ref["val_tokens"] and res["val_bytes"] == ref["val_bytes"]
     assert res["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-6)
-    rep = check_events(log)
+    rep = check_events(log, log.n_tokens)
     assert rep["ok"], rep["problems"]
     assert rep["updates"] == res["updates"] > 0
 
@@ -38,7 +38,7 @@ def test_sgd_with_lr_zero_equals_sliding_eval(val, vs, small_model):
 def test_sgd_ttt_learns_and_stays_legal(val, vs, small_model):
     ref, res, log = _sliding_then_sgd_ttt(val, vs, small_model, lr=0.05, epochs=2)
     assert res["val_loss"] < ref["val_loss"] - 0.05
-    assert check_events(log)["ok"]
+    assert check_events(log, log.n_tokens)["ok"]
     # the last chunk was never trained on: no update read a position past the last chunk's start
     last_start = (res["chunks"] - 1) * 256
     assert max(hi for e in log.events if e["kind"] == "update" for _, hi in e["ranges"]) <= last_start + 1
@@ -57,7 +57,7 @@ def test_train_then_score_is_flagged(val, vs, small_model):
     for c in range(int(chunk_of[-1]) + 1):
         train_chunk(model, opt, vs, c * 256, min((c + 1) * 256, n - 1) + 1, 32, 8, 1, 0.01, 1.0, log, CPU)
         score_chunk(model, vs, plan[chunk_of == c], 32, 8, sums, log, CPU)
-    rep = check_events(log)
+    rep = check_events(log, log.n_tokens)
     assert not rep["ok"] and not rep["score_first"]
     assert any("train-then-score" in p for p in rep["problems"])
 
@@ -76,7 +76,7 @@ def test_frozen_lora_counts_every_target_once(val, vs, small_model):
     frozen = ttt_lora(model, vs, CPU, context=32, chunk_len=8, rank=2, lr=0.0,
                       docs_per_batch=16, max_tokens=600, log=log)
     assert frozen["val_tokens"] == plain["val_tokens"] and frozen["val_bytes"] == plain["val_bytes"]
-    rep = check_events(log)
+    rep = check_events(log, log.n_tokens)
     assert rep["ok"], rep["problems"]
 
 
@@ -87,8 +87,32 @@ def test_lora_ttt_with_a_phase_is_legal(val, vs, small_model):
     before = [p.detach().clone() for p in model.parameters()]
     res = ttt_lora(model, vs, CPU, context=32, chunk_len=8, rank=2, lr=0.01,
                    docs_per_batch=8, phases=1, max_tokens=1200, log=log)
-    rep = check_events(log)
+    rep = check_events(log, log.n_tokens)
     assert rep["ok"], rep["problems"]
     assert res["updates"] > 0 and res["val_tokens"] == rep["targets"]
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the phase ran
     assert not any(h for m in model.modules() for h in m._forward_hooks.values())  # hooks removed
+
+
+def test_one_lora_phase_runs_and_is_reported_truthfully(vs, small_model):
+    """Issue 16 finding 5: with one round, phases=1 ran no phase step (round(0.5) == 0) yet reported 1."""
+    import math
+
+    n = usable_tokens(len(vs), 32, 600)
+    docs = len(document_spans(vs.tokens[:n]))
+    res = ttt_lora(small_model(), vs, CPU, context=32, chunk_len=8, rank=2, lr=0.01,
+                   docs_per_batch=math.ceil(docs / 2), phases=1, phase_batch_seqs=4, max_tokens=600)
+    assert res["batches"] == 2 and res["phases"] == res["phases_run"] == 1 and res["phase_steps"] > 0
+    with pytest.raises(ValueError, match="1 phase\\(s\\) need at least 2 document batches"):
+        ttt_lora(small_model(), vs, CPU, context=32, chunk_len=8, rank=2, docs_per_batch=docs, phases=1,
+                 max_tokens=600)
+
+
+def test_update_batches_are_global_sequences(vs, small_model):
+    """Each SGD update reads a fixed number of sequences of the global stream (not x world size)."""
+    log = new_log("ttt_sgd", usable_tokens(len(vs), 32, MAX))
+    ttt_sgd(small_model(), vs, 32, 16, CPU, chunk_tokens=256, lr=0.01, epochs=1, train_batch_seqs=3,
+            max_tokens=MAX, log=log)
+    ups = [e for e in log.events if e["kind"] == "update"]
+    assert ups[0]["ranges"] == [[0, 33], [32, 65], [64, 97]]  # 3 sequences of 32 targets
+    assert all(len(e["ranges"]) <= 3 for e in ups)

@@ -119,6 +119,9 @@ class EventLog:
             for e in log.events:
                 if e["kind"] not in ("score", "update") or not isinstance(e["ranges"], list):
                     raise ValueError(e)
+                if not all(isinstance(r, list) and len(r) == 2 and all(type(v) is int for v in r)
+                           for r in e["ranges"]):
+                    raise ValueError(f"ranges must be [lo, hi] integer pairs: {e['ranges'][:3]}")
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{source}: not a loopgolf event log ({e!r}); write it with "
                              "EventLog.write") from None

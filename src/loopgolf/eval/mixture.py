@@ -137,7 +137,8 @@ def evaluate_mixture(model: torch.nn.Module, vs: ValSet, context: int, stride: i
     n = usable_tokens(len(vs), context, max_tokens)
     plan = window_plan(n, context, stride)
     info = dist.info()
-    vocab = int(model.cfg.vocab_size)
+    with torch.no_grad():  # the model's vocabulary, from its output (GPT or a GPT.at(plan) view)
+        vocab = int(model.logits(torch.zeros(1, 1, dtype=torch.long, device=device)).shape[-1])
     experts = experts if experts is not None else default_experts(vocab, device, trigram_buckets)
     k = len(experts)
     prior_t = torch.tensor(prior if prior is not None else [0.97] + [0.03 / (k - 1)] * (k - 1),

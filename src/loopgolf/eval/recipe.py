@@ -47,7 +47,7 @@ def _ttt_sgd(model, vs, ecfg, device, context, max_tokens, log):
                    lr=ecfg.sgd_lr, momentum=ecfg.sgd_momentum, epochs=ecfg.sgd_epochs,
                    seq_len=ecfg.sgd_seq_len, batch_seqs=rank_batch_seqs(ecfg, context),
                    train_batch_seqs=ecfg.sgd_batch_seqs, grad_clip=ecfg.sgd_grad_clip,
-                   max_tokens=max_tokens, log=log)
+                   micro_seqs=ecfg.sgd_micro_seqs, max_tokens=max_tokens, log=log)
 
 
 def _ttt_lora(model, vs, ecfg, device, context, max_tokens, log):
@@ -56,7 +56,7 @@ def _ttt_lora(model, vs, ecfg, device, context, max_tokens, log):
                     beta2=ecfg.lora_beta2, weight_decay=ecfg.lora_weight_decay,
                     docs_per_batch=ecfg.lora_docs_per_batch, phases=ecfg.lora_phases,
                     phase_lr=ecfg.lora_phase_lr, phase_seq_len=ecfg.lora_phase_seq_len,
-                    phase_batch_seqs=ecfg.lora_phase_batch_seqs,
+                    phase_batch_seqs=ecfg.lora_phase_batch_seqs, micro_seqs=ecfg.sgd_micro_seqs,
                     warm_start_a=ecfg.lora_warm_start_a, max_tokens=max_tokens, log=log)
 
 

@@ -63,31 +63,43 @@ def score_chunk(model: torch.nn.Module, vs: ValSet, windows: np.ndarray, context
 
 def sgd_on_sequences(model: torch.nn.Module, opt: MomentumSGD, tokens: np.ndarray,
                      seqs: list[tuple[int, int]], batch_seqs: int, lr_at, grad_clip: float,
-                     log: EventLog, device: torch.device) -> int:
+                     log: EventLog, device: torch.device, micro_seqs: int = 4) -> int:
     """One SGD step per `batch_seqs` consecutive sequences (s, e) of the global list, each reading
-    tokens[s:e+1]; a step's sequences are split over ranks. lr_at(i) is step i's LR; returns steps."""
+    tokens[s:e+1]; lr_at(i) is step i's LR; returns the number of steps.
+
+    A step's sequences form micro-batches of `micro_seqs` consecutive sequences (fixed by the data)
+    that are split over ranks; their float32 gradients are summed in float64, which is exact for
+    gradients of similar magnitude, so the step does not depend on how many ranks computed it."""
     info = dist.info()
     n_steps = math.ceil(len(seqs) / batch_seqs)
+    acc = [torch.zeros_like(p, dtype=torch.float64) for p in opt.params]
     model.train()
     for i in range(n_steps):
         group = seqs[i * batch_seqs:(i + 1) * batch_seqs]
         n_targets = sum(e - s for s, e in group)
-        lo, hi = rank_slice(len(group), info.rank, info.world_size)
-        mine = group[lo:hi]
-        for p in opt.params:
-            p.grad = torch.zeros_like(p)
-        lengths = sorted({e - s for s, e in mine}, reverse=True)
-        for length in lengths:  # equal-length sequences in one batch (a short tail alone)
-            part = np.stack([tokens[s:e + 1] for s, e in mine if e - s == length])
-            seq = torch.from_numpy(part.astype(np.int64)).to(device)
-            with autocast_ctx(device):
-                loss = model(seq[:, :-1], seq[:, 1:]).sum() / n_targets
-            loss.backward()
-        dist.all_reduce_grads(opt.params)
+        micro = [group[j:j + micro_seqs] for j in range(0, len(group), micro_seqs)]
+        lo, hi = rank_slice(len(micro), info.rank, info.world_size)
+        for a in acc:
+            a.zero_()
+        for mb in micro[lo:hi]:
+            for length in sorted({e - s for s, e in mb}, reverse=True):  # equal lengths together
+                part = np.stack([tokens[s:e + 1] for s, e in mb if e - s == length])
+                seq = torch.from_numpy(part.astype(np.int64)).to(device)
+                for p in opt.params:
+                    p.grad = None
+                with autocast_ctx(device):
+                    loss = model(seq[:, :-1], seq[:, 1:]).sum() / n_targets
+                loss.backward()
+                for a, p in zip(acc, opt.params):
+                    if p.grad is not None:
+                        a.add_(p.grad.double())
+        flat = dist.all_reduce_sum(torch.cat([a.reshape(-1) for a in acc]))
+        for a, p, g in zip(acc, opt.params, flat.split([a.numel() for a in acc])):
+            p.grad = g.view_as(p).to(p.dtype)
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(opt.params, grad_clip)
         opt.step(lr_at(i))
-        log.update([(s, e + 1) for s, e in mine])
+        log.update([(s, e + 1) for mb in micro[lo:hi] for s, e in mb])
     for p in opt.params:
         p.grad = None
     model.eval()
@@ -96,20 +108,23 @@ def sgd_on_sequences(model: torch.nn.Module, opt: MomentumSGD, tokens: np.ndarra
 
 def train_chunk(model: torch.nn.Module, opt: MomentumSGD, vs: ValSet, start: int, end: int,
                 seq_len: int, batch_seqs: int, epochs: int, lr: float, grad_clip: float,
-                log: EventLog, device: torch.device) -> None:
+                log: EventLog, device: torch.device, micro_seqs: int = 4) -> None:
     """Train on tokens[start:end] in seq_len sequences, `batch_seqs` global sequences per update."""
     seqs = [(s, min(s + seq_len, end - 1)) for s in range(start, end - 1, seq_len)]
     for _ in range(epochs):
-        sgd_on_sequences(model, opt, vs.tokens, seqs, batch_seqs, lambda i: lr, grad_clip, log, device)
+        sgd_on_sequences(model, opt, vs.tokens, seqs, batch_seqs, lambda i: lr, grad_clip, log, device,
+                         micro_seqs)
 
 
 def ttt_sgd(model: torch.nn.Module, vs: ValSet, context: int, stride: int, device: torch.device,
             chunk_tokens: int = 32_768, lr: float = 0.005, momentum: float = 0.9, epochs: int = 3,
             seq_len: int = 0, batch_seqs: int = 32, train_batch_seqs: int = 32,
-            grad_clip: float = 1.0, max_tokens: int = 0, log: EventLog | None = None) -> dict:
+            grad_clip: float = 1.0, micro_seqs: int = 4, max_tokens: int = 0,
+            log: EventLog | None = None) -> dict:
     """Score-first full-parameter SGD TTT (record PR #1493: chunks 32,768, lr 0.005, momentum 0.9,
     3 epochs, clip 1.0, cosine LR over chunks). seq_len 0 = context; batch_seqs: windows per
-    scoring forward on one rank; train_batch_seqs: global sequences per update. Adapts `model`."""
+    scoring forward on one rank; train_batch_seqs: global sequences per update, in micro-batches
+    of micro_seqs (sgd_on_sequences). Adapts `model` in place."""
     t0 = time.perf_counter()
     n = usable_tokens(len(vs), context, max_tokens)
     plan = window_plan(n, context, stride)
@@ -126,7 +141,7 @@ def ttt_sgd(model: torch.nn.Module, vs: ValSet, context: int, stride: int, devic
         lr_c = lr * 0.5 * (1 + math.cos(math.pi * c / max(1, n_chunks - 1)))
         end = min((c + 1) * chunk_tokens, n - 1) + 1
         train_chunk(model, opt, vs, c * chunk_tokens, end, seq_len or context, train_batch_seqs,
-                    epochs, lr_c, grad_clip, log, device)
+                    epochs, lr_c, grad_clip, log, device, micro_seqs)
     res = sums.result(t0, "ttt_sgd")
     res.update(context=context, stride=stride, chunks=n_chunks, chunk_tokens=chunk_tokens, lr=lr,
                epochs=epochs, updates=log.version, n_tokens=n)
@@ -147,8 +162,8 @@ def ttt_lora(model: torch.nn.Module, vs: ValSet, device: torch.device, context: 
              chunk_len: int = 48, rank: int = 8, alpha: float = 16.0, lr: float = 1e-4,
              beta2: float = 0.99, weight_decay: float = 0.5, docs_per_batch: int = 64,
              phases: int = 0, phase_lr: float = 0.001, phase_seq_len: int = 0,
-             phase_batch_seqs: int = 32, warm_start_a: bool = False, max_tokens: int = 0,
-             log: EventLog | None = None) -> dict:
+             phase_batch_seqs: int = 32, micro_seqs: int = 4, warm_start_a: bool = False,
+             max_tokens: int = 0, log: EventLog | None = None) -> dict:
     """Score-first per-document LoRA TTT (record PR #1855: chunk 48, AdamW betas (0, 0.99),
     lr 1e-4, wd 0.5). Batches of `docs_per_batch` consecutive documents; the stream is truncated as
     in plain eval with seq_len = context. `phases` > 0 trains the base weights with SGD on the
@@ -197,7 +212,7 @@ def ttt_lora(model: torch.nn.Module, vs: ValSet, device: torch.device, context: 
             docs = [d for b in batches[:edges[k + 1]] for d in b]
             phase_steps.append(_global_phase(model, opt, tokens, [spans[d] for d in docs],
                                              phase_seq_len or context, phase_batch_seqs, phase_lr,
-                                             log, device, lora))
+                                             log, device, lora, micro_seqs))
     lora.remove()
     for p in base:
         p.requires_grad_(True)
@@ -230,7 +245,8 @@ def _score_and_adapt(model, lora: LoRA, vs: ValSet, spans: list[tuple[int, int]]
                           lambda: _logp(model, step.x, step.mask))
         if step.train_rows.any():
             m = step.mask & step.train_rows[:, None]
-            loss = (nats * m).sum() / m.sum()
+            # each document's mean loss, summed: a slot's gradient never depends on the other rows
+            loss = ((nats * m).sum(1) / m.sum(1).clamp_min(1)).sum()
             loss.backward()
             lora.adam_step(step.slots[step.train_rows], lr, beta2, weight_decay)
             log.update(step.seen, scope="local")
@@ -239,7 +255,7 @@ def _score_and_adapt(model, lora: LoRA, vs: ValSet, spans: list[tuple[int, int]]
 
 def _global_phase(model: torch.nn.Module, opt: MomentumSGD, tokens: np.ndarray,
                   spans: list[tuple[int, int]], seq_len: int, batch_seqs: int, lr: float,
-                  log: EventLog, device: torch.device, lora: LoRA) -> int:
+                  log: EventLog, device: torch.device, lora: LoRA, micro_seqs: int) -> int:
     """One epoch of SGD (momentum 0.9, clip 1.0, cosine LR) on the base weights over the scored
     documents `spans` (s, e) = targets s+1..e, in stream order; returns the number of steps."""
     seqs = [(s, min(s + seq_len, e)) for lo, e in spans for s in range(lo, e, seq_len)]
@@ -248,7 +264,7 @@ def _global_phase(model: torch.nn.Module, opt: MomentumSGD, tokens: np.ndarray,
         p.requires_grad_(True)
     steps = sgd_on_sequences(model, opt, tokens, seqs, batch_seqs,
                              lambda i: lr * 0.5 * (1 + math.cos(math.pi * i / max(1, n_steps))),
-                             1.0, log, device)
+                             1.0, log, device, micro_seqs)
     for p in opt.params:
         p.requires_grad_(False)
     lora.clear_grads()

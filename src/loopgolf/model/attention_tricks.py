@@ -70,10 +70,15 @@ class PerLayerLoRA(Feature, nn.Module):
 
     def __init__(self, cfg: ModelConfig, shape: ModelShape):
         super().__init__()
-        r, d, n = cfg.lora_rank, cfg.dim, shape.n_slots
-        for name, d_in, d_out in (("q", d, d), ("k", d, shape.kv_dim), ("v", d, shape.kv_dim), ("o", d, d)):
-            self.register_parameter(f"{name}_a", nn.Parameter(torch.randn(n, r, d_in) / d_in ** 0.5))
-            self.register_parameter(f"{name}_b", nn.Parameter(torch.zeros(n, d_out, r)))
+        r, d, kv, n = cfg.lora_rank, cfg.dim, shape.kv_dim, shape.n_slots
+        self.q_a, self.q_b = self._pair(n, r, d, d)
+        self.k_a, self.k_b = self._pair(n, r, d, kv)
+        self.v_a, self.v_b = self._pair(n, r, d, kv)
+        self.o_a, self.o_b = self._pair(n, r, d, d)
+
+    @staticmethod
+    def _pair(n: int, r: int, d_in: int, d_out: int) -> tuple[nn.Parameter, nn.Parameter]:
+        return (nn.Parameter(torch.randn(n, r, d_in) / d_in ** 0.5), nn.Parameter(torch.zeros(n, d_out, r)))
 
     def create(self):
         return {"lora": self}
