@@ -179,3 +179,12 @@ def test_progress_bar_on_a_terminal_plain_lines_in_a_pipe(tiny_args, tmp_path):
     assert "train 100%|" in tty and "tok/s" in tty and "step 8 loss" in tty
     assert "train step:" not in out  # per-step lines stay in train.log while the bar runs
     assert "train step:8" in (tmp_path / "tty" / "train.log").read_text()
+
+
+def test_a_refused_start_creates_no_run_folder(tiny_args, tmp_path, capsys):
+    run_dir = tmp_path / "new"
+    assert main(["train", "--preset", "tiny", *tiny_args, "--set", f"data.val={tmp_path}/none_*.bin",
+                 "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none_*.bin" in err[0]
+    assert not run_dir.exists()

@@ -105,12 +105,22 @@ def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False,
     run_dir = Path(run_dir)
     store = CheckpointStore(run_dir / CHECKPOINT_DIR)
     env = provenance()
-    if info.is_main:
-        _record_attempt(run_dir, event="start", resume=resume, argv=env["argv"], code_sha256=env["code_sha256"],
-                        config_sha256=hashlib.sha256(cfg.to_json().encode()).hexdigest())
-    try:
+    start_rec = dict(event="start", resume=resume, argv=env["argv"], code_sha256=env["code_sha256"],
+                     config_sha256=hashlib.sha256(cfg.to_json().encode()).hexdigest())
+    existed = run_dir.exists()
+    try:  # everything that can refuse the start, before the run folder is touched
         start = _check_start(cfg, run_dir, store, resume)
-        result = _run(cfg, run_dir, device, info, env, store, start, code_bytes)
+        valset = load_val(cfg.data.val, cfg.data.tokenizer, cfg.model.vocab_size)
+        train_paths = check_train_shards(cfg.data.train, cfg.data.tokenizer)
+    except BaseException as e:
+        if info.is_main and existed:  # a new folder is not created just to record a refusal
+            _record_attempt(run_dir, **start_rec)
+            _record_attempt(run_dir, event="end", outcome=f"error: {type(e).__name__}: {e}"[:500])
+        raise
+    if info.is_main:
+        _record_attempt(run_dir, **start_rec)
+    try:
+        result = _run(cfg, run_dir, device, info, env, store, start, valset, train_paths, code_bytes)
     except BaseException as e:
         if info.is_main:
             _record_attempt(run_dir, event="end", outcome=f"error: {type(e).__name__}: {e}"[:500])
@@ -120,11 +130,11 @@ def train_and_compress(cfg: RunConfig, run_dir: Path, resume: bool = False,
     return result
 
 
-def _run(cfg, run_dir, device, info, env, store, start, code_bytes) -> dict:
+def _run(cfg, run_dir, device, info, env, store, start, valset, train_paths, code_bytes) -> dict:
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
-    ctx = _open_run(cfg, run_dir, device, info, env)
-    trainer = phases.build_trainer(ctx, check_train_shards(cfg.data.train, cfg.data.tokenizer), store)
+    ctx = _open_run(cfg, run_dir, device, info, env, valset)
+    trainer = phases.build_trainer(ctx, train_paths, store)
     if start is not None:
         trainer.resume(*start)
     result = phases.train(ctx, trainer)
@@ -147,8 +157,8 @@ def _run(cfg, run_dir, device, info, env, store, start, code_bytes) -> dict:
     return result
 
 
-def _open_run(cfg, run_dir, device, info, env) -> RunContext:
-    """Provenance files (first start only), the logger and the validation set."""
+def _open_run(cfg, run_dir, device, info, env, valset) -> RunContext:
+    """Provenance files (first start only) and the logger."""
     if info.is_main:
         for name, obj in (("config.json", cfg.to_dict()), ("env.json", env)):
             if not (run_dir / name).exists():  # provenance of the first start is never overwritten
@@ -157,7 +167,6 @@ def _open_run(cfg, run_dir, device, info, env) -> RunContext:
     logger.log("run", name=cfg.name, code_sha256=env["code_sha256"][:16], torch=env["torch"],
                device=str(device), world_size=info.world_size)
     logger.text("config " + json.dumps(cfg.to_dict(), sort_keys=True), console=False)
-    valset = load_val(cfg.data.val, cfg.data.tokenizer, cfg.model.vocab_size)
     return RunContext(cfg, run_dir, device, info, logger, valset, env)
 
 
