@@ -70,10 +70,10 @@ def test_train_calibration_stops_at_its_reserve():
 
     import torch
 
-    from loopgolf.pipeline import _UntilDeadline
+    from loopgolf.run_phases import UntilDeadline
 
     batches = [torch.zeros(1, 4)] * 5
-    late = _UntilDeadline(batches, time.perf_counter() - 1.0, torch.device("cpu"))
+    late = UntilDeadline(batches, time.perf_counter() - 1.0, torch.device("cpu"))
     assert len(list(late)) == 1 and late.used == 1
-    early = _UntilDeadline(batches, time.perf_counter() + 60.0, torch.device("cpu"))
+    early = UntilDeadline(batches, time.perf_counter() + 60.0, torch.device("cpu"))
     assert len(list(early)) == 5 and early.used == 5

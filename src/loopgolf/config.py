@@ -197,7 +197,10 @@ class TrainConfig:
     compile_mix_order_reduction: bool = False
     warmup_steps: int = 20  # compile-priming steps; weights and optimizer are restored afterwards
     seed: int = 1337
-    checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = by checkpoint_auto
+    # with checkpoint_every=0: checkpoint every 10% of the run when budget_s > 180 (train/triggers.py)
+    checkpoint_auto: bool = True
+    stall_frac: float = 0.25  # stop when the loss stays at ln(vocab) this share of the run; 0 = off
     device: str = "auto"  # auto | cpu | cuda
 
     def validate(self, seq_len: int) -> None:
@@ -220,6 +223,11 @@ class TrainConfig:
             raise ConfigError("train.micro_batch_seqs must be >= 1")
         if self.max_steps < 1:
             raise ConfigError("train.max_steps must be >= 1")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"train.checkpoint_every={self.checkpoint_every}: use N > 0 steps, or 0 "
+                              "(every 10% of runs over 3 minutes; train.checkpoint_auto=false: none)")
+        if not 0.0 <= self.stall_frac <= 1.0:
+            raise ConfigError(f"train.stall_frac={self.stall_frac} must be a fraction in [0, 1] (0 = off)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device={self.device!r}: choose auto, cpu or cuda")
 

@@ -1,7 +1,8 @@
 """Run logging: a human-readable log, machine-readable JSONL, and the run's provenance header.
 
 Rank 0 writes; other ranks' calls are no-ops. Console and `train.log` lines are grep-friendly
-`key:value` pairs (the challenge's style), `metrics.jsonl` holds the same records for scripts.
+`key:value` pairs (the challenge's style), `metrics.jsonl` holds the same records for scripts; bulky
+records (the full config) go to the files only (`console=False`).
 `provenance()` fingerprints the code (SHA-256 over the package's .py files) and the environment,
 so a log can be matched to the exact code that produced it.
 """
@@ -72,19 +73,20 @@ class Logger:
             self._text = open(run_dir / "train.log", "a", encoding="utf-8")
             self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
 
-    def log(self, event: str, **fields) -> None:
+    def log(self, event: str, console: bool = True, **fields) -> None:
+        """`console=False` keeps the line out of the terminal (train.log and JSONL still get it)."""
         if not self.enabled:
             return
         line = " ".join([event] + [f"{k}:{_fmt(v)}" for k, v in fields.items()])
-        self.text(line)
+        self.text(line, console=console)
         if self._jsonl:
             self._jsonl.write(json.dumps({"event": event, "t": round(time.time(), 3), **fields}) + "\n")
             self._jsonl.flush()
 
-    def text(self, line: str) -> None:
+    def text(self, line: str, console: bool = True) -> None:
         if not self.enabled:
             return
-        if self.echo:
+        if self.echo and console:
             print(line, flush=True)
         if self._text:
             self._text.write(line + "\n")

@@ -81,3 +81,27 @@ def test_gptq_int6_run_inside_the_budget(tiny_args, tmp_path, calib):
     assert abs(res["quant_gap_bpb"]) < 0.05
     log = (run_dir / "train.log").read_text()
     assert f"calibration source:{calib}" in log
+
+
+def test_train_reports_the_runs_scoring_recipe(tiny_args, tmp_path):
+    """`loopgolf train` scores the reloaded artifact with cfg.eval (here sliding windows), records
+    the method, and keeps the plain pre-quantization score beside it."""
+    import dataclasses
+
+    from loopgolf.data.valset import load_val_set
+    from loopgolf.eval.recipe import evaluate
+    from loopgolf.pipeline import model_from_artifact
+
+    run_dir = tmp_path / "run"
+    sets = ["eval.method=sliding", "eval.stride=8", "eval.max_tokens=2048"]
+    assert main(["train", "--preset", "tiny", *tiny_args, *sum((["--set", s] for s in sets), []),
+                 "--run-dir", str(run_dir)]) == 0
+    res = json.loads((run_dir / "result.json").read_text())
+    assert res["eval_method"] == "sliding" == res["eval"]["method"]
+    model, cfg = model_from_artifact(run_dir / "model.lgz", "cpu")
+    assert cfg.eval.method == "sliding" and cfg.eval.stride == 8  # the recipe travels in the artifact
+    vs = load_val_set(cfg.data.val, cfg.data.tokenizer, cfg.model.vocab_size)
+    direct = evaluate(model, vs, cfg.eval, "cpu", cfg.data.seq_len)
+    assert res["val_bpb"] == direct["val_bpb"]
+    plain = evaluate(model, vs, dataclasses.replace(cfg.eval, method="plain"), "cpu", cfg.data.seq_len)
+    assert plain["val_bpb"] != res["val_bpb"]  # the reported score is the recipe's, not plain windows

@@ -5,6 +5,7 @@ from loopgolf.data.loader import BatchLoader, TokenStream
 from loopgolf.metrics import Logger
 from loopgolf.model.gpt import GPT
 from loopgolf.presets import get_preset
+from loopgolf.train.checkpoint import CheckpointStore
 from loopgolf.train.loop import Trainer, TrainingDiverged
 
 
@@ -16,7 +17,7 @@ def _trainer(tiny_shards, tmp_path, steps=8, ckpt_every=0, extra=()):
     loader = BatchLoader(TokenStream(tiny_shards["train"]), cfg.data.seq_len, cfg.train.batch_tokens,
                          cfg.train.micro_batch_seqs, 0, 1, torch.device("cpu"))
     return Trainer(cfg, model, loader, torch.device("cpu"), Logger(None, echo=False),
-                   checkpoint_path=tmp_path / "ck.pt")
+                   checkpoints=CheckpointStore(tmp_path / "checkpoints"))
 
 
 def _interrupted_then_resumed(tiny_shards, path, ckpt_every, die_at, extra=()):
@@ -32,7 +33,7 @@ def _interrupted_then_resumed(tiny_shards, path, ckpt_every, die_at, extra=()):
     with pytest.raises(KeyboardInterrupt):
         first.run()
     resumed = _trainer(tiny_shards, path, steps=8, ckpt_every=ckpt_every, extra=extra)
-    resumed.resume(path / "ck.pt")
+    resumed.resume()
     assert resumed.step == die_at - die_at % ckpt_every
     resumed.run()
     return resumed
@@ -80,7 +81,7 @@ def test_non_finite_loss_stops_with_clear_message(tiny_shards, tmp_path):
     tr = _trainer(tiny_shards, tmp_path, steps=4)
     real = tr.model
     tr.model = lambda x, y, stage=-1: real(x, y, stage=stage) * float("nan")
-    with pytest.raises(TrainingDiverged, match="step 1: training loss is nan"):
+    with pytest.raises(TrainingDiverged, match="step 1: training loss is nan.*no checkpoint was written"):
         tr.run()
 
 
@@ -137,3 +138,37 @@ def test_qat_changes_training_and_resume_with_qat_matches(tiny_shards, tmp_path)
     resumed = _interrupted_then_resumed(tiny_shards, tmp_path / "b", ckpt_every=6, die_at=7, extra=QAT)
     for pa, pb in zip(straight.raw_model.parameters(), resumed.raw_model.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_nan_error_names_the_checkpoint_only_when_one_exists(tiny_shards, tmp_path):
+    tr = _trainer(tiny_shards, tmp_path, steps=8, ckpt_every=2)
+    real = tr.model
+    tr.model = lambda x, y, stage=-1: real(x, y, stage=stage) * (float("nan") if tr.step >= 3 else 1.0)
+    with pytest.raises(TrainingDiverged, match=r"step 4: training loss is nan.*the last checkpoint "
+                       r".*checkpoints/checkpoint-00000002.pt was written before it"):
+        tr.run()
+
+
+def test_checkpoint_holds_averages_and_resume_matches_with_ema(tiny_shards, tmp_path):
+    ema = ("optim.ema_horizon_frac=0.3",)
+    straight = _trainer(tiny_shards, tmp_path / "a", steps=8, extra=ema)
+    straight.run()
+    resumed = _interrupted_then_resumed(tiny_shards, tmp_path / "b", ckpt_every=3, die_at=7, extra=ema)
+    assert resumed.average.count == straight.average.count == 8
+    for pa, pb in zip(straight.raw_model.parameters(), resumed.raw_model.parameters()):
+        assert torch.equal(pa, pb)  # the averaged weights, bit for bit
+
+
+def test_trainer_passes_the_stage_and_never_writes_it(tiny_shards, tmp_path):
+    tr = _trainer(tiny_shards, tmp_path, steps=8, extra=("model.plan_stages=1+1x1+1@0.5",))
+    seen = []
+    real = tr.model
+
+    def spy(x, y, stage=-1):
+        seen.append(stage)
+        return real(x, y, stage=stage)
+    tr.model = spy
+    tr.run()
+    assert seen[0] == 0 and seen[-1] == 1 and sorted(set(seen)) == [0, 1]
+    assert len([s for s in seen if s == 0]) == 4 * 4  # 4 steps x 4 micro-batches of the first stage
+    assert not hasattr(tr.raw_model, "stage")  # the model holds no mutable stage

@@ -22,6 +22,7 @@ CORE_MODULES: tuple[str, ...] = (
     "dist.py",
     "metrics.py",
     "pipeline.py",
+    "run_phases.py",
     "data/**/*.py",
     "model/**/*.py",
     "train/**/*.py",

@@ -20,6 +20,7 @@ from pathlib import Path
 from loopgolf import dist
 from loopgolf.data.corpus import iter_documents
 from loopgolf.data.prepare import tokenize_documents
+from loopgolf.pipeline import write_json
 
 # dense bf16 peak by datasheet (H100 SXM and H200 share the arithmetic units); MFU = model FLOP/s / peak
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
@@ -84,7 +85,7 @@ def run_side_by_side(presets: list[str], shards: Path, tokenizer: Path, budget_s
             res["env"] = json.loads((run_dir / "env.json").read_text())
             res["mfu"] = mfu(res)
         results.append(res)
-        (out / f"{preset.replace('/', '_')}.json").write_text(json.dumps(res, indent=2, sort_keys=True, default=str))
+        write_json(out / f"{preset.replace('/', '_')}.json", res)
     print(format_table(results), flush=True)
     return results
 

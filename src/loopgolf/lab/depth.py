@@ -11,9 +11,8 @@ from pathlib import Path
 
 
 from loopgolf import dist
-from loopgolf.data.shards import list_shards
-from loopgolf.eval.bpb import evaluate_bpb
-from loopgolf.pipeline import _byte_tables, load_val_tokens, model_from_artifact, resolve_device
+from loopgolf.pipeline import load_val, model_from_artifact, resolve_device
+from loopgolf.run_phases import score
 
 
 def depth_curve(artifact: Path, val: str, tokenizer: str, loops: list[int], device_kind: str = "auto",
@@ -21,13 +20,11 @@ def depth_curve(artifact: Path, val: str, tokenizer: str, loops: list[int], devi
     device = resolve_device(device_kind)
     dist.init(device.type)
     model, cfg = model_from_artifact(artifact, device)
-    luts, _ = _byte_tables(tokenizer, cfg.model.vocab_size, device)
-    list_shards(val)
-    tokens = load_val_tokens(val)
+    valset = load_val(val, tokenizer, cfg.model.vocab_size)
     out = []
     for k in loops:
         plan = model.plan.with_loops(k)
-        res = evaluate_bpb(model.at(plan), tokens, luts, cfg.data.seq_len, 32, device, max_tokens=max_tokens)
+        res = score(model.at(plan), valset, cfg, device, max_tokens=max_tokens)  # the artifact's recipe
         res.update(loops=k, plan=plan.spec, virtual_layers=plan.n_virtual, trained=plan.schedule == model.plan.schedule)
         out.append(res)
         if dist.info().is_main:

@@ -24,11 +24,14 @@ from loopgolf.data.shards import ShardError
 from loopgolf.data.tokenizer import TokenizerError
 from loopgolf.lab.export import ExportError
 from loopgolf.model.recurrence import PlanError
-from loopgolf.train.checkpoint import CheckpointError
-from loopgolf.train.loop import TrainingDiverged
+from loopgolf.lab.runs import ReloadEvalError
+from loopgolf.run_phases import ArtifactWriteError
+from loopgolf.train.checkpoint import CheckpointError, CheckpointWriteError
+from loopgolf.train.guards import DegenerateModelError, TrainingDiverged
 
 USER_ERRORS = (ArtifactError, FitError, ExportError, CorpusError, DownloadError, ConfigError, ShardError,
-               TokenizerError, PlanError, CheckpointError, TrainingDiverged, FileNotFoundError)
+               TokenizerError, PlanError, CheckpointError, TrainingDiverged, DegenerateModelError,
+               CheckpointWriteError, ArtifactWriteError, ReloadEvalError, FileNotFoundError)
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # src/loopgolf
 _OS_FIXES = {

@@ -36,12 +36,19 @@ def new_run_dir(out_dir: str, name: str, resume: bool) -> Path:
     raise RuntimeError(f"too many runs named {name} in {out_dir}")
 
 
+class ReloadEvalError(RuntimeError):
+    """The fresh-process evaluation of a run's artifact failed; the message is the child's error."""
+
+
 def reload_eval_subprocess(artifact: Path, cfg: RunConfig, out_json: Path) -> dict:
     cmd = [sys.executable, "-m", "loopgolf", "eval", str(artifact), "--val", cfg.data.val,
            "--tokenizer", cfg.data.tokenizer, "--device", cfg.train.device, "--json", str(out_json)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"reload evaluation of {artifact} failed:\n{proc.stderr.strip()[-2000:]}")
+        errors = [ln.split("error:", 1)[1].strip() for ln in proc.stderr.splitlines()
+                  if ln.startswith("loopgolf: error:")]
+        detail = errors[-1] if errors else proc.stderr.strip()[-2000:]
+        raise ReloadEvalError(f"reload evaluation of {artifact} failed: {detail}")
     return json.loads(out_json.read_text())
 
 
@@ -70,7 +77,9 @@ def run_with_reload(cfg: RunConfig, run_dir: Path, resume: bool = False,
     res["reload_wall_seconds"] = round(time.perf_counter() - t0, 2)
     if dist.info().is_main:
         final = json.loads((run_dir / "result.json").read_text())
+        # the run's score: its scoring recipe (cfg.eval) on the model rebuilt from the artifact
         final.update(val_loss=res["val_loss"], val_bpb=res["val_bpb"], eval=res,
+                     eval_method=res.get("method", "plain"),
                      quant_gap_bpb=res["val_bpb"] - final["val_bpb_prequant"])
         ph = final.setdefault("phases", {})
         ph.update(decompress_s=res.get("decompress_seconds"), roundtrip_eval_s=round(res["eval_seconds"], 2))

@@ -20,7 +20,7 @@ from loopgolf.data.atomic import atomic_write_text
 from loopgolf.lab import stats
 
 ROW_KEYS = ("val_loss", "val_bpb", "val_bpb_prequant", "steps", "ms_per_step", "train_seconds",
-            "artifact_bytes", "code_bytes", "total_bytes", "fits_budget")
+            "artifact_bytes", "code_bytes", "total_bytes", "fits_budget", "eval_method")
 
 
 def seed_command(preset: str, seed: int, run_dir: Path, sets: list[str]) -> list[str]:

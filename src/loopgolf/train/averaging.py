@@ -1,11 +1,12 @@
 """Weight averaging (EMA or SWA) with horizons expressed as fractions of the run, swapped in before
-compression.
+compression; its state travels in checkpoints so a resumed run averages exactly as an uninterrupted one.
 
 A fixed per-step EMA decay ties the averaging horizon to a step count: seed 004's decay 0.997 (a
 ~330-step time constant) on a 330-step proxy run averaged in the early, bad weights and cost 0.43 bpb
 (issue 3). Here the decay follows the run: tau = horizon_frac x (expected total steps), where the
 expected total comes from the budget and the measured step time, so the same preset averages over the
-same share of training on a CPU minute or on 8 GPUs x 10 minutes.
+same share of training on a CPU minute or on 8 GPUs x 10 minutes. The trigger table
+(train/triggers.py) supplies the progress and expected steps; this class keeps the averages.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ class WeightAverage:
 
     @torch.no_grad()
     def update(self, frac: float, expected_steps: float) -> None:
-        """Call after each optimizer step with run progress in [0, 1] and the expected total steps."""
+        """Call after each optimizer step with run progress in [0, 1] and the expected total steps
+        (both from the step's trigger row)."""
         params = {n: p.detach() for n, p in self.model.named_parameters()}
         if self.ema_horizon > 0:
             tau = max(1.0, self.ema_horizon * expected_steps)
@@ -57,3 +59,14 @@ class WeightAverage:
         for n, p in self.model.named_parameters():
             p.copy_(self.avg[n].to(p.dtype))
         return self.count
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"avg": {k: v.detach().cpu() for k, v in (self.avg or {}).items()},
+                "count": self.count, "next_swa": self._next_swa}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = next(self.model.parameters()).device
+        avg = state.get("avg") or {}
+        self.avg = {k: v.to(device) for k, v in avg.items()} or None
+        self.count, self._next_swa = int(state["count"]), float(state["next_swa"])

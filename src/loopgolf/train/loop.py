@@ -4,7 +4,9 @@ The loss of a micro-batch is its summed token NLL divided by the GLOBAL token co
 gradients are summed across ranks, so any split of the step's sequences over ranks and micro-batches
 gives the same update. torch.compile's warm-up runs real steps before the clock starts and then
 restores weights, optimizer state and data position (baseline L937-970), so compilation never
-counts against the budget.
+counts against the budget. Every progress-dependent decision (plan stage, QAT, LR, momentum,
+averaging, checkpoints) comes from one trigger-table row per step (train/triggers.py); the plan
+stage is passed to the model as an argument, never written into it.
 """
 from __future__ import annotations
 
@@ -12,8 +14,6 @@ import copy
 import math
 import time
 from contextlib import nullcontext
-from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -22,15 +22,15 @@ from loopgolf.compress.qat import apply_qat, plain_state_dict, remove_qat, set_q
 from loopgolf.config import RunConfig
 from loopgolf.data.loader import BatchLoader
 from loopgolf.metrics import Logger
-from loopgolf.model.recurrence import stage_index
-from loopgolf.train.checkpoint import load_checkpoint, save_checkpoint
 from loopgolf.train.averaging import WeightAverage
+from loopgolf.train.checkpoint import CheckpointStore, check_resumable
+from loopgolf.train.guards import DegenerateModelError, StallGuard, TrainingDiverged
 from loopgolf.train.optim import build_optimizers
-from loopgolf.train.schedule import Clock, Progress, lr_multiplier, momentum_at, progress_fraction
+from loopgolf.train.progress import TrainProgress
+from loopgolf.train.schedule import Clock, Progress
+from loopgolf.train.triggers import Triggers, TriggerTable
 
-
-class TrainingDiverged(RuntimeError):
-    pass
+__all__ = ["Trainer", "TrainingDiverged", "DegenerateModelError"]
 
 
 def _set_mix_order_reduction(on: bool) -> None:
@@ -44,11 +44,10 @@ def _set_mix_order_reduction(on: bool) -> None:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, model: torch.nn.Module, loader: BatchLoader,
-                 device: torch.device, logger: Logger, checkpoint_path: Path | None = None,
-                 val_fn: Callable[[torch.nn.Module, int], dict] | None = None):
+                 device: torch.device, logger: Logger, checkpoints: CheckpointStore | None = None,
+                 val_fn=None, progress: TrainProgress | None = None):
         self.cfg, self.raw_model, self.loader = cfg, model, loader
         self.device, self.logger, self.val_fn = device, logger, val_fn
-        self.checkpoint_path = checkpoint_path
         cuda = device.type == "cuda"
         if cfg.train.compile and cuda:
             _set_mix_order_reduction(cfg.train.compile_mix_order_reduction)
@@ -58,29 +57,34 @@ class Trainer:
         self.opts = build_optimizers(model, cfg.optim, cfg.model, fused=cuda)
         self.params = list(model.parameters())
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+        self.table = TriggerTable(cfg, getattr(model, "stages", ()))
+        self.store = checkpoints  # where resume() looks; periodic saves only when the policy says so
+        self.checkpoints = checkpoints if self.table.checkpoints else None
+        self.progress = progress or TrainProgress(enabled=False)
         self.step = 0
         self.clock = Clock()
         self.last_loss = float("nan")
+        self.stage = max(0, len(self.table.stages) - 1)  # index into model.stages, passed to forward
+        self.ck_slot = 0  # the checkpoint slot last written (slot 0 = the start: nothing to save)
+        self.finished = False  # the weights are final (averaged, plain): from the last checkpoint
+        self.end_position: int | None = None
         o = cfg.optim
         self.average = WeightAverage(model, o.ema_horizon_frac, o.swa_start_frac, o.swa_every_frac)
+        self.stall = StallGuard(cfg.model.vocab_size, cfg.train.stall_frac)
         # QAT wraps weights in parametrizations after the optimizers hold the (unchanged) Parameter
-        # objects; it is on from the start or switched on at quant.qat_start_frac, and removed at the
-        # end of run() so the artifact and the final checkpoint see the plain float weights.
+        # objects; it switches on when the trigger row says so and is removed at the end of run(),
+        # so the artifact and the final checkpoint see the plain float weights.
         q = cfg.quant
         self.qat_names = apply_qat(model, q, enabled=q.qat_start_frac == 0) if q.qat != "off" else []
         self.qat_on = bool(self.qat_names) and q.qat_start_frac == 0
-        self.stage = len(model.stages) - 1  # index into model.stages; run() picks it by progress
 
     # --- one optimizer step ---------------------------------------------------------------------
-    def _set_schedules(self, prog: Progress) -> float:
-        mult = lr_multiplier(prog, self.cfg.optim, self.cfg.train)
-        mom = momentum_at(prog, self.cfg.optim, self.cfg.train)
+    def _set_schedules(self, row: Triggers) -> None:
         for opt in self.opts:
             for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * mult
+                g["lr"] = g["base_lr"] * row.lr_mult
                 if "momentum" in g:
-                    g["momentum"] = mom
-        return mult
+                    g["momentum"] = row.momentum
 
     def _train_step(self) -> torch.Tensor:
         inv_tokens = 1.0 / self.loader.batch_tokens
@@ -111,19 +115,18 @@ class Trainer:
         t0 = time.perf_counter()
         model_state = copy.deepcopy(self.raw_model.state_dict())
         opt_states = [copy.deepcopy(o.state_dict()) for o in self.opts]
-        position = self.loader.stream.position
-        final_stage = self.stage
+        position, stage = self.loader.stream.position, self.stage
+        start = self.table.at(Progress(0, 0.0, 0.0))
         # every plan stage is its own graph: compile and warm each one now, never in the timed loop
         qat_states = (False, True) if (self.qat_names and not self.qat_on) else (self.qat_on,)
-        for stage in range(len(self.raw_model.stages)):
-            self.stage = stage
+        for self.stage in range(len(self.table.stages) or 1):
             for qat in qat_states:  # a late QAT switch is another graph: warm it too
                 set_qat_enabled(self.raw_model, qat)
                 for _ in range(n):
-                    self._set_schedules(Progress(0, 0.0, 0.0))
+                    self._set_schedules(start)
                     self._train_step()
         set_qat_enabled(self.raw_model, self.qat_on)
-        self.stage = final_stage
+        self.stage = stage
         self.raw_model.load_state_dict(model_state)
         for o, s in zip(self.opts, opt_states):
             o.load_state_dict(s)
@@ -133,23 +136,44 @@ class Trainer:
         return time.perf_counter() - t0
 
     # --- checkpoints ----------------------------------------------------------------------------
-    def save(self) -> None:
-        if self.checkpoint_path is None:
+    def state(self, finished: bool = False) -> dict:
+        """Everything a resumed run needs to continue bit for bit."""
+        rng = {"torch": torch.get_rng_state()}  # QAT noise draws from it; data order is positional
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "model": plain_state_dict(self.raw_model),
+            "optimizers": [o.state_dict() for o in self.opts],
+            "average": self.average.state_dict(),
+            "stall": self.stall.state_dict(),
+            "step": self.step,
+            "train_seconds": self.clock.seconds,
+            # a finished run's position is where training stopped (calibration reads on from there)
+            "position": self.end_position if finished and self.end_position is not None
+            else self.loader.stream.position,
+            "stage": self.stage, "qat_on": self.qat_on, "ck_slot": self.ck_slot,
+            "finished": finished, "last_loss": self.last_loss,
+            "rng": rng,
+            "config_json": self.cfg.to_json(),
+        }
+
+    def save(self, finished: bool = False) -> None:
+        if self.checkpoints is None:
             return
         if dist.info().is_main:
-            save_checkpoint(self.checkpoint_path, {
-                "model": plain_state_dict(self.raw_model),
-                "optimizers": [o.state_dict() for o in self.opts],
-                "step": self.step,
-                "train_seconds": self.clock.seconds,
-                "position": self.loader.stream.position,
-                "config_json": self.cfg.to_json(),
-            })
+            path = self.checkpoints.save(self.state(finished), self.step)
+            self.logger.log("checkpoint", step=self.step, path=str(path), console=False)
         dist.barrier()
 
-    def resume(self, path: Path) -> None:
-        ck = load_checkpoint(path, map_location=self.device)
-        qat = {n[: -len(".weight")]: n for n in self.qat_names}  # checkpoints hold plain names
+    def resume(self, ck: dict | None = None, path=None) -> None:
+        """Continue from checkpoint `ck` (default: the store's newest); refuses one whose config
+        changes tensor shapes."""
+        if ck is None:
+            if self.store is None:
+                raise ValueError("Trainer.resume needs a checkpoint store")
+            ck, path = self.store.load_latest(map_location=self.device)
+        check_resumable(ck, path, self.cfg.to_dict())
+        qat = {n[: -len(".weight")] for n in self.qat_names}  # checkpoints hold plain names
         self.raw_model.load_state_dict({
             (f"{k[: -len('.weight')]}.parametrizations.weight.original" if k[: -len(".weight")] in qat else k): v
             for k, v in ck["model"].items()})
@@ -158,9 +182,45 @@ class Trainer:
         self.step = int(ck["step"])
         self.clock = Clock(float(ck["train_seconds"]))
         self.loader.stream.position = int(ck["position"])
+        self.stage, self.ck_slot = int(ck.get("stage", -1)), int(ck.get("ck_slot", 0))
+        self.finished, self.last_loss = bool(ck.get("finished")), float(ck.get("last_loss", math.nan))
+        if "average" in ck:
+            self.average.load_state_dict(ck["average"])
+        if "stall" in ck:
+            self.stall.load_state_dict(ck["stall"])
+        if self.qat_names and bool(ck.get("qat_on")) != self.qat_on:
+            set_qat_enabled(self.raw_model, bool(ck.get("qat_on")))
+            self.qat_on = bool(ck.get("qat_on"))
+        rng = ck.get("rng") or {}
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"].cpu())
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
         self.logger.log("resume", step=self.step, train_seconds=round(self.clock.seconds, 2), path=str(path))
 
     # --- the loop -------------------------------------------------------------------------------
+    def _apply(self, row: Triggers) -> None:
+        """Switch the plan stage and QAT as the step's trigger row says."""
+        if row.stage != self.stage:
+            self.stage = row.stage
+            plan = self.table.stages[row.stage].plan if self.table.stages else None
+            self.logger.log("plan_stage", step=self.step, frac=round(row.frac, 4), stage=row.stage,
+                            plan=getattr(plan, "spec", ""), virtual_layers=getattr(plan, "n_virtual", 0))
+        if self.qat_names and row.qat and not self.qat_on:
+            set_qat_enabled(self.raw_model, True)
+            self.qat_on = True
+            self.logger.log("qat", step=self.step, frac=round(row.frac, 4), mode=self.cfg.quant.qat,
+                            tensors=len(self.qat_names))
+        self._set_schedules(row)
+
+    def _diverged(self, loss_v: float) -> TrainingDiverged:
+        last = self.checkpoints.latest() if self.checkpoints else None
+        where = (f"; the last checkpoint {last} was written before it (rerun with --resume after "
+                 "changing the learning rate)" if last else "; no checkpoint was written")
+        return TrainingDiverged(
+            f"step {self.step}: training loss is {loss_v}; lower optim.matrix_lr / optim.tied_embed_lr "
+            f"or set optim.grad_clip{where}")
+
     def run(self) -> dict:
         t = self.cfg.train
         info = dist.info()
@@ -169,45 +229,40 @@ class Trainer:
         stats = torch.zeros(3, dtype=torch.float64, device=self.device)
         agreed_s = self.clock.seconds  # mean clock over ranks, so every rank picks the same schedule
         stage_time: dict[str, tuple[float, int]] = {}  # plan spec -> (seconds, steps)
-        while self.step < t.max_steps:
-            steps_done = self.step - start_step
-            avg = (agreed_s - start_seconds) / steps_done if steps_done else 0.0
-            prog = Progress(self.step, agreed_s, avg)
-            frac = progress_fraction(prog, t)
-            stage = stage_index(self.raw_model.stages, frac, self.step)
-            if stage != self.stage:  # another plan: another graph
-                self.stage = stage
-                plan = self.raw_model.stages[stage].plan
-                self.logger.log("plan_stage", step=self.step, frac=round(frac, 4), stage=stage,
-                                plan=plan.spec, virtual_layers=plan.n_virtual)
-            if self.qat_names and not self.qat_on and frac >= self.cfg.quant.qat_start_frac:
-                set_qat_enabled(self.raw_model, True)
-                self.qat_on = True
-                self.logger.log("qat", step=self.step, frac=round(frac, 4), mode=self.cfg.quant.qat,
-                                tensors=len(self.qat_names))
-            mult = self._set_schedules(prog)
+        while self.step < t.max_steps and not self.finished:
+            avg = agreed_s / self.step if self.step else 0.0
+            row = self.table.at(Progress(self.step, agreed_s, avg))
+            if self.checkpoints and row.checkpoint_slot > self.ck_slot:
+                self.ck_slot = row.checkpoint_slot
+                self.clock.pause()
+                self.save()
+                self.clock.start()
+            self._apply(row)
             t_step = self.clock.seconds
             loss = self._train_step()
             self.step += 1
             stats[0] = loss
-            stats[1] = 1.0 if (t.budget_s > 0 and self.clock.seconds >= t.budget_s) else 0.0
+            stats[1] = 1.0 if self.table.out_of_time(self.clock.seconds) else 0.0
             stats[2] = self.clock.seconds
             dist.all_reduce_sum(stats)
             loss_v, stop, clock_sum = stats.tolist()  # one host sync per step, like the baseline's stop all-reduce
             agreed_s = clock_sum / info.world_size
-            spec = self.raw_model.stages[self.stage].plan.spec
+            spec = self.table.stages[self.stage].plan.spec if self.table.stages else "-"
             secs, n = stage_time.get(spec, (0.0, 0))
             stage_time[spec] = (secs + self.clock.seconds - t_step, n + 1)
             if self.average.enabled:
-                expected = t.budget_s / avg if (t.budget_s > 0 and avg > 0) else t.max_steps
-                self.average.update(frac, min(expected, t.max_steps))
+                self.average.update(row.frac, row.expected_steps)
             self.last_loss = loss_v
             if not math.isfinite(loss_v):
-                raise TrainingDiverged(
-                    f"step {self.step}: training loss is {loss_v}; lower optim.matrix_lr / optim.tied_embed_lr "
-                    f"or set optim.grad_clip (last checkpoint: {self.checkpoint_path or 'none'})")
+                raise self._diverged(loss_v)
+            self.stall.check(loss_v, self.step, row.frac)
+            run_s = self.clock.seconds - start_seconds
+            tok_s = (self.step - start_step) * self.loader.batch_tokens / run_s if run_s > 0 else 0.0
+            self.progress.update(self.table.fraction(Progress(self.step, agreed_s, avg)), self.step,
+                                 loss_v, tok_s)
             if self.step % t.log_every == 0 or self.step == 1 or stop:
-                self.logger.log("train", step=self.step, loss=round(loss_v, 4), lr_mult=round(mult, 4),
+                self.logger.log("train", console=not self.progress.enabled, step=self.step,
+                                loss=round(loss_v, 4), lr_mult=round(row.lr_mult, 4),
                                 train_s=round(self.clock.seconds, 2),
                                 step_ms=round(1000 * self.clock.seconds / max(self.step, 1), 1))
             if t.val_every and self.step % t.val_every == 0 and self.val_fn and not stop:
@@ -215,19 +270,25 @@ class Trainer:
                 res = self.val_fn(self.raw_model, t.val_tokens)  # eager: no recompiles on ragged batches
                 self.logger.log("val", step=self.step, **{k: res[k] for k in ("val_loss", "val_bpb")})
                 self.clock.start()
-            if t.checkpoint_every and self.step % t.checkpoint_every == 0 and not stop:
-                self.clock.pause()
-                self.save()
-                self.clock.start()
             if stop:
                 break
         self.clock.pause()
-        if self.average.enabled:
+        self.progress.close()
+        self.end_position = self.loader.stream.position
+        return self._finish(start_step, start_seconds, stage_time)
+
+    def _finish(self, start_step: int, start_seconds: float, stage_time: dict) -> dict:
+        """Swap in the averages and drop QAT (the final weights), then checkpoint them: resuming
+        that checkpoint goes straight to compression, and `loopgolf fit` reads the final weights."""
+        if self.average.enabled and not self.finished:
             n_avg = self.average.swap_in()
             self.logger.log("averaging", kind="ema" if self.cfg.optim.ema_horizon_frac else "swa", snapshots=n_avg)
         if self.qat_names:
             remove_qat(self.raw_model)  # the plain float weights go on to GPTQ / the artifact
             self.qat_names, self.qat_on = [], False
+        if not self.finished:
+            self.save(finished=True)
+            self.finished = True
         seconds = self.clock.seconds
         steps = self.step - start_step
         run_seconds = seconds - start_seconds
@@ -238,8 +299,8 @@ class Trainer:
             "ms_per_step": round(1000 * run_seconds / max(steps, 1), 2),
             "tokens_per_s": round(tokens / run_seconds, 1) if run_seconds > 0 else 0.0,
             "train_tokens": self.step * self.loader.batch_tokens,
-            "final_train_loss": self.last_loss,
-            "world_size": info.world_size,
+            "final_train_loss": self.last_loss if math.isfinite(self.last_loss) else None,
+            "world_size": dist.info().world_size,
             # ms/step per plan stage, e.g. before and after the loops switch on
             "stage_ms_per_step": {k: round(1000 * v[0] / v[1], 2) for k, v in stage_time.items()},
             "stage_steps": {k: v[1] for k, v in stage_time.items()},
