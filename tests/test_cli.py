@@ -152,3 +152,18 @@ def test_bench_refuses_a_non_positive_budget(tmp_path, capsys):
                  "--budget-s", "0", "--out", str(tmp_path / "bench")])
     one_error(code, capsys.readouterr().err.strip().splitlines(), "--budget-s 0.0")
     assert not (tmp_path / "bench").exists()
+
+
+def test_new_lab_commands_are_registered_and_bench_cap_is_checked(tmp_path):
+    from loopgolf.cli import build_parser
+
+    ap = build_parser()
+    args = ap.parse_args(["fidelity", "--script", "s.py", "--preset", "baseline", "--train", "t", "--val", "v",
+                          "--tokenizer", "m", "--out", str(tmp_path)])
+    assert args.fn.__name__ == "cmd_fidelity" and args.script_seeds == [1337, 42]
+    args = ap.parse_args(["ablate", "loops", "--preset", "tiny", "--caps", "16000000", "4000000", "--out", "o"])
+    assert args.fn.__name__ == "cmd_ablate_loops" and args.caps == [16_000_000, 4_000_000]
+    proc = subprocess.run([sys.executable, "-m", "loopgolf", "bench", "run", "--shards", "x", "--tokenizer", "y",
+                           "--presets", "tiny", "--out", str(tmp_path / "b"), "--cap", "5"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == "loopgolf: error: --cap 5: give a byte cap in 10,001..16,000,000"

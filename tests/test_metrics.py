@@ -106,3 +106,16 @@ def test_provenance_keys(tmp_path, monkeypatch) -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", env["time_utc"])
     assert re.fullmatch(r"\d+\.\d+\.\d+\S*", env["python"])
     json.dumps(env)  # provenance goes into JSON headers: it must serialize
+
+
+def test_numpy_and_tensor_fields_are_written_as_numbers(tmp_path):
+    import numpy as np
+    import torch
+
+    from loopgolf.metrics import Logger
+
+    log = Logger(tmp_path, echo=False)
+    log.log("x", a=np.float32(0.5), b=np.int64(3), c=torch.tensor(2.0))
+    log.close()
+    rec = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (rec["a"], rec["b"], rec["c"]) == (0.5, 3, 2.0)

@@ -185,9 +185,25 @@ def cmd_bench_run(args) -> int:
         if not sep or preset not in args.presets:
             raise ConfigError(f"--preset-set {item!r}: write PRESET:SECTION.FIELD=VALUE for one of {args.presets}")
         per_preset.setdefault(preset, []).append(setting)
+    sets = list(args.set or [])
+    if args.cap:
+        from loopgolf.lab.ablate import FIT_MARGIN_BYTES
+
+        if not FIT_MARGIN_BYTES < args.cap <= 16_000_000:
+            raise ConfigError(f"--cap {args.cap}: give a byte cap in {FIT_MARGIN_BYTES + 1:,}..16,000,000")
+        sets.append(f"quant.fit_target={args.cap - FIT_MARGIN_BYTES}")  # every preset fitted under the cap
     results = run_side_by_side(args.presets, Path(args.shards), Path(args.tokenizer), args.budget_s,
-                               Path(args.out), args.set or [], per_preset=per_preset)
-    return 0 if all(r["exit_code"] == 0 for r in results) else 1
+                               Path(args.out), sets, per_preset=per_preset)
+    ok = all(r["exit_code"] == 0 for r in results)
+    if args.reference:
+        from loopgolf.lab.reference import run_reference, speed_ratios
+
+        ref = run_reference(Path(args.reference), Path(args.shards), args.tokenizer, args.budget_s, Path(args.out))
+        for preset, ratio in speed_ratios(results, ref).items():
+            print(f"bench ratio preset:{preset} tokens_per_s_vs_reference:{ratio:.3f} "
+                  f"reference_val_bpb:{ref.get('val_bpb')}", flush=True)
+        ok = ok and ref["exit_code"] == 0
+    return 0 if ok else 1
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -246,9 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     from loopgolf.lab import data_commands
 
     data_commands.register(sub)
-    from loopgolf.lab import compress_commands, depth, eval_suite, seeds, submission
+    from loopgolf.lab import ablate, compress_commands, depth, eval_suite, fidelity, seeds, submission
 
-    for module in (depth, compress_commands, eval_suite, seeds, submission):
+    for module in (depth, compress_commands, eval_suite, seeds, submission, fidelity, ablate):
         module.register(sub)
     bench = sub.add_parser("bench", help="the proxy benchmark").add_subparsers(dest="bench_command", required=True)
     p = bench.add_parser("prepare", help="tokenize bench .jsonl.zst files into shards")
@@ -267,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
     p.add_argument("--preset-set", action="append", metavar="PRESET:SECTION.FIELD=VALUE",
                    help="override a field for one preset only")
+    p.add_argument("--cap", type=int, default=0,
+                   help="byte cap: every preset's artifact + code is fitted just under it")
+    p.add_argument("--reference", default="",
+                   help="the challenge's train_gpt.py (your copy): run it too and print tokens/s ratios")
     p.set_defaults(fn=cmd_bench_run)
     return ap
 

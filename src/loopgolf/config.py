@@ -9,37 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import typing
 from dataclasses import dataclass, field
 
+from loopgolf.config_fields import ConfigError, at_least as _at_least, finite as _finite
+from loopgolf.config_fields import fractions as _fractions, from_dict as _from_dict, set_dotted
+
+__all__ = ["BUDGET_BYTES", "ConfigError", "DataConfig", "EVAL_METHODS", "EvalConfig", "ModelConfig",
+           "OptimConfig", "QuantConfig", "RunConfig", "TrainConfig", "set_dotted"]
+
 BUDGET_BYTES = 16_000_000  # the challenge's decimal artifact cap: code bytes + compressed weights
-
-
-class ConfigError(ValueError):
-    """An impossible or malformed configuration; the message names the field and the fix."""
-
-
-def _finite(section: str, obj) -> None:
-    """Refuse nan/inf in any float field: a nan budget or learning rate would silently mean 'off'."""
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError(f"{section}.{f.name}={v} must be a finite number")
-
-
-def _at_least(section: str, obj, minimum: float, *names: str, hint: str = "") -> None:
-    for name in names:
-        v = getattr(obj, name)
-        if not v >= minimum:
-            raise ConfigError(f"{section}.{name}={v} must be >= {minimum}{hint}")
-
-
-def _fractions(section: str, obj, *names: str) -> None:
-    for name in names:
-        v = getattr(obj, name)
-        if not 0.0 <= v <= 1.0:
-            raise ConfigError(f"{section}.{name}={v} must be a fraction in [0, 1]")
 
 
 @dataclass
@@ -361,8 +339,11 @@ class EvalConfig:
         ctx = self.context or seq_len
         if ctx and not 1 <= self.stride <= ctx and self.method in ("sliding", "ttt_sgd", "mixture"):
             raise ConfigError(f"eval.stride={self.stride} must be in 1..{ctx} (the eval context)")
-        if self.batch_tokens < 1 or self.max_tokens < 0:
-            raise ConfigError("eval.batch_tokens must be >= 1 and eval.max_tokens >= 0 (0 = all)")
+        if self.batch_tokens < 1:
+            raise ConfigError(f"eval.batch_tokens={self.batch_tokens} must be >= 1")
+        if self.max_tokens < 0:
+            raise ConfigError(f"eval.max_tokens={self.max_tokens} must be 0 (the whole validation set) "
+                              "or a positive token count")
         positive = ("sgd_epochs", "sgd_chunk_tokens", "sgd_batch_seqs", "sgd_micro_seqs", "lora_rank",
                     "lora_chunk", "lora_docs_per_batch", "lora_phase_batch_seqs", "mix_trigram_buckets")
         for name in positive:
@@ -425,69 +406,3 @@ class RunConfig:
             key, raw = a.split("=", 1)
             set_dotted(self, key.strip(), raw.strip())
         return self
-
-
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
-def _from_dict(cls, d: dict, prefix: str):
-    if not isinstance(d, dict):
-        raise ConfigError(f"config section {prefix or '<root>'} must be an object")
-    hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ConfigError(f"unknown config field(s) {sorted(prefix + k for k in unknown)}")
-    kwargs = {}
-    for k, v in d.items():
-        t = hints[k]
-        if dataclasses.is_dataclass(t):
-            kwargs[k] = _from_dict(t, v, f"{prefix}{k}.")
-        else:
-            kwargs[k] = _coerce(v, t, prefix + k)
-    return cls(**kwargs)
-
-
-def _coerce(value, t, key: str):
-    if t is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{key}={value!r}: expected a boolean (true/false)")
-    try:
-        if t is int:
-            if isinstance(value, str):
-                value = value.replace("_", "")
-                f = float(value)
-                if not f.is_integer():
-                    raise ValueError
-                return int(f)
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if t is float:
-            return float(value.replace("_", "") if isinstance(value, str) else value)
-        if t is str:
-            return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r}: expected {t.__name__}") from None
-    raise ConfigError(f"{key}: unsupported field type {t}")
-
-
-def set_dotted(cfg, key: str, raw) -> None:
-    parts = key.split(".")
-    obj = cfg
-    for p in parts[:-1]:
-        if not hasattr(obj, p) or not dataclasses.is_dataclass(getattr(obj, p)):
-            raise ConfigError(f"--set {key}: no config section {p!r}")
-        obj = getattr(obj, p)
-    leaf = parts[-1]
-    hints = _hints(type(obj))
-    if leaf not in hints or dataclasses.is_dataclass(hints[leaf]):
-        valid = sorted(f.name for f in dataclasses.fields(obj))
-        raise ConfigError(f"--set {key}: unknown field {leaf!r}; valid fields: {', '.join(valid)}")
-    setattr(obj, leaf, _coerce(raw, hints[leaf], key))

@@ -80,7 +80,8 @@ class Logger:
         line = " ".join([event] + [f"{k}:{_fmt(v)}" for k, v in fields.items()])
         self.text(line, console=console)
         if self._jsonl:
-            self._jsonl.write(json.dumps({"event": event, "t": round(time.time(), 3), **fields}) + "\n")
+            record = {"event": event, "t": round(time.time(), 3), **fields}
+            self._jsonl.write(json.dumps(record, default=_plain) + "\n")
             self._jsonl.flush()
 
     def text(self, line: str, console: bool = True) -> None:
@@ -97,3 +98,8 @@ class Logger:
             if f:
                 f.close()
         self._text = self._jsonl = None
+
+
+def _plain(v):
+    """numpy scalars and 0-d tensors as Python numbers (json cannot write them); anything else as text."""
+    return v.item() if hasattr(v, "item") and getattr(v, "ndim", 0) == 0 else str(v)

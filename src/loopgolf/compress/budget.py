@@ -19,6 +19,7 @@ SHIPPED_FILE: str | None = None  # set by an exported train_gpt.py to its own pa
 # Paths relative to the package directory (Path.glob patterns); missing files are skipped.
 CORE_MODULES: tuple[str, ...] = (
     "config.py",
+    "config_fields.py",
     "dist.py",
     "metrics.py",
     "pipeline.py",

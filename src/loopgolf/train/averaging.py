@@ -1,5 +1,6 @@
 """Weight averaging (EMA or SWA) with horizons expressed as fractions of the run, swapped in before
-compression; its state travels in checkpoints so a resumed run averages exactly as an uninterrupted one.
+compression, over the parameters whose PARAM_KINDS row says `averaged` (model/params.py); its
+state travels in checkpoints so a resumed run averages exactly as an uninterrupted one.
 
 A fixed per-step EMA decay ties the averaging horizon to a step count: seed 004's decay 0.997 (a
 ~330-step time constant) on a 330-step proxy run averaged in the early, bad weights and cost 0.43 bpb
@@ -12,11 +13,16 @@ from __future__ import annotations
 
 import torch
 
+from loopgolf.model.params import kinds_of
+
 
 class WeightAverage:
     def __init__(self, model: torch.nn.Module, ema_horizon_frac: float = 0.0, swa_start_frac: float = 0.0,
                  swa_every_frac: float = 0.01):
         self.model = model
+        named = list(model.named_parameters())
+        kinds = kinds_of(named)
+        self.names = [n for n, _ in named if kinds[n].averaged]  # the parameter table decides
         self.ema_horizon = ema_horizon_frac
         self.swa_start, self.swa_every = swa_start_frac, swa_every_frac
         self.avg: dict[str, torch.Tensor] | None = None
@@ -31,7 +37,8 @@ class WeightAverage:
     def update(self, frac: float, expected_steps: float) -> None:
         """Call after each optimizer step with run progress in [0, 1] and the expected total steps
         (both from the step's trigger row)."""
-        params = {n: p.detach() for n, p in self.model.named_parameters()}
+        named = dict(self.model.named_parameters())
+        params = {n: named[n].detach() for n in self.names}
         if self.ema_horizon > 0:
             tau = max(1.0, self.ema_horizon * expected_steps)
             decay = 1.0 - 1.0 / tau
@@ -57,7 +64,8 @@ class WeightAverage:
         if self.avg is None:
             return 0
         for n, p in self.model.named_parameters():
-            p.copy_(self.avg[n].to(p.dtype))
+            if n in self.avg:
+                p.copy_(self.avg[n].to(p.dtype))
         return self.count
 
     # --- checkpoints ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Faults around a run, end to end through the CLI: SIGKILL then --resume, a full disk, a failed
+"""The run phases (run_phases.py) end to end through the CLI, and their faults: SIGKILL then --resume, a full disk, a failed
 resume, a changed shape on resume, a model that learns nothing, a NaN score, progress on a TTY.
 
 Subprocess cases assert exit status 2, exactly one `loopgolf: error:` line on stderr, and the files
