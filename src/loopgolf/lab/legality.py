@@ -128,12 +128,7 @@ class Recorder:
             out.append(f"{int(bad[3])} committed distribution(s) over {self.first_bad.get('width')} "
                        f"entries, not the vocabulary's {self.vocab}")
         counts = self.counts.cpu().numpy()
-        never = np.flatnonzero(counts[first_target:] == 0) + first_target
-        twice = np.flatnonzero(counts[first_target:] > 1) + first_target
-        if len(never):
-            out.append(f"{len(never)} target(s) of the data never committed (positions {_examples(never)})")
-        if len(twice):
-            out.append(f"{len(twice)} target(s) committed more than once (positions {_examples(twice)})")
+        out += _coverage_problems(counts, first_target, "of the data never committed", "committed")
         once = counts == 1
         n_bytes = float(self.vs.target_bytes[:self.n][once].sum())
         if n_bytes > 0 and "val_bpb" in result:
@@ -236,12 +231,7 @@ def check_events(logs: EventLog | list[EventLog], n_tokens: int, first_target: i
         problems.append(f"{len(bad_ranges)} malformed or out-of-stream range(s) (need {first} <= lo < "
                         f"hi <= {n}): {'; '.join(bad_ranges[:3])}")
     count = np.cumsum(count)[:n]
-    never = np.flatnonzero(count[first:] == 0) + first
-    twice = np.flatnonzero(count[first:] > 1) + first
-    if len(never):
-        problems.append(f"{len(never)} target(s) never scored (positions {_examples(never)})")
-    if len(twice):
-        problems.append(f"{len(twice)} target(s) scored more than once (positions {_examples(twice)})")
+    problems += _coverage_problems(count, first, "never scored", "scored")
     late, example = _replay_order(logs, n, problems)
     if late:
         problems.append(f"{late} target(s) scored after an update that saw them (train-then-score): "
@@ -357,3 +347,13 @@ def summarize(checks: dict[str, dict]) -> dict:
     """{"ok": all passed, "failed": [names], "checks": checks}."""
     failed = [k for k, v in checks.items() if not v["ok"]]
     return {"ok": not failed, "failed": failed, "checks": checks}
+
+
+def _coverage_problems(counts: np.ndarray, first: int, never_text: str, verb: str) -> list[str]:
+    """Exactly one commit per target from `first` on: the targets with none and with several."""
+    never = np.flatnonzero(counts[first:] == 0) + first
+    twice = np.flatnonzero(counts[first:] > 1) + first
+    out = [f"{len(never)} target(s) {never_text} (positions {_examples(never)})"] if len(never) else []
+    if len(twice):
+        out.append(f"{len(twice)} target(s) {verb} more than once (positions {_examples(twice)})")
+    return out
