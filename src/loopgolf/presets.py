@@ -134,7 +134,9 @@ def seed_lora_mtp() -> RunConfig:
     a rank-16 LoRA on attention q/k/v/o for every virtual layer (each loop of a shared block gets its
     own low-rank correction), 2 multi-token-prediction heads (tokens t+2, t+3; training-only, stripped
     from the artifact), EMA. The seed's other shape, 4 x 3 at d=704 with rank 32, is
-    `--set model.plan=4x3 --set model.dim=704 --set model.mlp_hidden=1408 --set model.lora_rank=32`."""
+    `--set model.plan=4x3 --set model.dim=704 --set model.mlp_hidden=1408 --set model.lora_rank=32`.
+    The LoRA stacks are trained by Muon at optim.matrix_lr, as PR #21 trains its adapters (earlier
+    versions gave them Adam at scalar_lr; tests/golden was regenerated for this preset only)."""
     return RunConfig(
         name="seed-lora-mtp",
         model=ModelConfig(dim=768, n_heads=8, n_kv_heads=4, mlp_hidden=1536, plan="5x2", lora_rank=16,

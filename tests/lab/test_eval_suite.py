@@ -133,3 +133,39 @@ def test_case_transformed_shards_are_scored_in_original_bytes(artifact, tmp_path
     assert rep["phases"]["plain"]["val_bytes"] == int(vs.target_bytes[1:n].sum())
     assert rep["phases"]["sliding"]["val_bytes"] == rep["phases"]["plain"]["val_bytes"]
     assert int(vs.target_bytes.sum()) == sum(len(d.encode("utf-8")) for d in docs)
+
+
+def test_loopgolf_eval_counts_the_sidecar_bytes(artifact, tmp_path, make_docs):
+    """`loopgolf eval` (the reload score of every run) on case-transformed shards reports the
+    original UTF-8 bytes, like `evaluate` (issue 16, acceptance 2)."""
+    import json
+    import subprocess
+    import sys
+
+    from loopgolf.data.prepare import tokenize_documents
+    from loopgolf.data.tokenizer import train_tokenizer
+    from loopgolf.data.transform import CaseTransform
+
+    ct = CaseTransform()
+    tok = train_tokenizer([ct.encode(x) for x in make_docs(300)], 420, tmp_path / "case",
+                          user_defined_symbols=ct.reserved)
+    docs = make_docs(40, seed=7)
+    tokenize_documents(docs, tok, tmp_path, "val", workers=1, progress=False, transform="case")
+    out = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, "-m", "loopgolf", "eval", str(artifact), "--val",
+                           str(tmp_path / "*_val_*.bin"), "--tokenizer", str(tok), "--device", "cpu",
+                           "--json", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["bytes_source"] == "sidecar"
+    from loopgolf.data.valset import load_val_set
+
+    vs = load_val_set(str(tmp_path / "*_val_*.bin"), tok, 512)
+    assert res["val_bytes"] == int(vs.target_bytes[1:res["val_tokens"] + 1].sum())
+    assert int(vs.target_bytes.sum()) == sum(len(d.encode("utf-8")) for d in docs)
+    from loopgolf.data.luts import build_byte_luts, target_bytes
+    from loopgolf.data.tokenizer import load_tokenizer
+
+    n = res["val_tokens"] + 1  # the byte tables would count the case-operator pieces too
+    t = vs.tokens[:n].astype("int64")
+    assert int(target_bytes(build_byte_luts(load_tokenizer(tok), 512), t[:-1], t[1:]).sum()) > res["val_bytes"]
