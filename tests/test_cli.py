@@ -98,7 +98,7 @@ def test_artifact_whose_config_does_not_match_its_tensors(tiny_shards, tmp_path)
     art = tmp_path / "resealed.lgz"
     write_artifact(art, state, {"config": cfg.to_dict()}, QuantConfig())
     code, err, _ = loopgolf(*_eval_args(art, tiny_shards))
-    one_error(code, err, "resealed.lgz", "do not match the config embedded", "size mismatch")
+    one_error(code, err, "resealed.lgz", "do not match its embedded config", "wrong shape", "re-run `loopgolf train`")
 
 
 def test_size_counts_the_code_bytes_the_run_counted(tiny_artifact, capsys):

@@ -108,7 +108,7 @@ def cmd_demo(args) -> int:
 
 def cmd_eval(args) -> int:
     from loopgolf import dist
-    from loopgolf.compress.artifact import ArtifactError, read_artifact
+    from loopgolf.compress.artifact import read_artifact
     from loopgolf.pipeline import evaluate_artifact, write_json
 
     artifact = Path(args.artifact)
@@ -119,15 +119,8 @@ def cmd_eval(args) -> int:
         if 0 < args.max_tokens < seq_len:
             raise ConfigError(f"--max-tokens {args.max_tokens} is less than one window of this model "
                               f"(data.seq_len={seq_len}); pass 0 (the whole set) or >= {seq_len}")
-    try:
-        res = evaluate_artifact(artifact, args.val, args.tokenizer, args.device,
-                                max_tokens=args.max_tokens)
-    except RuntimeError as e:  # torch's load_state_dict: a checksum-valid file resealed with other shapes
-        if "Error(s) in loading state_dict" not in str(e):
-            raise
-        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), "")
-        raise ArtifactError(f"{artifact}: its tensors do not match the config embedded in it ({detail[:300]}); "
-                            "the file was altered or written by another loopgolf; re-run `loopgolf train`") from None
+    # a checksum-valid file whose tensors contradict its embedded config is refused by model_from_artifact
+    res = evaluate_artifact(artifact, args.val, args.tokenizer, args.device, max_tokens=args.max_tokens)
     if dist.info().is_main:
         if args.json:
             write_json(Path(args.json), res)

@@ -6,7 +6,7 @@ import torch
 from loopgolf.eval.bpb import usable_tokens
 from loopgolf.eval.mixture import Bigram, HashedTrigram, Unigram, default_experts, evaluate_mixture
 from loopgolf.eval.sliding import evaluate_sliding, new_log
-from loopgolf.lab.legality import check_events, check_normalized
+from loopgolf.lab.legality import check_events
 
 CPU = torch.device("cpu")
 MAX = 1500
