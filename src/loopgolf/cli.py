@@ -147,6 +147,7 @@ def cmd_presets(args) -> int:
     import torch
 
     from loopgolf.model.gpt import GPT
+    from loopgolf.model.params import kinds_of
     from loopgolf.presets import PRESETS, summary
 
     width = max(map(len, PRESETS))
@@ -154,7 +155,8 @@ def cmd_presets(args) -> int:
         with torch.device("meta"):  # shapes only: no memory, no init time
             params = dict(GPT(fn().model).named_parameters())
         total = sum(p.numel() for p in params.values())
-        ship = sum(p.numel() for n, p in params.items() if not n.startswith("mtp_heads."))
+        kinds = kinds_of(params.items())  # the parameter table says what is training-only
+        ship = sum(p.numel() for n, p in params.items() if not kinds[n].training_only)
         count = f"{total:,} parameters" + (f" ({ship:,} ship)" if ship != total else "")
         print(f"{name:<{width}}  {count:<38} {summary(name)}")
     return 0
