@@ -40,7 +40,8 @@ _WORKER = textwrap.dedent("""
     assert t.tolist() == [3.0] * 3, t
     during = threads()
     dist.cleanup()
-    print(f"threads {before} {during} {threads()}", flush=True)
+    with open(os.path.join(sys.argv[1], f"rank{info.rank}.txt"), "w") as f:  # ranks share one stdout
+        f.write(f"threads {before} {during} {threads()}\\n")
 """)
 
 
@@ -51,10 +52,9 @@ def test_cleanup_frees_the_process_group_and_its_threads(tmp_path):
     script.write_text(_WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node=2", str(script)], capture_output=True, text=True,
+                           "--nproc_per_node=2", str(script), str(tmp_path)], capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("threads")]
-    assert len(rows) == 2, proc.stdout
+    rows = [(tmp_path / f"rank{r}.txt").read_text().split()[1:] for r in range(2)]
     for before, during, after in (map(int, r) for r in rows):
         assert during > before and after == before, (before, during, after)  # gloo threads joined
