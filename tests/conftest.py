@@ -58,3 +58,18 @@ def tiny_args(tiny_shards):
     d = tiny_shards["dir"]
     return ["--set", f"data.train={d}/*_train_*.bin", "--set", f"data.val={d}/*_val_*.bin",
             "--set", f"data.tokenizer={tiny_shards['tokenizer']}", "--set", "train.device=cpu"]
+
+
+@pytest.fixture(scope="session")
+def make_case_shards():
+    """make_case_shards(out_dir, docs) -> tokenizer path: a case-transform tokenizer (vocab 420) trained
+    on tiny documents, and `docs` written as case-transformed val shards with their byte sidecar."""
+    from loopgolf.data.transform import CaseTransform
+
+    def make(out_dir, docs):
+        ct = CaseTransform()
+        tok = train_tokenizer([ct.encode(x) for x in tiny_documents(300)], 420, out_dir / "case",
+                              user_defined_symbols=ct.reserved)
+        tokenize_documents(docs, tok, out_dir, "val", workers=1, progress=False, transform="case")
+        return tok
+    return make

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from loopgolf.data.luts import build_byte_luts, target_bytes
-from loopgolf.data.prepare import tokenize_documents
 from loopgolf.data.shards import ShardError, load_shard
 from loopgolf.data.tokenizer import TokenizerError, load_tokenizer, train_tokenizer
 from loopgolf.data.transform import CaseTransform, sidecar_path
@@ -43,13 +42,11 @@ def test_tokenizer_other_than_the_manifests_is_refused(tiny_shards, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def case_shards(tmp_path_factory, make_docs):
-    ct = CaseTransform()
+def case_shards(tmp_path_factory, make_docs, make_case_shards):
     d = tmp_path_factory.mktemp("case_val")
-    tok = train_tokenizer([ct.encode(x) for x in make_docs(300)], 420, d / "case", user_defined_symbols=ct.reserved)
     docs = make_docs(30, seed=9) + ["ALL CAPS and iPhone NASA McDonald"]
-    paths = tokenize_documents(docs, tok, d, "val", workers=1, progress=False, transform="case")
-    return d, tok, docs, paths
+    tok = make_case_shards(d, docs)
+    return d, tok, docs, sorted(d.glob("*_val_*.bin"))
 
 
 def test_case_transformed_shards_count_original_bytes(case_shards):

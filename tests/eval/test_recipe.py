@@ -84,16 +84,10 @@ def test_recipe_is_validated_and_travels_in_the_run_config():
 
 
 @pytest.fixture(scope="module")
-def case_val(tmp_path_factory, make_docs):
-    from loopgolf.data.prepare import tokenize_documents
-    from loopgolf.data.tokenizer import train_tokenizer
-    from loopgolf.data.transform import CaseTransform
-
-    ct = CaseTransform()
+def case_val(tmp_path_factory, make_docs, make_case_shards):
     d = tmp_path_factory.mktemp("case_eval")
-    tok = train_tokenizer([ct.encode(x) for x in make_docs(300)], 420, d / "case", user_defined_symbols=ct.reserved)
     docs = make_docs(12, seed=4) + ["NASA and iPhone: ALL CAPS McDonald"]
-    tokenize_documents(docs, tok, d, "val", workers=1, progress=False, transform="case")
+    tok = make_case_shards(d, docs)
     return str(d / "*_val_*.bin"), tok, docs
 
 

@@ -114,16 +114,9 @@ def test_a_non_finite_score_exits_2_with_one_line(tmp_path, tiny_shards, capsys)
     assert "error: plain: the loss is not finite" in err and len(err.strip().splitlines()) == 1
 
 
-def test_case_transformed_shards_are_scored_in_original_bytes(artifact, tmp_path, make_docs):
-    from loopgolf.data.prepare import tokenize_documents
-    from loopgolf.data.tokenizer import train_tokenizer
-    from loopgolf.data.transform import CaseTransform
-
-    ct = CaseTransform()
-    tok = train_tokenizer([ct.encode(x) for x in make_docs(300)], 420, tmp_path / "case",
-                          user_defined_symbols=ct.reserved)
+def test_case_transformed_shards_are_scored_in_original_bytes(artifact, tmp_path, make_docs, make_case_shards):
     docs = make_docs(40, seed=6)
-    tokenize_documents(docs, tok, tmp_path, "val", workers=1, progress=False, transform="case")
+    tok = make_case_shards(tmp_path, docs)
     rep = evaluate_suite(artifact, str(tmp_path / "*_val_*.bin"), str(tok), "cpu", stride=16, batch_seqs=8,
                          max_tokens=0, behaviour=False)
     from loopgolf.data.valset import load_val_set
@@ -135,22 +128,15 @@ def test_case_transformed_shards_are_scored_in_original_bytes(artifact, tmp_path
     assert int(vs.target_bytes.sum()) == sum(len(d.encode("utf-8")) for d in docs)
 
 
-def test_loopgolf_eval_counts_the_sidecar_bytes(artifact, tmp_path, make_docs):
+def test_loopgolf_eval_counts_the_sidecar_bytes(artifact, tmp_path, make_docs, make_case_shards):
     """`loopgolf eval` (the reload score of every run) on case-transformed shards reports the
     original UTF-8 bytes, like `evaluate` (issue 16, acceptance 2)."""
     import json
     import subprocess
     import sys
 
-    from loopgolf.data.prepare import tokenize_documents
-    from loopgolf.data.tokenizer import train_tokenizer
-    from loopgolf.data.transform import CaseTransform
-
-    ct = CaseTransform()
-    tok = train_tokenizer([ct.encode(x) for x in make_docs(300)], 420, tmp_path / "case",
-                          user_defined_symbols=ct.reserved)
     docs = make_docs(40, seed=7)
-    tokenize_documents(docs, tok, tmp_path, "val", workers=1, progress=False, transform="case")
+    tok = make_case_shards(tmp_path, docs)
     out = tmp_path / "eval.json"
     proc = subprocess.run([sys.executable, "-m", "loopgolf", "eval", str(artifact), "--val",
                            str(tmp_path / "*_val_*.bin"), "--tokenizer", str(tok), "--device", "cpu",
