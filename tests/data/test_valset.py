@@ -8,8 +8,8 @@ import pytest
 
 from loopgolf.data.luts import build_byte_luts, target_bytes
 from loopgolf.data.shards import ShardError, load_shard
-from loopgolf.data.tokenizer import TokenizerError, load_tokenizer, train_tokenizer
-from loopgolf.data.transform import CaseTransform, sidecar_path
+from loopgolf.data.tokenizer import TokenizerError, load_tokenizer
+from loopgolf.data.transform import sidecar_path
 from loopgolf.data.valset import ValSet, check_tokenizer, load_val_set
 
 
