@@ -2,12 +2,12 @@
 
 Expected failures carry a message naming the file or field and the fix; the CLI prints it as one
 `loopgolf: error: ...` line and exits 2 instead of showing a traceback. They are:
-- the named error classes below (bad config, plan, shard, tokenizer, corpus, artifact, checkpoint,
-  fit, export, download, diverged training, a missing file);
-- any ValueError / RuntimeError subclass defined in loopgolf (so a new error class in the core,
-  e.g. the trainer's, needs no entry here), and a plain ValueError / RuntimeError raised by
+- any ValueError / RuntimeError subclass defined in loopgolf (bad config, plan, shard, tokenizer,
+  corpus, artifact, checkpoint, fit, export, download, diverged training; a new error class in the
+  core, e.g. the trainer's, needs no entry here), and a plain ValueError / RuntimeError raised by
   loopgolf's own code (those `raise` statements are written for users);
-- an OSError a user can fix (disk full, permission denied, read-only file system), with its path.
+- a FileNotFoundError with a message; an OSError a user can fix (disk full, permission denied,
+  read-only file system), with its path.
 Anything else is a bug: one line plus a hint to rerun with --debug for the traceback.
 """
 from __future__ import annotations
@@ -15,23 +15,10 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from loopgolf.compress.artifact import ArtifactError
-from loopgolf.compress.fit import FitError
-from loopgolf.config import ConfigError
-from loopgolf.data.corpus import CorpusError
-from loopgolf.data.fineweb import DownloadError
-from loopgolf.data.shards import ShardError
-from loopgolf.data.tokenizer import TokenizerError
-from loopgolf.lab.export import ExportError
-from loopgolf.model.recurrence import PlanError
-from loopgolf.lab.runs import ReloadEvalError
-from loopgolf.run_phases import ArtifactWriteError
-from loopgolf.train.checkpoint import CheckpointError, CheckpointWriteError
-from loopgolf.train.guards import DegenerateModelError, TrainingDiverged
-
-USER_ERRORS = (ArtifactError, FitError, ExportError, CorpusError, DownloadError, ConfigError, ShardError,
-               TokenizerError, PlanError, CheckpointError, TrainingDiverged, DegenerateModelError,
-               CheckpointWriteError, ArtifactWriteError, ReloadEvalError, FileNotFoundError)
+# every error class of loopgolf's own (ConfigError, ShardError, ArtifactError, TrainingDiverged, ...)
+# is a ValueError / RuntimeError subclass, so `is_expected` needs no list of them; a missing file
+# raised by loopgolf with a message (no errno) is the one other expected class
+USER_ERRORS = (FileNotFoundError,)
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # src/loopgolf
 _OS_FIXES = {
