@@ -41,7 +41,15 @@ def universal() -> RunConfig:
 
 def seed_universal_mqa() -> RunConfig:
     """Seed 1 (Universal Transformer): one shared block x 12 loops, MQA 8Q/1KV, SwiGLU, full RoPE,
-    tied embeddings; the `universal` preset under its seed name (3,478,536 parameters)."""
+    tied embeddings; the `universal` preset under its seed name (3,478,536 parameters).
+
+    Deviations from PR #29 (fidelity.md 000): the baseline's block (U-Net skips, resid_mix, QK-norm,
+    q_gain, softcap, zero-init projections; PR: plain pre-norm with learned RMSNorm weights,
+    L75-83, L198-201), SwiGLU hidden 1536 (PR 1408, L177-179), Muon + Adam with the baseline's LRs
+    (PR: AdamW 3e-3 cosine to 3e-4, 100-step warm-up, WD 0.1, clip 1.0, L53-57, L304-315, L424),
+    kaiming init (PR: N(0, 0.02), output projections 0.02/sqrt(24), L233-240), int8_row + zlib (PR:
+    per-tensor int8, L332). Count 3,478,536 vs the PR log's 3,278,336: +196,608 MLP width, +3,072
+    skips, +2,048 scales/resid_mix, +8 q_gain, -1,536 RMSNorm weights."""
     cfg = universal()
     cfg.name = "seed-universal-mqa"
     return cfg
@@ -58,7 +66,13 @@ def seed_shared_3x4() -> RunConfig:
     Runs eager (train.compile=false): under torch.compile (torch 2.11, H200) this model diverges from
     the first steps while the same run in eager mode trains, at d=880 only (d=768 compiles fine);
     neither the SDPA head dim (110) nor inductor's mix-order reduction is the cause
-    (bench/results/2026-11-22_seed-shared-3x4_compile_divergence). Eager costs ~2-3x per step."""
+    (bench/results/2026-11-22_seed-shared-3x4_compile_divergence). Eager costs ~2-3x per step.
+
+    Deviations from PR #1453 (../shared/docs/fidelity.md 003), kept until issue 13 lands: no grad clip
+    (PR: 0.3, L101); value-embedding tables init std 0.005 (PR: nn.Embedding's N(0,1), L913); export
+    int8_row + zlib (PR: int7 attention / int5 MLP with a 5-percentile search, zstd-22, L498-539);
+    SWA from 60 % of the run (PR: when the LR scale < 0.6, ~63 %); plain eval (PR: sliding stride 256).
+    """
     return RunConfig(
         name="seed-shared-3x4",
         model=ModelConfig(dim=880, n_heads=8, n_kv_heads=4, mlp="leaky_relu2", mlp_hidden=2640, plan="3x4",
@@ -78,7 +92,17 @@ def seed_loop45() -> RunConfig:
     786,432 tokens per step. 26,906,713 parameters. Record (a)'s variant has 30,352,046: it also unties
     the repeated MLPs (+3,145,728), uses a 2816-row bigram table (-28,672), VE128 on layers 9-10
     (+163,842), a static SmearGate (+512), two-lane parallel residuals and per-virtual-layer block
-    scalars; those stay available as config fields (model.untie_repeat_mlp, ve_dim, smear_gate, ...)."""
+    scalars; those stay available as config fields (model.untie_repeat_mlp, ve_dim, smear_gate, ...).
+
+    Deviations from PR #1290 (fidelity.md 004; this preset follows record (a) instead): no VE128 on
+    layers 9-10 (L874), no SmearGate (L837), 6 gated skips (PR: 5 plain additive, L964-970),
+    matrix_lr 0.03 (PR 0.025), warm-down 56 % (PR 4000 iterations ~65 %), no embedding WD (PR 0.04),
+    bigram.proj in Muon (PR: Adam, L1882), loops on at 48 % (PR: step 3000 = 43.8 % of wall time),
+    kaiming not orthogonal init; export int8_row + zlib (PR: self-generated-text GPTQ int6, int8
+    embeddings, +-1 pruning, LZMA-9). Published bugs not copied: Hessians from a non-recurrent model
+    (L1571-1640), TARGET_MB in MiB (over the cap, L2219), RoPE length hard-coded 1024 (L873).
+    Count 26,906,713 vs the PR log's 27,067,484 (the missing VE128 and SmearGate).
+    """
     return RunConfig(
         name="seed-loop45",
         model=ModelConfig(mlp="leaky_relu2", mlp_hidden=1536, plan="11:4-5x2", plan_stages="11@0.48",
@@ -97,9 +121,21 @@ def seed_recursive_4b() -> RunConfig:
     d=1024, 32/8 heads, ReLU^2 MLP 2x, attention/MLP scales and resid_mix per virtual layer, U-Net
     skips across loops (3 encoder / 4 decoder), XSA on the last 4 virtual layers, VE128 injected into V
     on virtual layers 5 and 6, SmearGate, BigramHash 10240x128, seq 2048, SWA. 29,950,083 parameters:
-    one more than published (29,950,082) because each V-injected layer has its own scale here.
+    one more than published (29,950,082): BigramHash's `bigram.scale`, which the PR does not have
+    (fidelity.md 001; an earlier docstring blamed the V-injection scales).
     Intended behaviour, not the published one: PR #927 set the XSA flag on the shared block objects,
-    so all 4 blocks ran XSA on every visit; here XSA applies to the last 4 virtual layers only."""
+    so all 4 blocks ran XSA on every visit; here XSA applies to the last 4 virtual layers only.
+
+    Deviations from PR #927 (fidelity.md 001): LRs matrix/scalar/tied 0.04/0.04/0.05 (PR
+    0.02/0.01/0.02), momentum 0.95 (PR 0.99), no weight decay (PR 0.04 on Muon and both AdamWs), no
+    grad clip (PR 0.3), no int6 STE QAT from step 0 (L1184), warm-down 50 % (PR 3500 iterations ~59 %),
+    SWA from 70 % (PR: when the LR scale < 0.2); BigramHash uses record (a)'s XOR hash with a 0.05
+    scale and std-0.02 table (PR: (prev*92821 + cur) mod B, no scale, std 0.01, L656-672); SmearGate
+    init -3 before rms_norm with a BOS mask (PR: init 0 after rms_norm, no mask, L649, L807-809); VE
+    scales start at 0 and the table std 0.02 (PR: 1 and 0.01, L640-641); kaiming not orthogonal init
+    (L775-786); TTT does not freeze block 0 (L948-960); export int8_row + zlib (PR: int6 blocks and
+    bigram.proj, int8 embeddings, zstd-22, L370-376, L1492-1500).
+    """
     return RunConfig(
         name="seed-recursive-4b",
         model=ModelConfig(dim=1024, n_heads=32, n_kv_heads=8, mlp_hidden=2048, plan="4c7",
@@ -115,7 +151,13 @@ def record_loop345() -> RunConfig:
     layers 3-5 run three times (17 virtual layers) from 35% of the budget, single-lane parallel
     residuals from layer 7, QK gain 5.25, XSA on all layers, partial RoPE 16, LN scale, sigmoid-gated
     skips, vocab 8192, MuonEq-R, Muon WD 0.095, EMA, warm-down 72%. 35,944,536 parameters, as
-    published (35,943,512 for record (c)'s 15-layer loop: one skip pair fewer)."""
+    published (35,943,512 for record (c)'s 15-layer loop: one skip pair fewer).
+
+    Deviations from PR #1493 (fidelity.md): export int8_row + zlib (PR: GPTQ int6 SDClip k=12.85, int8
+    embeddings k=20 with GPTQ on the embedding, byte-shuffle + brotli); kaiming not orthogonal init;
+    a sequential loader (PR: shuffled); plain eval (PR: sliding + score-first TTT). The later frontier
+    (PR #1855) additions are not in this preset (issue 14).
+    """
     return RunConfig(
         name="record-loop345",
         model=ModelConfig(vocab_size=8192, mlp="leaky_relu2", mlp_hidden=2048, plan="11:3-5x3",
@@ -136,7 +178,14 @@ def seed_lora_mtp() -> RunConfig:
     from the artifact), EMA. The seed's other shape, 4 x 3 at d=704 with rank 32, is
     `--set model.plan=4x3 --set model.dim=704 --set model.mlp_hidden=1408 --set model.lora_rank=32`.
     The LoRA stacks are trained by Muon at optim.matrix_lr, as PR #21 trains its adapters (earlier
-    versions gave them Adam at scalar_lr; tests/golden was regenerated for this preset only)."""
+    versions gave them Adam at scalar_lr; tests/golden was regenerated for this preset only).
+
+    Deviations from PR #21 (fidelity.md 002): one LoRA per virtual layer (PR: one adapter set per
+    extra loop, shared by the blocks, none on loop 0, L716-724, L761); ReLU^2 MLP (PR: SwiGLU at 2/3
+    width, L623-635); no recurrence_scales (L759); MTP weight 0.3 (PR 0.15, L73); warm-down 50 % (PR
+    1200 iterations ~27 %); shape 5x2 d768 r16 mixes the PR's two shapes (5x2 d704 r16 in its body,
+    4x3 d768 r32 in its final code, whose log counts 17,671,712 parameters).
+    """
     return RunConfig(
         name="seed-lora-mtp",
         model=ModelConfig(dim=768, n_heads=8, n_kv_heads=4, mlp_hidden=1536, plan="5x2", lora_rank=16,
