@@ -87,13 +87,23 @@ class Trainer:
                     g["momentum"] = row.momentum
 
     def _train_step(self) -> torch.Tensor:
+        loss_sum = self._forward_backward(self.loader.next_step())
+        self._optimizer_step()
+        return loss_sum
+
+    def _forward_backward(self, micro_batches) -> torch.Tensor:
+        """Summed loss / global tokens over this rank's micro-batches; gradients accumulate."""
         inv_tokens = 1.0 / self.loader.batch_tokens
         loss_sum = torch.zeros((), device=self.device)
-        for x, y in self.loader.next_step():
+        for x, y in micro_batches:
             with self.amp:
                 loss = self.model(x, y, stage=self.stage).sum() * inv_tokens
             loss.backward()
             loss_sum += loss.detach()
+        return loss_sum
+
+    def _optimizer_step(self) -> None:
+        """Gradient sync across ranks, clip, every optimizer's step, zero the gradients."""
         if dist.info().enabled:
             for p in self.params:  # a rank may own no sequences when world > sequences per step
                 if p.grad is None:
@@ -105,7 +115,6 @@ class Trainer:
             opt.step()
         for opt in self.opts:
             opt.zero_grad(set_to_none=True)
-        return loss_sum
 
     # --- compile warm-up outside the budget ----------------------------------------------------
     def warmup(self) -> float:
