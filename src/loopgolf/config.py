@@ -157,6 +157,9 @@ class OptimConfig:
         _fractions("optim", self, "min_lr_frac", "ema_horizon_frac", "swa_start_frac", "swa_every_frac")
 
 
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead")
+
+
 @dataclass
 class TrainConfig:
     batch_tokens: int = 524_288  # global tokens per optimizer step, fixed for any world size
@@ -173,7 +176,14 @@ class TrainConfig:
     # of one shared parameter (pytorch#193061, fixed by #193103): loop_embed[v], ve_scales[v, k],
     # cross_repeat_scales[b, r]. It made seed-shared-3x4 diverge under compile only; off by default.
     compile_mix_order_reduction: bool = False
-    warmup_steps: int = 20  # compile-priming steps; weights and optimizer are restored afterwards
+    # compile-priming steps per graph (plan stage x QAT state); weights, optimizer and data position
+    # are restored afterwards. 3 covers the first-step compile, the optimizer's first step (state
+    # created) and one steady step; the trainer logs any recompile that still happens in the loop.
+    warmup_steps: int = 3
+    compile_mode: str = "default"  # torch.compile mode: default | max-autotune-no-cudagraphs | max-autotune
+    # persistent inductor / AOTAutograd / Triton caches: a second run of a preset warms up in seconds.
+    # "" = torch's own default (/tmp/torchinductor_$USER, which many machines wipe)
+    compile_cache_dir: str = "~/.cache/loopgolf/compile"
     seed: int = 1337
     checkpoint_every: int = 0  # steps between checkpoints; 0 = by checkpoint_auto
     # with checkpoint_every=0: checkpoint every 10% of the run when budget_s > 180 (train/triggers.py)
@@ -208,6 +218,8 @@ class TrainConfig:
             raise ConfigError(f"train.stall_frac={self.stall_frac} must be a fraction in [0, 1] (0 = off)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device={self.device!r}: choose auto, cpu or cuda")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"train.compile_mode={self.compile_mode!r}: choose one of {', '.join(COMPILE_MODES)}")
 
 
 @dataclass

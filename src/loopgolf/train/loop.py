@@ -24,6 +24,7 @@ from loopgolf.data.loader import BatchLoader
 from loopgolf.metrics import Logger
 from loopgolf.train.averaging import WeightAverage
 from loopgolf.train.checkpoint import CheckpointStore, check_resumable
+from loopgolf.train.compile_cache import CompileStats, compile_model, configure_caches
 from loopgolf.train.guards import DegenerateModelError, StallGuard, TrainingDiverged
 from loopgolf.train.optim import build_optimizers
 from loopgolf.train.progress import TrainProgress
@@ -51,7 +52,8 @@ class Trainer:
         cuda = device.type == "cuda"
         if cfg.train.compile and cuda:
             _set_mix_order_reduction(cfg.train.compile_mix_order_reduction)
-            self.model = torch.compile(model, dynamic=False)
+            self.compile_cache_dir = configure_caches(cfg.train.compile_cache_dir)
+            self.model = compile_model(model, cfg.train)
         else:
             self.model = model
         self.opts = build_optimizers(model, cfg.optim, cfg.model, fused=cuda)
@@ -68,6 +70,7 @@ class Trainer:
         self.ck_slot = 0  # the checkpoint slot last written (slot 0 = the start: nothing to save)
         self.finished = False  # the weights are final (averaged, plain): from the last checkpoint
         self.end_position: int | None = None
+        self.compile_stats: dict[str, dict] = {}  # "warmup" / "loop" -> CompileStats deltas
         o = cfg.optim
         self.average = WeightAverage(model, o.ema_horizon_frac, o.swa_start_frac, o.swa_every_frac)
         self.stall = StallGuard(cfg.model.vocab_size, cfg.train.stall_frac)
@@ -122,6 +125,7 @@ class Trainer:
         if n <= 0:
             return 0.0
         t0 = time.perf_counter()
+        stats = CompileStats().start()
         model_state = copy.deepcopy(self.raw_model.state_dict())
         opt_states = [copy.deepcopy(o.state_dict()) for o in self.opts]
         position, stage = self.loader.stream.position, self.stage
@@ -142,6 +146,7 @@ class Trainer:
         self.loader.stream.position = position
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+        self.compile_stats["warmup"] = stats.stop()
         return time.perf_counter() - t0
 
     # --- checkpoints ----------------------------------------------------------------------------
@@ -238,6 +243,7 @@ class Trainer:
         stats = torch.zeros(3, dtype=torch.float64, device=self.device)
         agreed_s = self.clock.seconds  # mean clock over ranks, so every rank picks the same schedule
         stage_time: dict[str, tuple[float, int]] = {}  # plan spec -> (seconds, steps)
+        compiles = CompileStats().start()
         while self.step < t.max_steps and not self.finished:
             avg = agreed_s / self.step if self.step else 0.0
             row = self.table.at(Progress(self.step, agreed_s, avg))
@@ -283,6 +289,10 @@ class Trainer:
                 break
         self.clock.pause()
         self.progress.close()
+        self.compile_stats["loop"] = compiles.stop()
+        if self.model is not self.raw_model and self.compile_stats["loop"]["graphs"]:
+            self.logger.log("recompiled_in_loop", graphs=self.compile_stats["loop"]["graphs"],
+                            hint="a graph was compiled on the clock; raise train.warmup_steps")
         self.end_position = self.loader.stream.position
         return self._finish(start_step, start_seconds, stage_time)
 
@@ -314,6 +324,9 @@ class Trainer:
             "stage_ms_per_step": {k: round(1000 * v[0] / v[1], 2) for k, v in stage_time.items()},
             "stage_steps": {k: v[1] for k, v in stage_time.items()},
         }
+        if self.model is not self.raw_model:
+            out["compile"] = {**self.compile_stats, "mode": self.cfg.train.compile_mode,
+                              "cache_dir": self.compile_cache_dir}
         flops = self.raw_model.flops_per_token(self.loader.seq_len, stage=self.stage)
         out["model_tflops_per_s"] = round(flops * out["tokens_per_s"] / 1e12, 2)
         if self.device.type == "cuda":

@@ -1,0 +1,43 @@
+"""Compile caches point at the configured directory; CompileStats counts the graphs compiled."""
+import torch
+
+from loopgolf.config import TrainConfig
+from loopgolf.train.compile_cache import CompileStats, compile_model, configure_caches
+
+
+def test_caches_go_under_the_configured_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    used = configure_caches(str(tmp_path / "cc"))
+    assert used == str(tmp_path / "cc" / "inductor")
+    import os
+
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "cc" / "triton")
+
+
+def test_a_directory_the_user_set_wins(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert configure_caches(str(tmp_path / "cc")) == str(tmp_path / "mine")
+
+
+def test_stats_count_a_new_graph_once():
+    def f(x):
+        return torch.sin(x) * 2 + 1
+
+    g = torch.compile(f, backend="eager")
+    x = torch.randn(5)
+    s = CompileStats().start()
+    g(x)
+    first = s.stop()
+    s = CompileStats().start()
+    g(x)
+    again = s.stop()
+    assert first["graphs"] == 1
+    assert again["graphs"] == 0
+
+
+def test_compile_model_passes_the_mode():
+    m = torch.nn.Linear(3, 3)
+    c = compile_model(m, TrainConfig(compile_mode="max-autotune-no-cudagraphs"))
+    assert isinstance(c, torch._dynamo.eval_frame.OptimizedModule)
+    assert c._orig_mod is m
