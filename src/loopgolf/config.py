@@ -158,6 +158,7 @@ class OptimConfig:
 
 
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead")
+SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient")
 
 
 @dataclass
@@ -184,6 +185,10 @@ class TrainConfig:
     # persistent inductor / AOTAutograd / Triton caches: a second run of a preset warms up in seconds.
     # "" = torch's own default (/tmp/torchinductor_$USER, which many machines wipe)
     compile_cache_dir: str = "~/.cache/loopgolf/compile"
+    # inductor's coordinate-descent tuning of its Triton kernels' launch configs (modded-nanogpt
+    # sets it): longer first compile, cached afterwards
+    compile_tuning: bool = False
+    sdpa_backend: str = "auto"  # auto (torch's priority order) | flash | cudnn | efficient, on CUDA
     seed: int = 1337
     checkpoint_every: int = 0  # steps between checkpoints; 0 = by checkpoint_auto
     # with checkpoint_every=0: checkpoint every 10% of the run when budget_s > 180 (train/triggers.py)
@@ -218,6 +223,8 @@ class TrainConfig:
             raise ConfigError(f"train.stall_frac={self.stall_frac} must be a fraction in [0, 1] (0 = off)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device={self.device!r}: choose auto, cpu or cuda")
+        if self.sdpa_backend not in SDPA_BACKENDS:
+            raise ConfigError(f"train.sdpa_backend={self.sdpa_backend!r}: choose one of {', '.join(SDPA_BACKENDS)}")
         if self.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"train.compile_mode={self.compile_mode!r}: choose one of {', '.join(COMPILE_MODES)}")
 

@@ -41,3 +41,29 @@ def test_compile_model_passes_the_mode():
     c = compile_model(m, TrainConfig(compile_mode="max-autotune-no-cudagraphs"))
     assert isinstance(c, torch._dynamo.eval_frame.OptimizedModule)
     assert c._orig_mod is m
+
+
+def test_sdpa_backend_leaves_only_the_named_kernel(monkeypatch):
+    from loopgolf.train.compile_cache import select_sdpa_backend
+
+    b = torch.backends.cuda
+    before = (b.flash_sdp_enabled(), b.cudnn_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled())
+    try:
+        select_sdpa_backend("flash")
+        assert b.flash_sdp_enabled() and not b.cudnn_sdp_enabled() and not b.mem_efficient_sdp_enabled()
+        assert not b.math_sdp_enabled()
+        select_sdpa_backend("auto")  # leaves the flags as they are
+        assert b.flash_sdp_enabled() and not b.cudnn_sdp_enabled()
+    finally:
+        b.enable_flash_sdp(before[0]); b.enable_cudnn_sdp(before[1])
+        b.enable_mem_efficient_sdp(before[2]); b.enable_math_sdp(before[3])
+
+
+def test_compile_tuning_sets_inductors_flag():
+    import torch._inductor.config as inductor_config
+
+    try:
+        compile_model(torch.nn.Linear(2, 2), TrainConfig(compile_tuning=True))
+        assert inductor_config.coordinate_descent_tuning is True
+    finally:
+        inductor_config.coordinate_descent_tuning = False

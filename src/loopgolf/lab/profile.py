@@ -161,9 +161,12 @@ def kernel_table(trainer: Trainer, steps: int, top: int = 25) -> dict:
         _sync(trainer.device)
     wall_us = 1e6 * (time.perf_counter() - t0)
     rows = []
+    # record_function ranges (e.g. "Optimizer.step#Muon.step") also appear on the GPU timeline;
+    # they span kernels counted on their own, so they are left out
+    annotations = {e.key for e in prof.events() if getattr(e, "is_user_annotation", False)}
     for evt in prof.key_averages():
         us = _self_us(evt, cuda)
-        if us <= 0:
+        if us <= 0 or evt.key in annotations or "#" in evt.key or evt.key.startswith("ProfilerStep"):
             continue
         rows.append({"kernel": evt.key, "category": categorize(evt.key), "calls": evt.count // steps,
                      "ms_per_step": us / 1000 / steps})

@@ -44,9 +44,24 @@ def configure_caches(cache_dir: str) -> str:
     return inductor_cache_dir()
 
 
+def select_sdpa_backend(name: str) -> None:
+    """Leave only the named SDPA kernel enabled on CUDA ("auto": torch's own priority order, which on
+    Hopper with torch 2.11 picks cuDNN's flash attention: bench/results/2026-12-01_profile_h200)."""
+    if name == "auto":
+        return
+    torch.backends.cuda.enable_flash_sdp(name == "flash")
+    torch.backends.cuda.enable_cudnn_sdp(name == "cudnn")
+    torch.backends.cuda.enable_mem_efficient_sdp(name == "efficient")
+    torch.backends.cuda.enable_math_sdp(False)
+
+
 def compile_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
-    """The training graph: whole-model, static shapes, the configured mode (call configure_caches
-    first for persistent caches)."""
+    """The training graph: whole-model, static shapes, the configured mode and kernel choices (call
+    configure_caches first for persistent caches)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.coordinate_descent_tuning = cfg.compile_tuning
+    select_sdpa_backend(cfg.sdpa_backend)
     mode = None if cfg.compile_mode == "default" else cfg.compile_mode
     return torch.compile(model, dynamic=False, mode=mode)
 
