@@ -61,6 +61,7 @@ class RunLog:
     ms_per_step: float | None = None
     total_bytes: int | None = None
     roundtrip_bpb: float | None = None
+    steps: int = 0  # the last step number the log shows
     exit_code: int = 0
     command: str = ""
 
@@ -71,10 +72,14 @@ def parse_script_log(text: str) -> RunLog:
     out = RunLog()
     exact_seen = False
     for line in text.splitlines():
-        if (m := _STEP.search(line)) and (loss := _TRAIN_LOSS.search(m[2])):
-            out.train_loss[int(m[1])] = float(loss[1])
+        if m := _STEP.search(line):
+            # step_avg from every step line, the final val line too: a wall-clock run logs train loss
+            # only every few hundred steps, and its last step shows up on the val line alone
+            out.steps = max(out.steps, int(m[1]))
             if avg := _STEP_AVG.search(m[2]):
                 out.ms_per_step = float(avg[1])
+            if loss := _TRAIN_LOSS.search(m[2]):
+                out.train_loss[int(m[1])] = float(loss[1])
         if m := _TOTAL.search(line):
             out.total_bytes = int(m[1])
         if (m := _ROUNDTRIP.search(line)) and (m[1] or not exact_seen):

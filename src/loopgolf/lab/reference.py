@@ -24,7 +24,7 @@ def reference_env(data: Path, tokenizer: str, budget_s: float, batch_tokens: int
 
 
 def summarize_reference(log: RunLog, batch_tokens: int) -> dict:
-    steps = max(log.train_loss) if log.train_loss else 0
+    steps = log.steps or (max(log.train_loss) if log.train_loss else 0)
     out = {"preset": "reference train_gpt.py", "exit_code": log.exit_code, "command": log.command,
            "steps": steps, "ms_per_step": log.ms_per_step, "val_bpb": log.roundtrip_bpb,
            "total_bytes": log.total_bytes}
