@@ -180,6 +180,10 @@ class TrainConfig:
     checkpoint_auto: bool = True
     stall_frac: float = 0.25  # stop when the loss stays at ln(vocab) this share of the run; 0 = off
     device: str = "auto"  # auto | cpu | cuda
+    # Gradient sum across ranks under torchrun: ddp = DistributedDataParallel (bucketed all-reduces
+    # overlapped with backward, no_sync on all but a step's last micro-batch); allreduce = one
+    # bucketed all-reduce after backward. Ignored on one process.
+    grad_sync: str = "ddp"
 
     def validate(self, seq_len: int) -> None:
         _finite("train", self)
@@ -208,6 +212,8 @@ class TrainConfig:
             raise ConfigError(f"train.stall_frac={self.stall_frac} must be a fraction in [0, 1] (0 = off)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device={self.device!r}: choose auto, cpu or cuda")
+        if self.grad_sync not in ("ddp", "allreduce"):
+            raise ConfigError(f"train.grad_sync={self.grad_sync!r}: choose ddp or allreduce")
 
 
 @dataclass
