@@ -36,6 +36,7 @@ def test_bad_overrides_name_the_field(assignment, fragment):
     ("train.batch_tokens=1000", "not a multiple of data.seq_len"),
     ("quant.codec=gzip", "quant.codec"),
     ("optim.warmdown_frac=1.5", "fraction"),
+    ("train.grad_sync=nccl", "train.grad_sync=.nccl.: choose ddp or allreduce"),
 ])
 def test_impossible_configs_are_refused(assignment, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -195,6 +195,10 @@ class TrainConfig:
     checkpoint_auto: bool = True
     stall_frac: float = 0.25  # stop when the loss stays at ln(vocab) this share of the run; 0 = off
     device: str = "auto"  # auto | cpu | cuda
+    # Gradient sum across ranks under torchrun: ddp = DistributedDataParallel (bucketed all-reduces
+    # overlapped with backward, no_sync on all but a step's last micro-batch); allreduce = one
+    # bucketed all-reduce after backward. Ignored on one process.
+    grad_sync: str = "ddp"
 
     def validate(self, seq_len: int) -> None:
         _finite("train", self)
@@ -227,6 +231,8 @@ class TrainConfig:
             raise ConfigError(f"train.sdpa_backend={self.sdpa_backend!r}: choose one of {', '.join(SDPA_BACKENDS)}")
         if self.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"train.compile_mode={self.compile_mode!r}: choose one of {', '.join(COMPILE_MODES)}")
+        if self.grad_sync not in ("ddp", "allreduce"):
+            raise ConfigError(f"train.grad_sync={self.grad_sync!r}: choose ddp or allreduce")
 
 
 @dataclass

@@ -106,3 +106,63 @@ def test_lr_floor():
     t = TrainConfig(budget_s=100, max_steps=10**9)
     assert lr_multiplier(Progress(0, 99.0, 0.1), OptimConfig(warmdown_frac=0.5, min_lr_frac=0.1), t) == 0.1
     assert lr_multiplier(Progress(0, 99.0, 0.1), OptimConfig(warmdown_frac=0.5), t) == pytest.approx(0.02)
+
+
+def test_ns_flops_and_the_shard_table():
+    from loopgolf.train.optim import ns_flops, shard_matrices
+    assert ns_flops(4, 8, 5) == ns_flops(8, 4, 5) == 5 * (4 * 4 * 4 * 8 + 2 * 4 ** 3)
+    assert shard_matrices([5, 5, 5, 5], 3) == [0, 1, 2, 0]  # equal costs: round-robin
+    assert shard_matrices([1, 9, 1, 1, 4, 4], 2) == [1, 0, 0, 1, 1, 1]  # largest first: 9+1 | 4+4+1+1
+    assert shard_matrices([3, 2], 3) == [0, 1]  # fewer matrices than ranks: rank 2 owns none
+    assert shard_matrices([7], 1) == [0]
+
+
+_MUON_WORKER = r'''
+import sys
+import torch
+from loopgolf import dist
+from loopgolf.train.optim import Muon
+
+info = dist.init("cpu")
+torch.manual_seed(0)
+shapes = [(16, 8)] * 5 + [(8, 16)] * 3 + [(3, 12, 4)] + [(32, 32)] * 2 + [(6, 6)]
+init = [torch.randn(s) for s in shapes]
+worst = 0.0
+for kw in (dict(), dict(row_norm=True, coeffs="polar", nesterov=False)):
+    made = []
+    for world in (1, info.world_size):
+        ps = [torch.nn.Parameter(t.clone()) for t in init]
+        groups = [dict(params=ps[:6], weight_decay=0.1), dict(params=ps[6:], lr=0.05)]
+        made.append((ps, Muon(groups, lr=0.02, momentum=0.9, rank=info.rank if world > 1 else 0,
+                              world=world, **kw)))
+    for step in range(3):
+        grads = [torch.randn(s) for s in shapes]  # the same on every rank (same seed)
+        for ps, opt in made:
+            for i, (p, g) in enumerate(zip(ps, grads)):
+                p.grad = None if i == 7 and step == 1 else g.clone()  # a parameter without grad
+            opt.step()
+    (one, _), (sharded, _) = made
+    worst = max([worst] + [(a - b).abs().max().item() for a, b in zip(one, sharded)])
+with open(f"{sys.argv[1]}/muon-{info.world_size}-{info.rank}.txt", "w") as f:
+    f.write(f"{worst!r}\n")
+dist.cleanup()
+'''
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_muon_gives_every_rank_the_one_process_update(tmp_path, world):
+    """Each rank orthogonalizes its share (3 ranks: uneven shares) and all-gathers the rest: every
+    rank ends with the one-process weights, bit for bit on CPU (the same float32 NS per matrix)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "muon.py"
+    script.write_text(_MUON_WORKER)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={world}", str(script), str(tmp_path)], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in range(world):
+        assert float((tmp_path / f"muon-{world}-{rank}.txt").read_text()) == 0.0

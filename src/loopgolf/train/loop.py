@@ -80,6 +80,36 @@ class Trainer:
         q = cfg.quant
         self.qat_names = apply_qat(model, q, enabled=q.qat_start_frac == 0) if q.qat != "off" else []
         self.qat_on = bool(self.qat_names) and q.qat_start_frac == 0
+        self.grad_sync = cfg.train.grad_sync if dist.info().enabled else "none"
+        self.ddp = self._wrap_ddp() if self.grad_sync == "ddp" else None
+
+    # --- data-parallel gradient sync -------------------------------------------------------------
+    def _wrap_ddp(self) -> torch.nn.Module:
+        """Under torchrun with train.grad_sync=ddp (one process: no wrapper, runs are unchanged):
+        DDP around the model the trainer runs (self.model: compiled on CUDA, so DDP(compile(m)),
+        the order torch recommends; dist.wrap_ddp cites it). self.model and self.raw_model stay as
+        they are: checkpoints, averages and artifacts use raw_model's names (no "module." prefix).
+
+        - Shared / looped blocks (one Parameter used by many virtual layers) need nothing: autograd
+          sums every use into one AccumulateGrad, whose hook DDP waits for once per backward.
+        - Parameters unused in a plan stage (e.g. model.untie_repeat_mlp's MLPs before the loops
+          switch on) never fire that hook, and DDP would wait for them forever; so
+          find_unused_parameters is on exactly when one eager probe pass per stage leaves some
+          parameter without gradient (it costs a graph walk per step, so not by default).
+          static_graph stays off: a stage switch changes the graph and the used set mid-run.
+        - zero_grad(set_to_none=True) is kept: an unused parameter's grad stays None on every rank,
+          so Muon and AdamW skip it (no weight decay, no Adam step), exactly as on one process."""
+        probe = torch.zeros((1, self.loader.seq_len), dtype=torch.long, device=self.device)
+        unused = False
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            for stage in range(max(1, len(getattr(self.raw_model, "stages", ())))):
+                with self.amp:
+                    loss = self.raw_model(probe, probe, stage=stage).sum()
+                loss.backward()
+                unused = unused or any(p.grad is None for p in self.params)
+                for p in self.params:
+                    p.grad = None
+        return dist.wrap_ddp(self.model, self.device, find_unused=unused)
 
     # --- one optimizer step ---------------------------------------------------------------------
     def _set_schedules(self, row: Triggers) -> None:
@@ -95,22 +125,26 @@ class Trainer:
         return loss_sum
 
     def _forward_backward(self, micro_batches) -> torch.Tensor:
-        """Summed loss / global tokens over this rank's micro-batches; gradients accumulate."""
+        """Summed loss / global tokens over this rank's micro-batches; gradients accumulate. Under
+        DDP only the last micro-batch's backward all-reduces (the others run under no_sync)."""
         inv_tokens = 1.0 / self.loader.batch_tokens
         loss_sum = torch.zeros((), device=self.device)
-        for x, y in micro_batches:
-            with self.amp:
-                loss = self.model(x, y, stage=self.stage).sum() * inv_tokens
-            loss.backward()
+        model = self.model if self.ddp is None else self.ddp
+        if self.ddp is not None and not micro_batches:  # no sequences here (world > sequences per
+            probe = torch.zeros((1, self.loader.seq_len), dtype=torch.long, device=self.device)
+            micro_batches, inv_tokens = [(probe, probe)], 0.0  # step): join DDP's sums with zeros
+        for i, (x, y) in enumerate(micro_batches):
+            with dist.grad_sync(model, sync=i == len(micro_batches) - 1):
+                with self.amp:
+                    loss = model(x, y, stage=self.stage).sum() * inv_tokens
+                loss.backward()
             loss_sum += loss.detach()
         return loss_sum
 
     def _optimizer_step(self) -> None:
-        """Gradient sync across ranks, clip, every optimizer's step, zero the gradients."""
-        if dist.info().enabled:
-            for p in self.params:  # a rank may own no sequences when world > sequences per step
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
+        """Gradient sync across ranks (allreduce; DDP summed them during backward), clip, every
+        optimizer's step (Muon sharded over ranks), zero the gradients (to None: see _wrap_ddp)."""
+        if self.grad_sync == "allreduce":
             dist.all_reduce_grads(self.params)
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
