@@ -50,6 +50,12 @@ class ModelConfig:
     ln_scale: bool = False  # scale normalized block inputs by 1/sqrt(block+1) (record (c) L445)
     parallel_from: int = -1  # physical blocks >= this use a parallel residual (record (d)); -1 = off
     untie_repeat_mlp: bool = False  # repeated visits of a block use their own MLP (record (a))
+    # frontier (PR #1855 lineage; model/doc_attention.py, attention_tricks.py, features.py, layer_tricks.py)
+    doc_isolated_attn: bool = False  # attention never crosses a BOS document boundary (PR #1530 varlen)
+    attn_gate_window: int = 0  # sparse attention output gate reading x[:window] (#1787/#1855: 12); 0 = off
+    attn_gate_scale: float = 1.0  # its logit scale (#1855 ran 0.5)
+    smear_window: int = 0  # input-dependent BOS-masked SmearGate reading x[:window] (#1855: 12); 0 = off
+    lanes_from: int = -1  # two-lane parallel residual on the final blocks >= this (#1855: 8); -1 = off
     lora_rank: int = 0  # per-virtual-layer LoRA on attention q/k/v/o of shared blocks; 0 = off
     mtp_heads: int = 0  # training-only heads predicting tokens t+2..t+1+n; never shipped
     mtp_weight: float = 0.3  # weight of the mean auxiliary loss
@@ -89,6 +95,17 @@ class ModelConfig:
             raise ConfigError("model.ve_dim is set but model.ve_layers is empty; e.g. model.ve_layers=-2,-1")
         if self.bigram_buckets and self.bigram_buckets < 2:
             raise ConfigError("model.bigram_buckets must be >= 2 (or 0 to disable)")
+        _at_least("model", self, -1, "lanes_from", hint=" (-1 = off)")
+        for name in ("attn_gate_window", "smear_window"):
+            if not 0 <= getattr(self, name) <= self.dim:
+                raise ConfigError(f"model.{name}={getattr(self, name)} must be in 0..model.dim={self.dim} "
+                                  "(the gate reads the first `window` dims; 0 = off; #1855 uses 12)")
+        if self.smear_window and self.smear_gate:
+            raise ConfigError("model.smear_gate (static) and model.smear_window (input-dependent) are two "
+                              "SmearGates; turn one off")
+        if self.lanes_from >= 0 and self.parallel_from >= 0:
+            raise ConfigError("model.lanes_from (two-lane) and model.parallel_from (one-lane) both replace "
+                              "the residual; set one of them to -1")
 
 
 @dataclass
