@@ -258,7 +258,9 @@ class QuantConfig:
     gptq_calib_batches: int = 64  # calibration batches (train) or sequences (self)
     gptq_calib_temp: float = 0.8  # sampling temperature of self-generated calibration
     gptq_reserve_s: float = 10.0  # seconds of the training budget kept for train calibration
-    lqer_rank: int = 0  # LQER: rank of the fp16 low-rank correction of each matrix's error; 0 = off
+    lqer_rank: int = 0  # LQER: rank of the low-rank correction of each matrix's error; 0 = off
+    lqer_asym_group: int = 0  # 0 = fp16 factors; g = int2 A + int4 B in groups of g (#1855: 64, #2135: 32)
+    lqer_top_k: int = 0  # correct only the k matrices of largest error (#1855: 3); 0 = every matrix
     qat: str = "off"  # off | ste (fake-quant, straight-through) | noise (uniform noise at the step)
     qat_start_frac: float = 0.0  # fraction of the budget after which QAT switches on
 
@@ -296,6 +298,10 @@ class QuantConfig:
             raise ConfigError(f"quant.gptq_calib={self.gptq_calib!r}: choose train or self")
         if not 0 <= self.lqer_rank <= 256:
             raise ConfigError(f"quant.lqer_rank={self.lqer_rank} must be in 0..256 (0 = off)")
+        if self.lqer_asym_group not in (0, 16, 32, 64, 128):  # compress/lqer.py LQER_GROUPS
+            raise ConfigError(f"quant.lqer_asym_group={self.lqer_asym_group}: choose 0 (fp16 factors), "
+                              "16, 32, 64 or 128")
+        _at_least("quant", self, 0, "lqer_top_k", hint=" (0 = every matrix)")
         if self.qat not in ("off", "ste", "noise"):
             raise ConfigError(f"quant.qat={self.qat!r}: choose off, ste or noise")
         if not 0.0 <= self.qat_start_frac <= 1.0:
