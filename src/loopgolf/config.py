@@ -308,7 +308,7 @@ class QuantConfig:
             raise ConfigError(f"quant.qat_start_frac={self.qat_start_frac} must be in [0, 1]")
 
 
-EVAL_METHODS = ("plain", "sliding", "ttt_sgd", "ttt_lora", "mixture")  # eval/recipe.EVALUATORS
+EVAL_METHODS = ("plain", "sliding", "ttt_sgd", "ttt_lora", "mixture", "ngram_tilt")  # eval/recipe.EVALUATORS
 
 
 @dataclass
@@ -316,10 +316,11 @@ class EvalConfig:
     """The scoring recipe: which evaluator (eval/recipe.EVALUATORS) and every setting it reads.
 
     It is part of the run config, so config.json and each artifact carry the recipe that scored it.
-    Prefixes name the method a field belongs to (sgd_ = ttt_sgd, lora_ = ttt_lora, mix_ = mixture).
+    Prefixes name the method a field belongs to (sgd_ = ttt_sgd, lora_ = ttt_lora, mix_ = mixture,
+    tilt_ = ngram_tilt).
     """
 
-    method: str = "plain"  # plain | sliding | ttt_sgd | ttt_lora | mixture
+    method: str = "plain"  # plain | sliding | ttt_sgd | ttt_lora | mixture | ngram_tilt
     context: int = 0  # window length in tokens; 0 = data.seq_len
     stride: int = 64  # window stride of sliding, ttt_sgd and mixture (plain: stride = context)
     batch_tokens: int = 524_288  # tokens per eval batch across all ranks
@@ -352,6 +353,10 @@ class EvalConfig:
     mix_eta: float = 1.0  # Hedge learning rate; 1 = Bayesian model averaging
     mix_network_prior: float = 0.97  # prior weight of the network; the rest is split evenly
     mix_trigram_buckets: int = 4096
+    # ngram_tilt: token-only n-gram tilt on sliding windows (PR #2135; eval/ngram_tilt.py)
+    tilt_order: int = 16  # context of order - 1 tokens
+    tilt_threshold: float = 0.8  # the top next token's share of the context's earlier positions
+    tilt_boost: float = 2.625  # beta: log-odds added to the hinted token
 
     def validate(self, seq_len: int = 0) -> None:
         """seq_len = data.seq_len (the context when eval.context = 0); 0 skips the stride check."""
@@ -360,7 +365,7 @@ class EvalConfig:
         if self.context < 0:
             raise ConfigError(f"eval.context={self.context} must be >= 0 (0 = data.seq_len)")
         ctx = self.context or seq_len
-        if ctx and not 1 <= self.stride <= ctx and self.method in ("sliding", "ttt_sgd", "mixture"):
+        if ctx and not 1 <= self.stride <= ctx and self.method in ("sliding", "ttt_sgd", "mixture", "ngram_tilt"):
             raise ConfigError(f"eval.stride={self.stride} must be in 1..{ctx} (the eval context)")
         if self.batch_tokens < 1:
             raise ConfigError(f"eval.batch_tokens={self.batch_tokens} must be >= 1")
@@ -381,6 +386,10 @@ class EvalConfig:
                 raise ConfigError(f"eval.{name}={getattr(self, name)} must be in [0, 1)")
         if not 0.0 < self.mix_network_prior < 1.0:
             raise ConfigError(f"eval.mix_network_prior={self.mix_network_prior} must be in (0, 1)")
+        if self.tilt_order < 2 or not 0.0 < self.tilt_threshold <= 1.0 or not 0.0 <= self.tilt_boost < 50.0:
+            raise ConfigError(f"eval.tilt_order={self.tilt_order} must be >= 2, eval.tilt_threshold="
+                              f"{self.tilt_threshold} in (0, 1], eval.tilt_boost={self.tilt_boost} in "
+                              "[0, 50) (PR #2135: 16, 0.8, 2.625)")
 
 
 @dataclass
