@@ -50,6 +50,12 @@ class ModelConfig:
     ln_scale: bool = False  # scale normalized block inputs by 1/sqrt(block+1) (record (c) L445)
     parallel_from: int = -1  # physical blocks >= this use a parallel residual (record (d)); -1 = off
     untie_repeat_mlp: bool = False  # repeated visits of a block use their own MLP (record (a))
+    # frontier (PR #1855 lineage; model/doc_attention.py, attention_tricks.py, features.py, layer_tricks.py)
+    doc_isolated_attn: bool = False  # attention never crosses a BOS document boundary (PR #1530 varlen)
+    attn_gate_window: int = 0  # sparse attention output gate reading x[:window] (#1787/#1855: 12); 0 = off
+    attn_gate_scale: float = 1.0  # its logit scale (#1855 ran 0.5)
+    smear_window: int = 0  # input-dependent BOS-masked SmearGate reading x[:window] (#1855: 12); 0 = off
+    lanes_from: int = -1  # two-lane parallel residual on the final blocks >= this (#1855: 8); -1 = off
     lora_rank: int = 0  # per-virtual-layer LoRA on attention q/k/v/o of shared blocks; 0 = off
     mtp_heads: int = 0  # training-only heads predicting tokens t+2..t+1+n; never shipped
     mtp_weight: float = 0.3  # weight of the mean auxiliary loss
@@ -89,6 +95,17 @@ class ModelConfig:
             raise ConfigError("model.ve_dim is set but model.ve_layers is empty; e.g. model.ve_layers=-2,-1")
         if self.bigram_buckets and self.bigram_buckets < 2:
             raise ConfigError("model.bigram_buckets must be >= 2 (or 0 to disable)")
+        _at_least("model", self, -1, "lanes_from", hint=" (-1 = off)")
+        for name in ("attn_gate_window", "smear_window"):
+            if not 0 <= getattr(self, name) <= self.dim:
+                raise ConfigError(f"model.{name}={getattr(self, name)} must be in 0..model.dim={self.dim} "
+                                  "(the gate reads the first `window` dims; 0 = off; #1855 uses 12)")
+        if self.smear_window and self.smear_gate:
+            raise ConfigError("model.smear_gate (static) and model.smear_window (input-dependent) are two "
+                              "SmearGates; turn one off")
+        if self.lanes_from >= 0 and self.parallel_from >= 0:
+            raise ConfigError("model.lanes_from (two-lane) and model.parallel_from (one-lane) both replace "
+                              "the residual; set one of them to -1")
 
 
 @dataclass
@@ -266,7 +283,9 @@ class QuantConfig:
     gptq_calib_batches: int = 64  # calibration batches (train) or sequences (self)
     gptq_calib_temp: float = 0.8  # sampling temperature of self-generated calibration
     gptq_reserve_s: float = 10.0  # seconds of the training budget kept for train calibration
-    lqer_rank: int = 0  # LQER: rank of the fp16 low-rank correction of each matrix's error; 0 = off
+    lqer_rank: int = 0  # LQER: rank of the low-rank correction of each matrix's error; 0 = off
+    lqer_asym_group: int = 0  # 0 = fp16 factors; g = int2 A + int4 B in groups of g (#1855: 64, #2135: 32)
+    lqer_top_k: int = 0  # correct only the k matrices of largest error (#1855: 3); 0 = every matrix
     qat: str = "off"  # off | ste (fake-quant, straight-through) | noise (uniform noise at the step)
     qat_start_frac: float = 0.0  # fraction of the budget after which QAT switches on
 
@@ -304,13 +323,17 @@ class QuantConfig:
             raise ConfigError(f"quant.gptq_calib={self.gptq_calib!r}: choose train or self")
         if not 0 <= self.lqer_rank <= 256:
             raise ConfigError(f"quant.lqer_rank={self.lqer_rank} must be in 0..256 (0 = off)")
+        if self.lqer_asym_group not in (0, 16, 32, 64, 128):  # compress/lqer.py LQER_GROUPS
+            raise ConfigError(f"quant.lqer_asym_group={self.lqer_asym_group}: choose 0 (fp16 factors), "
+                              "16, 32, 64 or 128")
+        _at_least("quant", self, 0, "lqer_top_k", hint=" (0 = every matrix)")
         if self.qat not in ("off", "ste", "noise"):
             raise ConfigError(f"quant.qat={self.qat!r}: choose off, ste or noise")
         if not 0.0 <= self.qat_start_frac <= 1.0:
             raise ConfigError(f"quant.qat_start_frac={self.qat_start_frac} must be in [0, 1]")
 
 
-EVAL_METHODS = ("plain", "sliding", "ttt_sgd", "ttt_lora", "mixture")  # eval/recipe.EVALUATORS
+EVAL_METHODS = ("plain", "sliding", "ttt_sgd", "ttt_lora", "mixture", "ngram_tilt")  # eval/recipe.EVALUATORS
 
 
 @dataclass
@@ -318,10 +341,11 @@ class EvalConfig:
     """The scoring recipe: which evaluator (eval/recipe.EVALUATORS) and every setting it reads.
 
     It is part of the run config, so config.json and each artifact carry the recipe that scored it.
-    Prefixes name the method a field belongs to (sgd_ = ttt_sgd, lora_ = ttt_lora, mix_ = mixture).
+    Prefixes name the method a field belongs to (sgd_ = ttt_sgd, lora_ = ttt_lora, mix_ = mixture,
+    tilt_ = ngram_tilt).
     """
 
-    method: str = "plain"  # plain | sliding | ttt_sgd | ttt_lora | mixture
+    method: str = "plain"  # plain | sliding | ttt_sgd | ttt_lora | mixture | ngram_tilt
     context: int = 0  # window length in tokens; 0 = data.seq_len
     stride: int = 64  # window stride of sliding, ttt_sgd and mixture (plain: stride = context)
     batch_tokens: int = 524_288  # tokens per eval batch across all ranks
@@ -354,6 +378,10 @@ class EvalConfig:
     mix_eta: float = 1.0  # Hedge learning rate; 1 = Bayesian model averaging
     mix_network_prior: float = 0.97  # prior weight of the network; the rest is split evenly
     mix_trigram_buckets: int = 4096
+    # ngram_tilt: token-only n-gram tilt on sliding windows (PR #2135; eval/ngram_tilt.py)
+    tilt_order: int = 16  # context of order - 1 tokens
+    tilt_threshold: float = 0.8  # the top next token's share of the context's earlier positions
+    tilt_boost: float = 2.625  # beta: log-odds added to the hinted token
 
     def validate(self, seq_len: int = 0) -> None:
         """seq_len = data.seq_len (the context when eval.context = 0); 0 skips the stride check."""
@@ -362,7 +390,7 @@ class EvalConfig:
         if self.context < 0:
             raise ConfigError(f"eval.context={self.context} must be >= 0 (0 = data.seq_len)")
         ctx = self.context or seq_len
-        if ctx and not 1 <= self.stride <= ctx and self.method in ("sliding", "ttt_sgd", "mixture"):
+        if ctx and not 1 <= self.stride <= ctx and self.method in ("sliding", "ttt_sgd", "mixture", "ngram_tilt"):
             raise ConfigError(f"eval.stride={self.stride} must be in 1..{ctx} (the eval context)")
         if self.batch_tokens < 1:
             raise ConfigError(f"eval.batch_tokens={self.batch_tokens} must be >= 1")
@@ -383,6 +411,10 @@ class EvalConfig:
                 raise ConfigError(f"eval.{name}={getattr(self, name)} must be in [0, 1)")
         if not 0.0 < self.mix_network_prior < 1.0:
             raise ConfigError(f"eval.mix_network_prior={self.mix_network_prior} must be in (0, 1)")
+        if self.tilt_order < 2 or not 0.0 < self.tilt_threshold <= 1.0 or not 0.0 <= self.tilt_boost < 50.0:
+            raise ConfigError(f"eval.tilt_order={self.tilt_order} must be >= 2, eval.tilt_threshold="
+                              f"{self.tilt_threshold} in (0, 1], eval.tilt_boost={self.tilt_boost} in "
+                              "[0, 50) (PR #2135: 16, 0.8, 2.625)")
 
 
 @dataclass

@@ -73,3 +73,35 @@ def test_value_injection_only_on_chosen_layers_and_transparent_at_init():
     assert not torch.allclose(model(idx, idx), before)
     deeper = model.at(parse_plan("4"))  # ve_layers count from the end of the running plan
     assert [len(layer.v) for layer in deeper._layers] == [0, 1, 0, 1]
+
+
+def test_sparse_attn_gate_scales_each_head_by_the_published_sigmoid():
+    cfg = _cfg(plan="2", attn_gate_window=3, attn_gate_scale=0.5)
+    model = GPT(cfg)
+    assert model.attn_gate.weight.shape == (2, 4, 3) and not model.attn_gate.weight.any()
+    with torch.no_grad():
+        model.attn_gate.weight[1] = torch.tensor([[1.0, 0, 0], [0, 2, 0], [0, 0, -4], [1, 1, 1]])
+    (op,) = model._stage_layers[-1][1].attn_y  # block 1's row
+    y, x = torch.randn(2, 4, 5, 8), torch.zeros(2, 5, 32)
+    x[..., :3] = torch.tensor([1.0, 1.0, 1.0])
+    x[..., 3:] = 7.0  # dims past the window are not read
+    logit = 0.5 * torch.tensor([1.0, 2.0, -4.0, 3.0])  # scale * W[1, h] . x[:3]
+    want = y * torch.sigmoid(logit)[None, :, None, None]
+    assert torch.allclose(op(y, None, x), want, atol=1e-6)
+
+
+def test_sparse_attn_gate_at_init_halves_attention_and_follows_xsa():
+    """W = 0: every head is scaled by sigmoid(0) = 1/2, the same model as halving attn.proj."""
+    idx = torch.randint(0, 64, (2, 6))
+    gated = _randomize(GPT(_cfg(plan="1x3", attn_gate_window=12, xsa_last=-1)))
+    with torch.no_grad():
+        gated.attn_gate.weight.zero_()
+    plain = GPT(_cfg(plan="1x3", xsa_last=-1))
+    plain.load_state_dict({k: v for k, v in gated.state_dict().items() if k != "attn_gate.weight"})
+    with torch.no_grad():
+        plain.blocks[0].attn.proj.weight.mul_(0.5)
+    assert torch.allclose(gated(idx, idx), plain(idx, idx), atol=1e-5)
+    layers = gated._stage_layers[-1]
+    assert all(isinstance(layer.attn_y[0], XSA) and len(layer.attn_y) == 2 for layer in layers)  # XSA first
+    gated(idx, idx).mean().backward()
+    assert gated.attn_gate.weight.grad.abs().sum() > 0  # one row per physical block, shared by loops

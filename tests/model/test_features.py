@@ -1,8 +1,9 @@
+import pytest
 import torch
 
-from loopgolf.config import ModelConfig
+from loopgolf.config import ConfigError, ModelConfig
 from loopgolf.data.tokenizer import BOS_ID
-from loopgolf.model.features import BigramHash, SmearGate
+from loopgolf.model.features import BigramHash, InputSmearGate, SmearGate
 from loopgolf.model.gpt import GPT
 
 
@@ -56,3 +57,30 @@ def test_smear_gate_in_the_model_keeps_documents_apart():
     b = torch.tensor([[5, 9, BOS_ID, 7]])
     la, lb = model.logits(a), model.logits(b)
     assert torch.allclose(la[0, 2], lb[0, 2]) and not torch.allclose(la[0, 1], lb[0, 1])
+
+
+def test_input_smear_gate_adds_the_gated_previous_token_except_at_bos():
+    cfg = _cfg(smear_window=2)
+    gate = InputSmearGate(cfg, None)
+    assert gate.weight.shape == (1, 2) and not gate.weight.any() and not gate.lam.any()
+    x = torch.randn(1, 4, 32)
+    idx = torch.tensor([[5, 6, BOS_ID, 7]])
+    assert torch.equal(gate(x, idx), x)  # lam = 0: transparent at initialization
+    with torch.no_grad():
+        gate.lam.fill_(2.0)
+        gate.weight.copy_(torch.tensor([[1.0, -1.0]]))
+    g = 2.0 * torch.sigmoid(x[0, :, 0] - x[0, :, 1])  # lam * sigmoid(W . x_t[:2]), from the token itself
+    out = gate(x, idx)[0]
+    assert torch.equal(out[0], x[0, 0])  # the first position has no previous token
+    assert torch.allclose(out[1], x[0, 1] + g[1] * x[0, 0], atol=1e-6)
+    assert torch.equal(out[2], x[0, 2])  # BOS: the previous document does not leak in (#1855's fix)
+    assert torch.allclose(out[3], x[0, 3] + g[3] * x[0, 2], atol=1e-6)
+
+
+def test_input_smear_gate_is_its_own_trick_beside_the_static_one():
+    model = GPT(_cfg(plan="2", smear_window=12))
+    assert isinstance(model.smear_in, InputSmearGate) and not hasattr(model, "smear")
+    assert {n for n, _ in model.named_parameters() if n.startswith("smear_in")} == {"smear_in.weight",
+                                                                                    "smear_in.lam"}
+    with pytest.raises(ConfigError, match="two SmearGates"):
+        _cfg(smear_gate=True, smear_window=12).validate()

@@ -95,3 +95,15 @@ def test_lora_stacks_are_muon_matrices():
     assert {(k.kind, k.optimizer, k.lr) for k in kinds.values()} == {("lora", "muon", "matrix_lr")}
     with pytest.raises(ValueError, match="lora.q_a"):
         kind_of("lora.q_a", torch.zeros(8, 2))  # a stack, never a plain matrix
+
+
+def test_frontier_tensors_match_their_own_row():
+    """The frontier tricks' gates and lane mixes: Adam at the scalar LR, stored fp32 (PR #1855)."""
+    from loopgolf.config import ModelConfig
+    cfg = ModelConfig(vocab_size=64, dim=32, n_heads=4, n_kv_heads=2, mlp_hidden=48, plan="4",
+                      attn_gate_window=12, smear_window=12, lanes_from=2, doc_isolated_attn=True)
+    kinds = kinds_of(GPT(cfg).named_parameters())
+    new = {n for n, k in kinds.items() if k.kind == "frontier_control"}
+    assert new == {"lane_post", "lane_resid", "attn_gate.weight", "smear_in.weight", "smear_in.lam"}
+    row = kinds["lane_post"]
+    assert (row.optimizer, row.lr, row.storage) == ("adam", "scalar_lr", "control_fp32")

@@ -10,6 +10,7 @@ from loopgolf.model import gpt
 from loopgolf.model.blocks import Block
 from loopgolf.model.gpt import GPT
 from loopgolf.model.recurrence import parse_plan
+from loopgolf.model.stream import push_skip
 from loopgolf.model.wiring import Context, Feature, ModelShape, wire
 
 
@@ -78,3 +79,22 @@ def test_every_registered_trick_is_off_by_default():
     assert model._features and all(type(f).__name__ == "UNetSkip" for f in model._features)
     assert {cls.__name__ for cls in gpt.TRICKS} >= {"BigramHash", "SmearGate", "XSA", "PerLayerLoRA",
                                                     "MTPHeads", "CrossRepeatSkip", "LNScale"}
+
+
+def test_the_attention_kernel_is_a_single_hook_and_layers_of_sees_the_whole_plan():
+    from loopgolf.model.blocks import plain_attend
+
+    class _Attend(Feature):
+        def at(self, spec):
+            return {"attend": plain_attend}
+
+    class _Last(Feature):
+        def layers_of(self, plan):  # a whole-plan decision: an op on the final layer only
+            return [{"post": push_skip} if s.v == plan.n_virtual - 1 else {} for s in plan.layers()]
+
+    blocks = torch.nn.ModuleList(Block(_cfg()) for _ in range(3))
+    assert all(layer.attend is plain_attend for layer in wire(parse_plan("3"), blocks, [], Block.default_ops))
+    with pytest.raises(ValueError, match="both replace the 'attend'"):
+        wire(parse_plan("1"), blocks, [_Attend(), _Attend()], Block.default_ops)
+    layers = wire(parse_plan("3"), blocks, [_Last()], Block.default_ops)
+    assert [len(layer.post) for layer in layers] == [0, 0, 1]

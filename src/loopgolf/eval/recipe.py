@@ -22,6 +22,7 @@ from loopgolf.data.valset import ValSet
 from loopgolf.eval.bpb import NonFiniteScoreError
 from loopgolf.eval.events import EventLog
 from loopgolf.eval.mixture import evaluate_mixture
+from loopgolf.eval.ngram_tilt import evaluate_ngram_tilt
 from loopgolf.eval.sliding import evaluate_plain, evaluate_sliding
 from loopgolf.eval.ttt import ttt_lora, ttt_sgd
 
@@ -68,8 +69,14 @@ def _mixture(model, vs, ecfg, device, context, max_tokens, log):
                             trigram_buckets=ecfg.mix_trigram_buckets, log=log)
 
 
+def _ngram_tilt(model, vs, ecfg, device, context, max_tokens, log):
+    return evaluate_ngram_tilt(model, vs, context, ecfg.stride, rank_batch_seqs(ecfg, context), device,
+                               order=ecfg.tilt_order, threshold=ecfg.tilt_threshold,
+                               boost=ecfg.tilt_boost, max_tokens=max_tokens, log=log)
+
+
 EVALUATORS: dict[str, Evaluator] = {"plain": _plain, "sliding": _sliding, "ttt_sgd": _ttt_sgd,
-                                    "ttt_lora": _ttt_lora, "mixture": _mixture}
+                                    "ttt_lora": _ttt_lora, "mixture": _mixture, "ngram_tilt": _ngram_tilt}
 ADAPTS_WEIGHTS = frozenset({"ttt_sgd", "ttt_lora"})
 assert tuple(EVALUATORS) == EVAL_METHODS, "config.EVAL_METHODS and EVALUATORS must list the same methods"
 

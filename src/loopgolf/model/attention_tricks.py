@@ -1,6 +1,7 @@
-"""Tricks inside attention at chosen virtual layers: V-injection (VE128), per-virtual-layer LoRA, XSA.
+"""Tricks inside attention at chosen virtual layers: V-injection (VE128), per-virtual-layer LoRA, XSA,
+the sparse attention output gate, and document-isolated attention (model/doc_attention.py).
 
-They plug into Attention.forward through the layer's "qkv", "v", "attn_y" and "out" hooks
+They plug into Attention.forward through the layer's "qkv", "v", "attend", "attn_y" and "out" hooks
 (model/wiring.py); a layer without them runs plain attention.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loopgolf.config import ModelConfig
+from loopgolf.model.doc_attention import DocIsolatedAttention
 from loopgolf.model.recurrence import LayerSpec
 from loopgolf.model.wiring import Context, Feature, ModelShape
 
@@ -114,9 +116,40 @@ class XSA(Feature):
         first = 0 if self.last < 0 else spec.n_virtual - self.last
         return {"attn_y": self} if spec.v >= first else {}
 
-    def __call__(self, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def __call__(self, y: torch.Tensor, v: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         vh = F.normalize(v, dim=-1).repeat_interleave(self.group, dim=1)  # (B,H,T,D)
         return y - (y * vh).sum(-1, keepdim=True) * vh
 
 
-TRICKS = (ValueInjection, PerLayerLoRA, XSA)
+class SparseAttnGate(Feature, nn.Module):
+    """Sparse attention output gate (PR #1787; #1855 train_gpt.py L988-1001 and L1059-1066;
+    model.attn_gate_window = w, model.attn_gate_scale = c): each head's attention output is scaled by
+    a sigmoid of the first w dims of the attention's normalized input x,
+
+        y[t, h] <- sigmoid(c * W[block, h] . x_t[:w]) * y[t, h]
+
+    after XSA and before the output projection (the order of #1855). W (n_blocks, n_heads, w) is one
+    (n_heads, w) matrix per physical block, shared by the block's loop visits, init 0 (#1855's
+    SPARSE_ATTN_GATE_INIT_STD=0): every head starts at sigmoid(0) = 1/2, so unlike most tricks the
+    gate is not transparent at initialization. Parameter attn_gate.weight (trained by Adam at the
+    scalar LR, as #1855's CONTROL_TENSOR_NAME_PATTERNS does; stored fp32 here, int8 per row there)."""
+
+    field = "attn_gate_window"
+
+    def __init__(self, cfg: ModelConfig, shape: ModelShape):
+        super().__init__()
+        self.window, self.scale = cfg.attn_gate_window, cfg.attn_gate_scale
+        self.weight = nn.Parameter(torch.zeros(shape.n_blocks, cfg.n_heads, cfg.attn_gate_window))
+
+    def create(self):
+        return {"attn_gate": self}
+
+    def at(self, spec: LayerSpec):
+        return {"attn_y": partial(self.gate, block=spec.block)}
+
+    def gate(self, y: torch.Tensor, v: torch.Tensor, x: torch.Tensor, block: int) -> torch.Tensor:
+        logit = F.linear(x[..., :self.window], self.weight[block].to(x.dtype))  # (B, T, H)
+        return y * torch.sigmoid(self.scale * logit).transpose(1, 2).unsqueeze(-1)  # y: (B, H, T, D)
+
+
+TRICKS = (ValueInjection, PerLayerLoRA, XSA, SparseAttnGate, DocIsolatedAttention)

@@ -88,7 +88,8 @@ class Rotary(nn.Module):
 
 class Attention(nn.Module):
     """Causal GQA attention with QK-norm, RoPE and a learned per-head q gain. The virtual layer's ops
-    adjust q/k/v (LoRA), V (V-injection), the attention output (XSA) and the projection (LoRA)."""
+    adjust q/k/v (LoRA), V (V-injection), pick the kernel ("attend": document-isolated or not), adjust
+    the attention output (XSA, output gate) and the projection (LoRA)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -114,9 +115,9 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        y = causal_attention(q, k, v)
+        y = layer.attend(q, k, v, ctx)
         for op in layer.attn_y:
-            y = op(y, v)
+            y = op(y, v, x)
         y = y.transpose(1, 2).reshape(B, T, C)
         out = self.proj(y)
         for op in layer.out:
@@ -155,8 +156,19 @@ MLPS = {
 }
 
 
-def sequential_residual(x: torch.Tensor, attn, mlp, norm) -> torch.Tensor:
-    """The baseline's pre-norm residual: x += attn(norm(x)); x += mlp(norm(x))."""
+def plain_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx) -> torch.Tensor:
+    """The default "attend" hook: causal attention over the whole row (documents may see each other)."""
+    return causal_attention(q, k, v)
+
+
+def mix_x0(x: torch.Tensor, mix: torch.Tensor, ctx) -> torch.Tensor:
+    """The baseline's resid_mix: mix[0] x + mix[1] x0 (x0 = the normalized embedding)."""
+    return mix[0] * x + mix[1] * ctx.x0
+
+
+def sequential_residual(x: torch.Tensor, mix: torch.Tensor, ctx, attn, mlp, norm) -> torch.Tensor:
+    """The baseline's pre-norm residual: x = mix_x0(x); x += attn(norm(x)); x += mlp(norm(x))."""
+    x = mix_x0(x, mix, ctx)
     x = x + attn(norm(x))
     return x + mlp(norm(x))
 
@@ -176,14 +188,14 @@ class Block(nn.Module):
 
     def default_ops(self) -> dict:
         """The single-valued hooks of a virtual layer running this block, before any trick."""
-        return {"controls": self.controls, "norm": rms_norm, "residual": sequential_residual, "mlp": self.mlp}
+        return {"controls": self.controls, "norm": rms_norm, "residual": sequential_residual, "mlp": self.mlp,
+                "attend": plain_attend}
 
     def controls(self, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.attn_scale, self.mlp_scale, self.resid_mix
 
     def forward(self, x: torch.Tensor, ctx, layer) -> torch.Tensor:
         attn_scale, mlp_scale, mix = (c.to(x.dtype) for c in layer.controls(ctx))
-        x = mix[0] * x + mix[1] * ctx.x0
 
         def attn(h):
             return attn_scale * self.attn(h, ctx, layer)
@@ -191,4 +203,4 @@ class Block(nn.Module):
         def mlp(h):
             return mlp_scale * layer.mlp(h)
 
-        return layer.residual(x, attn, mlp, layer.norm)
+        return layer.residual(x, mix, ctx, attn, mlp, layer.norm)

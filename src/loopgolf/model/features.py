@@ -89,4 +89,38 @@ class SmearGate(Feature, nn.Module):
         return torch.where((idx != BOS_ID).unsqueeze(-1), smeared, x)
 
 
-TRICKS = (BigramHash, SmearGate)
+class InputSmearGate(Feature, nn.Module):
+    """Input-dependent SmearGate with the BOS fix (PR #1667 -> #1855 "BOS-fixed SmearGate",
+    train_gpt.py L1243-1251 and L1332-1337; model.smear_window = w): each token adds the previous
+    token's embedding, with a scalar gate computed from its own embedding's first w dims,
+
+        x_t <- x_t + lam * sigmoid(W . x_t[:w]) * x_{t-1} * [token t != BOS]    (t >= 1; x_0 kept)
+
+    W (1, w) and lam (1,) start at 0, so the gate is transparent at initialization. Unlike
+    SmearGate above (record (a)): the gate is one scalar per token that depends on the input, not a
+    static per-dim vector, and the previous token is added, not interpolated. The BOS mask is #1855's
+    fix (without it the last token of document N leaks into document N+1's BOS embedding). Applied
+    to the embedding after the dtype cast, before the first RMSNorm (#1855 applies it to tok_emb's
+    output, then rms_norm). Parameters smear_in.weight, smear_in.lam (Adam at the scalar LR, fp32)."""
+
+    field = "smear_window"
+
+    def __init__(self, cfg: ModelConfig, shape: ModelShape):
+        super().__init__()
+        self.window = cfg.smear_window
+        self.weight = nn.Parameter(torch.zeros(1, cfg.smear_window))
+        self.lam = nn.Parameter(torch.zeros(1))
+
+    def create(self):
+        return {"smear_in": self}
+
+    def model_hooks(self):
+        return {"stream": self}
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        gate = self.lam.to(x.dtype) * torch.sigmoid(F.linear(x[:, 1:, :self.window], self.weight.to(x.dtype)))
+        keep = (idx[:, 1:] != BOS_ID).to(x.dtype).unsqueeze(-1)
+        return torch.cat([x[:, :1], x[:, 1:] + gate * x[:, :-1] * keep], dim=1)
+
+
+TRICKS = (BigramHash, SmearGate, InputSmearGate)

@@ -4,11 +4,13 @@ baseline's (Block.default_ops in model/blocks.py).
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
 from loopgolf.config import ModelConfig
-from loopgolf.model.blocks import MLPS, rms_norm
+from loopgolf.model.blocks import MLPS, mix_x0, rms_norm
 from loopgolf.model.recurrence import LayerSpec
 from loopgolf.model.wiring import Feature, ModelShape
 
@@ -52,8 +54,10 @@ class LNScale(Feature):
         return {"norm": lambda x, s=(spec.block + 1) ** -0.5: rms_norm(x) * s}
 
 
-def parallel_residual(x: torch.Tensor, attn, mlp, norm) -> torch.Tensor:
-    """GPT-J single-lane parallel residual (record (d) L109-113): h = norm(x); x + attn(h) + mlp(h)."""
+def parallel_residual(x: torch.Tensor, mix: torch.Tensor, ctx, attn, mlp, norm) -> torch.Tensor:
+    """GPT-J single-lane parallel residual (record (d) L109-113): x = mix_x0(x); h = norm(x);
+    x + attn(h) + mlp(h)."""
+    x = mix_x0(x, mix, ctx)
     h = norm(x)
     return x + attn(h) + mlp(h)
 
@@ -73,6 +77,77 @@ class ParallelResidual(Feature):
 
     def at(self, spec: LayerSpec):
         return {"residual": parallel_residual} if spec.block >= self.first else {}
+
+
+class TwoLaneResidual(Feature):
+    """Two-lane parallel residual decoder (PR #1530 -> #1855 train_gpt.py L1234-1241, L1291-1322 and
+    L1371-1392; model.lanes_from = p, #1855: 8). The final virtual layers whose physical block is >= p
+    (they must be the plan's last layers: a suffix) carry two streams. The first of them starts both
+    lanes at the stream entering it (before its U-Net skip, which like every "pre" op goes to lane 0);
+    then each such layer of block b, with row r = b - p:
+
+        a = attn(norm(mix[0] lane0 + mix[1] x0))        f = mlp(norm(lane1))   (scales included)
+        lane0 <- resid[r, 0] lane0 + post[r, 0, 0] a + post[r, 1, 0] f
+        lane1 <- resid[r, 1] lane1 + post[r, 0, 1] a + post[r, 1, 1] f
+
+    and the last layer outputs (lane0 + lane1) / 2 (#1855's PARALLEL_FINAL_LANE=mean). Attention and
+    the MLP read different lanes, so they run in parallel; resid_mix mixes x0 into attention's read
+    only, not into lane 0 itself. Parameters lane_post (n_rows, 2, 2), init 1, lane_resid (n_rows, 2),
+    init 1.1, with n_rows = n_blocks - p (#1855 keeps a row for every layer; only these are used)."""
+
+    field = "lanes_from"
+
+    def __init__(self, cfg: ModelConfig, shape: ModelShape):
+        self.first, self.rows = cfg.lanes_from, shape.n_blocks - cfg.lanes_from
+        if self.rows < 1:
+            raise ValueError(f"model.lanes_from={cfg.lanes_from}: the model has {shape.n_blocks} blocks; "
+                             f"choose 0..{shape.n_blocks - 1} (or -1 = off)")
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, shape: ModelShape):
+        return cls(cfg, shape) if cfg.lanes_from >= 0 else None
+
+    def create(self):
+        return {"lane_post": nn.Parameter(torch.ones(self.rows, 2, 2)),
+                "lane_resid": nn.Parameter(torch.full((self.rows, 2), 1.1))}
+
+    def layers_of(self, plan):
+        specs = plan.layers()
+        lane = [s.block >= self.first for s in specs]
+        start = len(lane) - lane[::-1].index(False) if False in lane else 0
+        if start == len(lane) or any(lane[:start]):
+            raise ValueError(f"model.lanes_from={self.first}: plan {plan.spec!r} runs blocks {list(plan.schedule)}; "
+                             f"the two-lane layers (blocks >= {self.first}) must be its last layers, "
+                             "and at least one")
+        ops: list[dict] = [{} for _ in specs]
+        if start > 0:
+            ops[start - 1]["post"] = self.start_lanes
+        for s in specs[start:]:
+            fn = self.last_layer if s.v == len(specs) - 1 else self.layer
+            ops[s.v]["residual"] = partial(fn, row=s.block - self.first)
+        return ops
+
+    @staticmethod
+    def start_lanes(x: torch.Tensor, ctx) -> torch.Tensor:
+        ctx.lanes["lane1"] = x
+        return x
+
+    @staticmethod
+    def _lanes(x, mix, ctx, attn, mlp, norm, row):
+        lane1 = ctx.lanes.get("lane1", x)  # lanes_from = 0: no earlier layer started them
+        a, f = attn(norm(mix_x0(x, mix, ctx))), mlp(norm(lane1))
+        post, resid = ctx.model.lane_post[row].to(x.dtype), ctx.model.lane_resid[row].to(x.dtype)
+        lane0 = resid[0] * x + post[0, 0] * a + post[1, 0] * f
+        lane1 = resid[1] * lane1 + post[0, 1] * a + post[1, 1] * f
+        return lane0, lane1
+
+    def layer(self, x, mix, ctx, attn, mlp, norm, row: int) -> torch.Tensor:
+        lane0, ctx.lanes["lane1"] = self._lanes(x, mix, ctx, attn, mlp, norm, row)
+        return lane0
+
+    def last_layer(self, x, mix, ctx, attn, mlp, norm, row: int) -> torch.Tensor:
+        lane0, lane1 = self._lanes(x, mix, ctx, attn, mlp, norm, row)
+        return 0.5 * (lane0 + lane1)
 
 
 class UntiedRepeatMLP(Feature):
@@ -101,4 +176,4 @@ class UntiedRepeatMLP(Feature):
         return {"mlp": self.mlps[self.keys.index(key)]}
 
 
-TRICKS = (PerLayerScales, LNScale, ParallelResidual, UntiedRepeatMLP)
+TRICKS = (PerLayerScales, LNScale, ParallelResidual, TwoLaneResidual, UntiedRepeatMLP)

@@ -79,6 +79,9 @@ PARAM_KINDS: tuple[ParamKind, ...] = (
               "none", "", ndim=2, training_only=True),
     ParamKind("control", _PREFIX + "(?:" + "|".join(CONTROL_NAMES) + ")", "adam", "scalar_lr",
               "adam_weight_decay", "control_fp32", "control"),
+    # frontier gates and lane mixes (PR #1855: routed to the scalar AdamW by its control patterns)
+    ParamKind("frontier_control", r"lane_post|lane_resid|attn_gate\.weight|smear_in\.(?:weight|lam)",
+              "adam", "scalar_lr", "adam_weight_decay", "control_fp32", "control"),
     ParamKind("integer_buffer", r".*", "none", "", "", "raw", "buffer", averaged=False,
               floating=False),
 )

@@ -8,9 +8,11 @@ parameters/modules it adds, registered on the GPT under their API names (gpt.py 
   (x, idx) -> x after it, "loss" (nll, h, targets, model) -> nll;
 - per-virtual-layer ops (`at(spec)`, nanochat's has_ve(layer) predicate turned into a lookup):
   list hooks "pre"/"post" (x, ctx) -> x around the block, "qkv" (x, q, k, v) -> (q, k, v), "v" (v, ctx)
-  -> v, "attn_y" (y, v) -> y after SDPA, "out" (y, out) -> out after the output projection; and the
-  single-valued hooks "controls" (ctx) -> (attn_scale, mlp_scale, resid_mix), "norm", "residual" and
-  "mlp", whose defaults are the baseline's (blocks.py) and which at most one trick may replace.
+  -> v, "attn_y" (y, v, x) -> y after the attention kernel (x: the attention's normalized input),
+  "out" (y, out) -> out after the output projection; and the single-valued hooks "controls" (ctx) ->
+  (attn_scale, mlp_scale, resid_mix), "norm", "residual" (x, mix, ctx, attn, mlp, norm) -> x, "mlp"
+  and "attend" (q, k, v, ctx) -> y (the attention kernel: causal SDPA, or document-isolated), whose
+  defaults are the baseline's (blocks.py) and which at most one trick may replace.
 
 `wire(plan, ...)` turns a plan into one `Layer` per virtual layer holding exactly the ops that layer
 runs. Ops that need a bare model parameter (e.g. `loop_embed`) look it up on `ctx.model` at call time,
@@ -28,7 +30,7 @@ from loopgolf.config import ModelConfig
 from loopgolf.model.recurrence import LayerSpec, RecurrencePlan, parse_int_list
 
 LIST_HOOKS = ("pre", "post", "qkv", "v", "attn_y", "out")
-SINGLE_HOOKS = ("controls", "norm", "residual", "mlp")
+SINGLE_HOOKS = ("controls", "norm", "residual", "mlp", "attend")
 MODEL_HOOKS = ("token", "stream", "loss")
 
 
@@ -73,12 +75,14 @@ class ModelShape:
 
 class Context:
     """Per-forward state the layers' ops share: the model, the tokens, x0 (the normalized embedding),
-    the U-Net skip stack, each block's latest output, and tables computed once per forward."""
+    the U-Net skip stack, each block's latest output, tables computed once per forward, and `lanes`
+    (streams carried between layers beside x, e.g. the second lane of a two-lane residual)."""
 
     def __init__(self, model: nn.Module, idx: torch.Tensor, x0: torch.Tensor):
         self.model, self.idx, self.x0 = model, idx, x0
         self.skips: list[torch.Tensor] = []
         self.last_out: dict[int, torch.Tensor] = {}
+        self.lanes: dict[str, torch.Tensor] = {}
         self._once: dict[str, Any] = {}
 
     def once(self, key: str, make: Callable[[], Any]) -> Any:
@@ -104,6 +108,7 @@ class Layer:
     norm: Callable
     residual: Callable
     mlp: Callable
+    attend: Callable
 
 
 class Feature:
@@ -130,19 +135,25 @@ class Feature:
     def at(self, spec: LayerSpec) -> dict[str, Callable]:
         return {}
 
+    def layers_of(self, plan: RecurrencePlan) -> list[dict[str, Callable]]:
+        """The ops of every virtual layer of `plan`: `at(spec)` per layer, unless a trick needs the
+        whole plan to decide (e.g. the two-lane residual, whose lanes span the final layers)."""
+        return [self.at(spec) for spec in plan.layers()]
+
 
 def wire(plan: RecurrencePlan, blocks: nn.ModuleList, features: list[Feature],
          defaults: Callable[[nn.Module], dict[str, Callable]]) -> tuple[Layer, ...]:
     """One Layer per virtual layer of `plan`: the default single hooks of its block (`defaults`),
     replaced by at most one feature each, and the list hooks of every feature in registry order."""
     out = []
+    per_feature = [f.layers_of(plan) for f in features]
     for spec in plan.layers():
         block = blocks[spec.block]
         ops: dict[str, Any] = {h: [] for h in LIST_HOOKS}
         single = defaults(block)
         owner: dict[str, Feature] = {}
-        for f in features:
-            for hook, op in f.at(spec).items():
+        for f, layer_ops in zip(features, per_feature):
+            for hook, op in layer_ops[spec.v].items():
                 if hook in LIST_HOOKS:
                     ops[hook].append(op)
                 elif hook in SINGLE_HOOKS:
