@@ -43,18 +43,44 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _capped(z: torch.Tensor, cap_pos, cap_neg) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(l, tanh(z/c), z/c) for fp32 logits z; the last two are None without a cap."""
+def _cap_(z: torch.Tensor, cap_pos, cap_neg) -> torch.Tensor:
+    """cap(z), in place on a chunk of fresh fp32 logits z."""
     if cap_neg is not None:
         c = torch.where(z > 0, cap_pos, cap_neg)
-        u = z / c
-        t = torch.tanh(u)
-        return c * t, t, u
+        return z.div_(c).tanh_().mul_(c)
     if cap_pos:
-        u = z / cap_pos
-        t = torch.tanh(u)
-        return cap_pos * t, t, u
-    return z, None, None
+        return z.div_(cap_pos).tanh_().mul_(cap_pos)
+    return z
+
+
+def _dlogits(z: torch.Tensor, lse: torch.Tensor, g: torch.Tensor, t: torch.Tensor, cap_pos, cap_neg
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(g * dnll/dz, g * dnll/d(c+, c-) or None) of one chunk from its fresh fp32 logits z
+    (overwritten), row logsumexps lse, upstream gradients g (rows, 1) and targets t (rows, 1).
+    In place where it can: two chunk-sized buffers live (four with AsymLogit)."""
+    pos = None
+    if cap_neg is not None:
+        pos = z > 0
+        c = torch.where(pos, cap_pos, cap_neg)
+        u = z.div_(c)
+        th = torch.tanh(u)
+        dl = th * c
+        del c
+    elif cap_pos:
+        th = z.div_(cap_pos).tanh_()
+        dl = th * cap_pos
+    else:
+        th, dl = None, z
+    dl = dl.sub_(lse[:, None]).exp_().mul_(g).scatter_add_(1, t, -g)  # (softmax - onehot) g
+    if th is None:
+        return dl, None
+    if pos is None:
+        return dl.mul_(th.mul_(th).neg_().add_(1)), None
+    sech2 = th.mul(th).neg_().add_(1)
+    dc = u.mul_(sech2).neg_().add_(th).mul_(dl)  # (tanh(u) - u sech²(u)) dl, u = z/c
+    total = dc.sum()
+    on_pos = dc.mul_(pos).sum()
+    return dl.mul_(sech2), torch.stack([on_pos, total - on_pos])
 
 
 class FusedSoftcappedNLL(torch.autograd.Function):
@@ -71,7 +97,7 @@ class FusedSoftcappedNLL(torch.autograd.Function):
             wc = w.to(h.dtype)
             nll, lse = [], []
             for s in range(0, h.size(0), rows):
-                l, _, _ = _capped(F.linear(h[s:s + rows], wc).to(acc), cap_pos, cap_neg)
+                l = _cap_(F.linear(h[s:s + rows], wc).to(acc), cap_pos, cap_neg)
                 m = torch.logsumexp(l, dim=-1)
                 t = targets[s:s + rows]
                 lt = l.gather(1, t.clamp_min(0)[:, None]).squeeze(1)
@@ -92,25 +118,20 @@ class FusedSoftcappedNLL(torch.autograd.Function):
             wc = w.to(h.dtype)
             wt = wc.t().contiguous()  # not F.linear(hc, wc): see the module docstring
             g = torch.where(targets != IGNORE_INDEX, grad.to(acc), 0.0)
-            dh, dw = [], torch.zeros(w.shape, dtype=acc, device=w.device)
+            grad_h = h.new_empty(h.shape) if want_h else None
+            dw = torch.zeros(w.shape, dtype=acc, device=w.device)
             dcap = torch.zeros(2, dtype=acc, device=h.device)
             for s in range(0, h.size(0), rows):
-                hc, gc, tc = h[s:s + rows], g[s:s + rows, None], targets[s:s + rows, None].clamp_min(0)
-                z = (hc @ wt).to(acc)
-                l, t, u = _capped(z, cap_pos, cap_neg)
-                dl = torch.exp(l - lse[s:s + rows, None]) * gc
-                dl = dl.scatter_add(1, tc, -gc)
-                dz = dl if t is None else dl * (1 - t * t)
-                if ctx.asym:
-                    dc = dl * (t - u * (1 - t * t))
-                    pos = (dc * (z > 0)).sum()
-                    dcap = dcap + torch.stack([pos, dc.sum() - pos])
+                hc, tc = h[s:s + rows], targets[s:s + rows, None].clamp_min(0)
+                dz, dc = _dlogits((hc @ wt).to(acc), lse[s:s + rows], g[s:s + rows, None], tc,
+                                  cap_pos, cap_neg)
+                if dc is not None:
+                    dcap = dcap + dc
                 dz = dz.to(h.dtype)
                 if want_h:
-                    dh.append(dz @ wc)
+                    grad_h[s:s + rows] = dz @ wc
                 if want_w:
-                    dw = dw + (dz.t() @ hc).to(acc)
-        grad_h = torch.cat(dh) if want_h else None
+                    dw.add_((dz.t() @ hc).to(acc))
         grad_w = dw.to(w.dtype) if want_w else None
         grad_pos, grad_neg = (dcap[0].to(cap_pos.dtype), dcap[1].to(cap_neg.dtype)) if ctx.asym else (None, None)
         return grad_h, grad_w, None, grad_pos, grad_neg, None
