@@ -124,3 +124,19 @@ def test_asym_caps_stay_at_init_with_the_default_learning_rate():
     for o in trained:
         o.step()
     assert not torch.equal(before[0], model.logit_cap.softcap_pos.detach())
+
+
+@pytest.mark.slow  # ~5 s on 2 cores: dynamo traces a whole GPT
+def test_a_fused_gpt_compiles_in_one_graph():
+    """The Trainer compiles the whole model: the fused head (AsymLogit and MTP heads included) must
+    trace without a graph break and give eager's loss and gradients."""
+    torch._dynamo.reset()
+    _, model = _pair(asym_logit=True, mtp_heads=1)
+    idx = torch.randint(0, V, (2, 9))
+    compiled = torch.compile(model, dynamic=False, fullgraph=True, backend="aot_eager_decomp_partition")
+    runs = []
+    for fn in (model, compiled):
+        loss = fn(idx, idx)
+        runs.append([loss] + list(torch.autograd.grad(loss.sum(), list(model.parameters()))))
+    for a, b in zip(*runs):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
