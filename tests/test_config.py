@@ -70,6 +70,7 @@ def test_every_preset_validates():
     ("train.seed=-1", "train.seed=-1"),
     ("optim.matrix_lr=-1", "optim.matrix_lr=-1.0 must be >= 0"),
     ("optim.head_lr=inf", "optim.head_lr=inf must be a finite"),
+    ("optim.asym_logit_lr=-1", "optim.asym_logit_lr=-1.0 must be >= 0"),
     ("optim.momentum=1", "optim.momentum=1.0 must be in [0, 1)"),
     ("optim.adam_eps=0", "optim.adam_eps=0.0 must be > 0"),
     ("optim.warmup_frac=nan", "optim.warmup_frac=nan"),
@@ -82,6 +83,12 @@ def test_out_of_range_fields_say_what_is_wrong(assignment, fragment):
     with pytest.raises(ConfigError) as info:
         get_preset("baseline").override([assignment]).validate()
     assert fragment in str(info.value) and "divisible" not in str(info.value)
+
+
+def test_asym_logit_without_a_softcap_is_refused():
+    with pytest.raises(ConfigError, match="model.asym_logit.*model.logit_softcap=30"):
+        get_preset("tiny").override(["model.asym_logit=true", "model.logit_softcap=0"]).validate()
+    get_preset("tiny").override(["model.asym_logit=true", "model.fused_ce=true"]).validate()
 
 
 def test_zero_budget_means_max_steps_bounds_the_run():

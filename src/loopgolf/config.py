@@ -62,6 +62,8 @@ class ModelConfig:
     rope_base: float = 10000.0
     qk_gain_init: float = 1.5
     logit_softcap: float = 30.0
+    asym_logit: bool = False  # learned caps for positive / negative logits (PR #1923 AsymLogit)
+    fused_ce: bool = False  # chunked softcapped CE: no B*T*V logits in memory (model/fused_ce.py)
     tie_embeddings: bool = True
     embed_init_std: float = 0.005
 
@@ -106,6 +108,9 @@ class ModelConfig:
         if self.lanes_from >= 0 and self.parallel_from >= 0:
             raise ConfigError("model.lanes_from (two-lane) and model.parallel_from (one-lane) both replace "
                               "the residual; set one of them to -1")
+        if self.asym_logit and not self.logit_softcap > 0:
+            raise ConfigError("model.asym_logit starts both caps at model.logit_softcap, which is 0 "
+                              "(no cap); set model.logit_softcap=30 or model.asym_logit=false")
 
 
 @dataclass
@@ -147,6 +152,7 @@ class OptimConfig:
     swa_every_frac: float = 0.01  # snapshot spacing, fraction of the run
     warmup_frac: float = 0.0  # linear LR warm-up, fraction of the budget
     warmdown_frac: float = 0.0  # linear LR warm-down to 0 over the last fraction of the budget
+    asym_logit_lr: float = 0.0  # Adam, model.asym_logit's caps; 0 = frozen in training (PR #1923)
     # Baseline-compatible warm-down measured in wall clock: warmdown_iters x average step time
     # (baseline L924-933). 0 = off; when both are set the smaller multiplier wins.
     warmdown_iters: int = 0
@@ -155,7 +161,7 @@ class OptimConfig:
     def validate(self) -> None:
         _finite("optim", self)
         _at_least("optim", self, 0, "matrix_lr", "scalar_lr", "tied_embed_lr", "embed_lr", "head_lr",
-                  "weight_decay", "adam_weight_decay", "embed_weight_decay", "grad_clip",
+                  "asym_logit_lr", "weight_decay", "adam_weight_decay", "embed_weight_decay", "grad_clip",
                   "momentum_warmup_steps", "warmdown_iters")
         for name in ("momentum", "momentum_warmup_start", "beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:

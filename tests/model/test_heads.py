@@ -45,3 +45,18 @@ def test_mtp_heads_never_ship():
     assert [n for n in model.state_dict() if n.startswith("mtp_heads.")] == ["mtp_heads.0.proj.weight",
                                                                             "mtp_heads.1.proj.weight"]
     assert not any(n.startswith("mtp_heads") for n in model.shipped_state())
+
+
+def test_mtp_heads_go_through_the_models_fused_head():
+    """model.fused_ce covers the auxiliary losses too (model.nll): same training loss and head-weight
+    gradient as the plain head."""
+    idx = torch.randint(0, 64, (2, 8))
+    plain, fused = _model(), _model(fused_ce=True)
+    fused.load_state_dict(plain.state_dict())
+    fused._head.rows = 5  # 16 rows (and 14, 12 for the two heads) in uneven chunks
+    losses = [m(idx, idx) for m in (plain, fused)]
+    assert torch.allclose(losses[1], losses[0], atol=1e-5)
+    g = [torch.autograd.grad(loss.sum(), (m.tok_emb.weight, m.mtp_heads[1].proj.weight))
+         for loss, m in zip(losses, (plain, fused))]
+    for a, b in zip(*g):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -2,6 +2,8 @@
 unknown names fail by name, and optimizer, storage and QAT agree because they read the same row."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -76,6 +78,19 @@ def test_control_tensors_are_trained_and_stored_as_control(name):
     k = kind_of(name, t)
     assert (k.kind, k.optimizer, k.lr, k.storage) == ("control", "adam", "scalar_lr", "control_fp32")
     assert assign_schemes({name: t}, get_preset("tiny").quant) == {name: "fp32"}
+
+
+def test_asym_logit_caps_have_their_own_row():
+    """AsymLogit (model.asym_logit): Adam at optim.asym_logit_lr (0 = frozen, PR #1923), no weight
+    decay, shipped as fp32 control tensors."""
+    model = GPT(dataclasses.replace(get_preset("tiny").model, asym_logit=True))
+    kinds = kinds_of(model.named_parameters())
+    caps = {n: k for n, k in kinds.items() if n.startswith("logit_cap.")}
+    assert sorted(caps) == ["logit_cap.softcap_neg", "logit_cap.softcap_pos"]
+    assert {(k.kind, k.optimizer, k.lr, k.wd, k.storage) for k in caps.values()} == {
+        ("logit_cap", "adam", "asym_logit_lr", "", "control_fp32")}
+    state = {n: t for n, t in model.shipped_state().items() if n.startswith("logit_cap.")}
+    assert assign_schemes(state, get_preset("tiny").quant) == dict.fromkeys(caps, "fp32")
 
 
 class FakeLoRA(nn.Module):

@@ -10,6 +10,9 @@ decided at construction (model/wiring.py), so the forward pass is a plain loop:
     logits = 30 * tanh((rms_norm(x) @ W_emb^T) / 30)       # tied embeddings, logit softcap
     nll (+ loss tricks: MTP heads in training)
 
+The head (model/logit_head.py) is picked at construction: the cap (symmetric softcap, or AsymLogit)
+and the loss path (plain logits + F.cross_entropy, or model.fused_ce's chunked fused_ce.py).
+
 Training may change the plan (model.plan_stages: loops switched on, progressive depth): `GPT.stages`
 holds one plan per stage; the trainer passes the stage index, `forward(idx, targets, stage)`, and each
 stage is one static graph under torch.compile. Parameters are sized for every stage's slots;
@@ -22,18 +25,18 @@ Parameter names (an API, matched by train/optim.py and compress/quant.py):
     loop_embed, cross_repeat_scales, value_embeds.{k}.weight, ve_scales, repeat_mlps.{k}.fc|proj.weight,
     bigram.table.weight, bigram.proj.weight, bigram.scale, smear.gate,
     ve_inject.table.weight, ve_inject.proj.weight, ve_inject.scales,
-    lora.{q,k,v,o}_{a,b}, mtp_heads.{k}.proj.weight (training-only)
+    lora.{q,k,v,o}_{a,b}, mtp_heads.{k}.proj.weight (training-only),
+    logit_cap.softcap_pos|softcap_neg (AsymLogit)
 `forward` returns per-token cross-entropy in nats (float32), the one quantity both training and the
 exact bpb evaluation need.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from loopgolf.config import ModelConfig
-from loopgolf.model import attention_tricks, features, heads, layer_tricks, stream
+from loopgolf.model import attention_tricks, features, heads, layer_tricks, logit_head, stream
 from loopgolf.model.blocks import Block, rms_norm, to_stream_dtype
 from loopgolf.model.recurrence import RecurrencePlan, Stage, parse_stages
 from loopgolf.model.wiring import MODEL_HOOKS, Context, Layer, ModelShape, wire
@@ -52,6 +55,7 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(self.shape.n_blocks))
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.logit_cap, self._head = logit_head.build(cfg)
         self._features = [f for cls in TRICKS if (f := cls.build(cfg, self.shape)) is not None]
         self._training_only: list[str] = []
         hooks: dict[str, list] = {h: [] for h in MODEL_HOOKS}
@@ -137,17 +141,21 @@ class GPT(nn.Module):
                 x = op(x, ctx)
         return rms_norm(x)
 
+    def head_weight(self) -> torch.Tensor:
+        return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
-        w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(h, w.to(h.dtype)).float()
-        c = self.cfg.logit_softcap
-        return c * torch.tanh(logits / c) if c > 0 else logits
+        """Capped float32 logits of final hidden states h (..., dim), already normalized."""
+        return self._head.logits(h, self.head_weight())
+
+    def nll(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-token cross-entropy (float32, shape of `targets`) of unembed(h) against `targets`,
+        by the head chosen at construction (model.fused_ce: never the full logits tensor)."""
+        return self._head.nll(h, self.head_weight(), targets)
 
     def _loss_of(self, idx: torch.Tensor, targets: torch.Tensor, layers: tuple[Layer, ...]) -> torch.Tensor:
         h = self._hidden(idx, layers)
-        logits = self.unembed(h)
-        nll = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
-        nll = nll.view(targets.shape)
+        nll = self.nll(h, targets)
         for op in self._loss:
             nll = op(nll, h, targets, self)
         return nll

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from loopgolf.config import ModelConfig
@@ -24,7 +23,8 @@ class MTPHeads(Feature, nn.ModuleList):
 
         loss_t = nll_t + w / n * sum_k CE(unembed(rms_norm(proj_k h_t)), token_{t+1+k})
 
-    (positions without such a target add nothing). Only in training mode; in eval mode the loss is
+    (positions without such a target add nothing; each CE is the model's own head, `model.nll`:
+    its cap, and model.fused_ce's chunked path). Only in training mode; in eval mode the loss is
     the plain next-token nll. proj_k is nn.Linear's default init. Parameters mtp_heads.{k}.proj.weight
     are training-only: GPT.shipped_state drops them."""
 
@@ -46,9 +46,7 @@ class MTPHeads(Feature, nn.ModuleList):
             return nll
         aux = torch.zeros_like(nll)
         for k, head in enumerate(self, start=1):  # targets[:, t+k] is the token at t+1+k
-            lk = model.unembed(rms_norm(head.proj(h[:, :-k])))
-            ce = F.cross_entropy(lk.reshape(-1, lk.size(-1)), targets[:, k:].reshape(-1), reduction="none")
-            aux[:, :-k] += ce.view(targets.size(0), -1)
+            aux[:, :-k] += model.nll(rms_norm(head.proj(h[:, :-k])), targets[:, k:])
         return nll + self.aux_weight / len(self) * aux
 
 

@@ -77,6 +77,9 @@ PARAM_KINDS: tuple[ParamKind, ...] = (
               "lora", ndim=3),
     ParamKind("mtp_head", r"mtp_heads\.\d+\.proj\.weight", "muon", "matrix_lr", "weight_decay",
               "none", "", ndim=2, training_only=True),
+    # AsymLogit's two caps (model/logit_head.py); lr 0 by default = frozen in training (PR #1923)
+    ParamKind("logit_cap", r"logit_cap\.softcap_(?:pos|neg)", "adam", "asym_logit_lr", "",
+              "control_fp32", "control", ndim=0),
     ParamKind("control", _PREFIX + "(?:" + "|".join(CONTROL_NAMES) + ")", "adam", "scalar_lr",
               "adam_weight_decay", "control_fp32", "control"),
     # frontier gates and lane mixes (PR #1855: routed to the scalar AdamW by its control patterns)
