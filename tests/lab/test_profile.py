@@ -14,6 +14,7 @@ def test_kernel_names_fall_in_their_categories():
     assert categorize("triton_per_fused_add_mul_sum_3") == "fused_reduction"
     assert categorize("triton_poi_fused_mul_relu_pow_5") == "fused_pointwise"
     assert categorize("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
+    assert categorize("void cudnn::fusion::compute_dot_do_o_specialized<true, 64>(void const*)") == "attention"
     assert categorize("Memcpy HtoD (Pinned -> Device)") == "copy_fill"
     assert categorize("aten::mm") == "matmul"
     assert categorize("something_unheard_of") == "other"

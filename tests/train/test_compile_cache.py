@@ -15,6 +15,12 @@ def test_caches_go_under_the_configured_directory(tmp_path, monkeypatch):
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "cc" / "triton")
 
 
+def test_a_forced_sdpa_backend_gets_its_own_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    assert configure_caches(str(tmp_path), "flash") == str(tmp_path / "sdpa-flash" / "inductor")
+
+
 def test_a_directory_the_user_set_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert configure_caches(str(tmp_path / "cc")) == str(tmp_path / "mine")

@@ -65,22 +65,17 @@ class BatchLoader:
         self.micro = micro_batch_seqs
         self.lo, self.hi = rank_slice(self.n_seqs, rank, world)
         self.device = device
-        self._pinned: torch.Tensor | None = None
 
     def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         chunk = self.stream.take(self.batch_tokens + 1)
         T = self.seq_len
         mine = torch.from_numpy(chunk[self.lo * T:self.hi * T + 1])
         if self.device.type == "cuda":
-            # one host->device copy per step from a pinned buffer allocated once; the copy is ordered
-            # on the stream, and the synchronize below keeps the host from overwriting the buffer
-            # while an earlier copy may still read it.
-            if self._pinned is None or self._pinned.numel() != mine.numel():
-                self._pinned = torch.empty(mine.numel(), dtype=mine.dtype).pin_memory()
-            else:
-                torch.cuda.current_stream(self.device).synchronize()
-            self._pinned.copy_(mine)
-            mine = self._pinned.to(self.device, non_blocking=True)
+            # one host->device copy per step, asynchronous and without a host sync: pin_memory() takes
+            # a block from torch's caching host allocator, which does not hand the block out again
+            # until the copy that reads it has finished (the profile found the explicit stream
+            # synchronize this replaces: bench/results/2026-12-01_profile_h200)
+            mine = mine.pin_memory().to(self.device, non_blocking=True)
         x_all, y_all = mine[:-1].view(-1, T), mine[1:].view(-1, T)
         return [(x_all[i:i + self.micro], y_all[i:i + self.micro])
                 for i in range(0, x_all.size(0), self.micro)]

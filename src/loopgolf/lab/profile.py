@@ -37,7 +37,7 @@ DATASHEET_BF16_TFLOPS = 989.0  # H100 SXM / H200 dense bf16 (lab/bench.py uses t
 
 # (category, regex on the kernel name); first match wins, so the specific names come first
 KERNEL_CATEGORIES = (
-    ("attention", r"flash|fmha|attention|sdpa|_attn|scaled_dot_product"),
+    ("attention", r"flash|fmha|attention|sdpa|_attn|scaled_dot_product|cudnn"),  # cuDNN runs SDPA here
     ("optimizer", r"adam|multi_tensor|foreach|_fused_sgd|newton"),
     ("cross_entropy", r"cross_entropy|nll_loss|log_softmax|softmax_backward"),
     ("matmul", r"gemm|nvjet|cutlass|xmma|wgmma|cublas|sm90|sm80|triton_tem|matmul|mm_|aten::(mm|addmm|bmm|linear)$"),
@@ -263,10 +263,26 @@ def format_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cmd_profile(args) -> int:
-    from loopgolf.cli import _config
+def _resolve(args):
+    """The preset (or --config file) with --set applied, as `loopgolf train` resolves it."""
+    from loopgolf.config import ConfigError, RunConfig
+    from loopgolf.presets import get_preset
 
-    cfg = _config(args)
+    if args.config:
+        try:
+            cfg = RunConfig.from_json(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{args.config}: cannot read config ({e})") from None
+    else:
+        cfg = get_preset(args.preset)
+    cfg.override(args.set or [])
+    if args.name:
+        cfg.name = args.name
+    return cfg.validate()
+
+
+def cmd_profile(args) -> int:
+    cfg = _resolve(args)
     if not any(s.startswith("train.warmup_steps=") for s in (args.set or [])):
         cfg.train.warmup_steps = 3
     r = profile_run(cfg, Path(args.out), steps=args.steps, profile_steps=args.profile_steps, shards=args.shards)

@@ -19,15 +19,16 @@ from loopgolf.config import ModelConfig
 
 
 def attention_backend(device_type: str) -> str:
-    """Which attention kernel runs, for the run log. FlashAttention-3 (`flash_attn_interface`) is used
-    by the records on H100; when it is not importable, SDPA picks its flash kernel on CUDA."""
-    import importlib.util
-
+    """Which attention kernels SDPA may pick, for the run log. It takes the first enabled one that
+    supports the inputs; on the H200 with torch 2.11 that is cuDNN's flash attention (the profile in
+    bench/results/2026-12-01_profile_h200; PyTorch's FA2 was 15 % slower per baseline step).
+    FlashAttention-3 (`flash_attn_interface`) is not used for dense attention even when importable."""
     if device_type != "cuda":
         return "sdpa (cpu math kernel)"
-    if importlib.util.find_spec("flash_attn_interface") is not None:
-        return "sdpa (flash_attn_interface is importable, but loopgolf routes attention through SDPA)"
-    return "sdpa (flash backend; flash_attn_interface not importable)"
+    b = torch.backends.cuda
+    enabled = [name for name, on in (("cudnn", b.cudnn_sdp_enabled()), ("flash", b.flash_sdp_enabled()),
+                                     ("efficient", b.mem_efficient_sdp_enabled()), ("math", b.math_sdp_enabled())) if on]
+    return f"sdpa (enabled: {', '.join(enabled)}; the first in torch's priority order that supports the inputs runs)"
 
 
 # Optional zero-padding of head dims to a multiple of this before SDPA on CUDA (0 = off), with the

@@ -22,9 +22,11 @@ import torch
 from loopgolf.config import TrainConfig
 
 
-def configure_caches(cache_dir: str) -> str:
+def configure_caches(cache_dir: str, sdpa_backend: str = "auto") -> str:
     """Persistent compile caches under cache_dir (unless the environment names its own); returns
-    the inductor cache directory in use."""
+    the inductor cache directory in use. A forced SDPA backend gets its own subfolder: the cache
+    key does not cover the backend flags, and a cuDNN graph was served to a flash run
+    (bench/results/2026-12-01_profile_h200)."""
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
 
@@ -35,6 +37,8 @@ def configure_caches(cache_dir: str) -> str:
         functorch_config.enable_autograd_cache = True
     if cache_dir:
         root = Path(cache_dir).expanduser()
+        if sdpa_backend != "auto":
+            root = root / f"sdpa-{sdpa_backend}"
         # importing inductor writes its default into TORCHINDUCTOR_CACHE_DIR, so only a value other
         # than that default counts as the user's own choice
         current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")

@@ -52,7 +52,7 @@ class Trainer:
         cuda = device.type == "cuda"
         if cfg.train.compile and cuda:
             _set_mix_order_reduction(cfg.train.compile_mix_order_reduction)
-            self.compile_cache_dir = configure_caches(cfg.train.compile_cache_dir)
+            self.compile_cache_dir = configure_caches(cfg.train.compile_cache_dir, cfg.train.sdpa_backend)
             self.model = compile_model(model, cfg.train)
         else:
             self.model = model
