@@ -50,7 +50,9 @@ class Trainer:
         self.cfg, self.raw_model, self.loader = cfg, model, loader
         self.device, self.logger, self.val_fn = device, logger, val_fn
         cuda = device.type == "cuda"
-        if cfg.train.compile and cuda:
+        self.compiled = bool(cfg.train.compile and cuda)
+        self.compile_cache_dir = ""
+        if self.compiled:
             _set_mix_order_reduction(cfg.train.compile_mix_order_reduction)
             self.compile_cache_dir = configure_caches(cfg.train.compile_cache_dir, cfg.train.sdpa_backend)
             self.model = compile_model(model, cfg.train)
@@ -324,7 +326,7 @@ class Trainer:
         self.clock.pause()
         self.progress.close()
         self.compile_stats["loop"] = compiles.stop()
-        if self.model is not self.raw_model and self.compile_stats["loop"]["graphs"]:
+        if self.compiled and self.compile_stats["loop"]["graphs"]:
             self.logger.log("recompiled_in_loop", graphs=self.compile_stats["loop"]["graphs"],
                             hint="a graph was compiled on the clock; raise train.warmup_steps")
         self.end_position = self.loader.stream.position
@@ -358,7 +360,7 @@ class Trainer:
             "stage_ms_per_step": {k: round(1000 * v[0] / v[1], 2) for k, v in stage_time.items()},
             "stage_steps": {k: v[1] for k, v in stage_time.items()},
         }
-        if self.model is not self.raw_model:
+        if self.compiled:
             out["compile"] = {**self.compile_stats, "mode": self.cfg.train.compile_mode,
                               "cache_dir": self.compile_cache_dir}
         flops = self.raw_model.flops_per_token(self.loader.seq_len, stage=self.stage)
