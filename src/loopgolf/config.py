@@ -66,6 +66,7 @@ class ModelConfig:
     fused_ce: bool = False  # chunked softcapped CE: no B*T*V logits in memory (model/fused_ce.py)
     tie_embeddings: bool = True
     embed_init_std: float = 0.005
+    ortho_init: bool = False  # orthogonal init of every block's c_q/c_k/c_v/fc (#1855 L1254-1278)
 
     def validate(self) -> None:
         _finite("model", self)
@@ -222,6 +223,9 @@ class TrainConfig:
     # overlapped with backward, no_sync on all but a step's last micro-batch); allreduce = one
     # bucketed all-reduce after backward. Ignored on one process.
     grad_sync: str = "ddp"
+    # Shorter rows early, same tokens per step: "1024@0.1,2048@0.7" = 1024 until 10 % of the run, 2048
+    # until 70 %, then data.seq_len (PR #2014's TRAIN_SEQ_SCHEDULE; parsed and checked by train/schedule.py)
+    seq_len_schedule: str = ""
 
     def validate(self, seq_len: int) -> None:
         _finite("train", self)
