@@ -223,9 +223,7 @@ class TrainConfig:
     # overlapped with backward, no_sync on all but a step's last micro-batch); allreduce = one
     # bucketed all-reduce after backward. Ignored on one process.
     grad_sync: str = "ddp"
-    # Shorter rows early, same tokens per step: "1024@0.1,2048@0.7" = 1024 until 10 % of the run, 2048
-    # until 70 %, then data.seq_len (PR #2014's TRAIN_SEQ_SCHEDULE; parsed and checked by train/schedule.py)
-    seq_len_schedule: str = ""
+    seq_len_schedule: str = ""  # rows grow, tokens/step fixed: "1024@0.1,2048@0.7" (PR #2014; train/schedule.py)
 
     def validate(self, seq_len: int) -> None:
         _finite("train", self)
