@@ -66,6 +66,7 @@ class ModelConfig:
     fused_ce: bool = False  # chunked softcapped CE: no B*T*V logits in memory (model/fused_ce.py)
     tie_embeddings: bool = True
     embed_init_std: float = 0.005
+    ortho_init: bool = False  # orthogonal init of every block's c_q/c_k/c_v/fc (#1855 L1254-1278)
 
     def validate(self) -> None:
         _finite("model", self)
@@ -222,6 +223,7 @@ class TrainConfig:
     # overlapped with backward, no_sync on all but a step's last micro-batch); allreduce = one
     # bucketed all-reduce after backward. Ignored on one process.
     grad_sync: str = "ddp"
+    seq_len_schedule: str = ""  # rows grow, tokens/step fixed: "1024@0.1,2048@0.7" (PR #2014; train/schedule.py)
 
     def validate(self, seq_len: int) -> None:
         _finite("train", self)

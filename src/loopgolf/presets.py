@@ -10,6 +10,7 @@ import re
 from typing import Callable
 
 from loopgolf.config import ConfigError, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from loopgolf.presets_frontier import FRONTIER_PRESETS
 
 
 def baseline() -> RunConfig:
@@ -232,6 +233,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "demo": demo,
     "tiny": tiny,
 }
+PRESETS.update(FRONTIER_PRESETS)  # record-frontier, record-frontier-2135 (presets_frontier.py)
 
 
 def summary(name: str) -> str:

@@ -53,3 +53,17 @@ def test_a_step_is_the_same_data_for_any_split(two_shards, world, micro):
     x, y = torch.cat(x_parts), torch.cat(y_parts)
     np.testing.assert_array_equal(x.flatten().numpy(), tokens[:6])
     np.testing.assert_array_equal(y.flatten().numpy(), tokens[1:7])
+
+
+def test_set_seq_len_keeps_the_step_and_micro_batch_tokens(two_shards):
+    paths, tokens = two_shards
+    loader = BatchLoader(TokenStream(paths), 4, 8, 1, 0, 1, torch.device("cpu"))  # 2 rows of 4, 4 per micro
+    first = loader.next_step()
+    assert [tuple(x.shape) for x, _ in first] == [(1, 4), (1, 4)]
+    loader.set_seq_len(2)  # same 8 tokens: 4 rows of 2, micro-batches of 2 rows (still 4 tokens)
+    second = loader.next_step()
+    assert [tuple(x.shape) for x, _ in second] == [(2, 2), (2, 2)]
+    np.testing.assert_array_equal(torch.cat([x.flatten() for x, _ in second]).numpy(), tokens[9:17])
+    np.testing.assert_array_equal(torch.cat([y.flatten() for _, y in second]).numpy(), np.r_[tokens[10:17], tokens[0]])
+    with pytest.raises(ValueError, match="row length 3 must divide"):
+        loader.set_seq_len(3)

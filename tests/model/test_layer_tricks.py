@@ -134,3 +134,20 @@ def test_two_lane_layers_must_end_the_plan():
     assert deeper(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4)
     with pytest.raises(ConfigError, match="lanes_from"):
         _cfg(plan="4", lanes_from=2, parallel_from=1).validate()
+
+
+def test_orthogonal_init_gives_orthonormal_input_matrices():
+    cfg = ModelConfig(vocab_size=64, dim=32, n_heads=4, n_kv_heads=2, mlp_hidden=96, plan="2", ortho_init=True)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    for block in model.blocks:
+        for w in (block.attn.c_q.weight, block.attn.c_k.weight, block.attn.c_v.weight):  # rows <= cols
+            assert torch.allclose(w @ w.T, torch.eye(w.shape[0]), atol=1e-5)
+        fc = block.mlp.fc.weight  # 96 x 32: tall, orthonormal columns
+        assert torch.allclose(fc.T @ fc, torch.eye(fc.shape[1]), atol=1e-5)
+        assert not block.attn.proj.weight.any() and not block.mlp.proj.weight.any()  # still zero
+    torch.manual_seed(0)
+    plain = GPT(ModelConfig(vocab_size=64, dim=32, n_heads=4, n_kv_heads=2, mlp_hidden=96, plan="2"))
+    w = plain.blocks[0].attn.c_k.weight  # kaiming-uniform default: not orthonormal
+    assert not torch.allclose(w @ w.T, torch.eye(w.shape[0]), atol=1e-2)
+    assert torch.equal(plain.tok_emb.weight, model.tok_emb.weight)  # the core's draws come first

@@ -305,3 +305,53 @@ def test_ddp_and_sharded_muon_match_one_process_on_2_and_3_ranks(tiny_shards, tm
         assert many["allreduce"]["find_unused"] is None  # no DDP wrapper
         assert many["checkpoint_keys"] == many["model_keys"]  # raw names: no "module." prefix
         assert torch.equal(many["resume"]["params"], many["looped"]["params"])  # resume is exact
+
+
+GROWING = ("model.plan_stages=1+1x1+1@0.5", "train.seq_len_schedule=8@0.25,16@0.5", "train.warmup_steps=1")
+
+
+def test_growing_context_compiles_every_shape_once_before_the_clock(tiny_shards, tmp_path):
+    """tiny (rows of 32, 1024 tokens per step, 8 steps, budget 0: progress = step / 8) with rows of 8
+    until 25 %, 16 until 50 %, then 32, and the loops on from 50 %: the run meets (stage 0, T=8),
+    (0, 16), (1, 32). Each is compiled exactly once, in the warm-up; the timed loop compiles nothing
+    and sees the scheduled shapes at the scheduled steps, with 1024 tokens in every step."""
+    tr = _trainer(tiny_shards, tmp_path, steps=8, extra=GROWING)
+    assert tr.table.shapes() == [(0, 8), (0, 16), (1, 32)]
+    compiled = []  # (stage-free) input shape of each graph the backend is asked to compile
+
+    def backend(gm, example_inputs):
+        compiled.append(next(tuple(t.shape) for t in example_inputs if t.dtype == torch.long))
+        return gm.forward
+    tr.model = torch.compile(tr.raw_model, backend=backend, dynamic=False, fullgraph=True)
+    torch._dynamo.reset()
+    tr.warmup()
+    assert compiled == [(32, 8), (16, 16), (8, 32)]  # every micro-batch holds 8 x 32 = 256 tokens
+    assert tr.loader.seq_len == 32 and tr.loader.stream.position == 0  # restored after the warm-up
+    seen = []
+    real = tr.model
+
+    def spy(x, y, stage=-1):
+        seen.append((tr.step, stage, tuple(x.shape)))
+        return real(x, y, stage=stage)
+    tr.model = spy
+    res = tr.run()
+    assert len(compiled) == 3 and res["compile"]["loop"]["graphs"] == 0  # nothing compiled on the clock
+    by_step = {}
+    for step, stage, shape in seen:
+        by_step.setdefault(step, []).append((stage, shape))
+    want = {0: (0, 8), 1: (0, 8), 2: (0, 16), 3: (0, 16), 4: (1, 32), 5: (1, 32), 6: (1, 32), 7: (1, 32)}
+    for step, (stage, T) in want.items():
+        assert {s for s, _ in by_step[step]} == {stage}
+        assert {shape[1] for _, shape in by_step[step]} == {T}
+        assert sum(shape[0] * shape[1] for _, shape in by_step[step]) == 1024  # tokens per step fixed
+    assert set(res["stage_ms_per_step"]) == {"1+1x1+1 T=8", "1+1x1+1 T=16", "1+1x2+1 T=32"}
+    assert res["stage_steps"] == {"1+1x1+1 T=8": 2, "1+1x1+1 T=16": 2, "1+1x2+1 T=32": 4}
+
+
+def test_growing_context_resumes_on_the_same_shapes(tiny_shards, tmp_path):
+    ref = _trainer(tiny_shards, tmp_path / "ref", steps=8, extra=GROWING[:2])
+    ref.run()
+    resumed = _interrupted_then_resumed(tiny_shards, tmp_path / "cut", ckpt_every=3, die_at=4, extra=GROWING[:2])
+    assert resumed.loader.seq_len == 32
+    for (n, a), b in zip(ref.raw_model.state_dict().items(), resumed.raw_model.state_dict().values()):
+        assert torch.equal(a, b), n

@@ -45,3 +45,25 @@ def test_clock_pauses():
     c.start()
     c.pause()
     assert c.seconds >= 5.0
+
+
+def test_seq_len_schedule_parses_ours_and_pr2014s_form():
+    from loopgolf.train.schedule import parse_seq_len_schedule, seq_len_at
+    inf = float("inf")
+    ours = parse_seq_len_schedule("1024@0.1,2048@0.7", 3072, 786_432, 16 * 3072)
+    assert ours == ((1024, 0.1), (2048, 0.7), (3072, inf))
+    assert parse_seq_len_schedule("1024@0.100,2048@0.700,3072@1.000", 3072, 786_432, 16 * 3072) == ours
+    assert parse_seq_len_schedule("", 2048, 786_432, 48 * 2048) == ((2048, inf),)
+    assert [seq_len_at(ours, f) for f in (0.0, 0.0999, 0.1, 0.6999, 0.7, 1.0)] == [1024, 1024, 2048, 2048, 3072, 3072]
+
+
+@pytest.mark.parametrize("spec,fragment", [
+    ("1024", "not LENGTH@FRACTION"), ("1024@0.7,2048@0.1", "fractions must increase"),
+    ("1024@1.5", "fractions must increase"), ("1024@0.1,2048@1.0", "closing entry at 1.0"),
+    ("1000@0.1", "length 1000 must be >= 2 and divide train.batch_tokens=786432"),
+])
+def test_seq_len_schedule_errors_name_the_field(spec, fragment):
+    from loopgolf.config import ConfigError
+    from loopgolf.train.schedule import parse_seq_len_schedule
+    with pytest.raises(ConfigError, match=f"train.seq_len_schedule=.*{fragment}"):
+        parse_seq_len_schedule(spec, 3072, 786_432, 16 * 3072)

@@ -56,3 +56,17 @@ def test_averaging_window_and_expected_steps():
     assert ema.at(Progress(10, 1.0, 0.01)).expected_steps == 5000  # capped at max_steps
     swa = TriggerTable(_cfg("optim.swa_start_frac=0.5", "train.max_steps=10"))
     assert [swa.at(Progress(s, 0.0, 0.0)).averaging for s in (4, 5)] == [False, True]
+
+
+def test_row_length_follows_the_schedule_and_shapes_list_what_the_run_meets():
+    cfg = _cfg("data.seq_len=64", "train.batch_tokens=1024", "train.max_steps=100",
+               "train.seq_len_schedule=16@0.1,32@0.7", "model.plan_stages=1+1x1+1@0.35")
+    table = TriggerTable(cfg, parse_stages(cfg.model.plan_stages, cfg.model.plan))
+    assert [table.at(Progress(s, 0.0, 0.0)).seq_len for s in (0, 9, 10, 69, 70, 99)] == [16, 16, 32, 32, 64, 64]
+    # PR #2014's log: "compile_shape_warmup:start 1024xplain,2048xplain,2048xloop,3072xloop"
+    assert table.shapes() == [(0, 16), (0, 32), (1, 32), (1, 64)]
+    assert TriggerTable(_cfg()).shapes() == [(0, 32)]  # no schedule, no stages: the one shape
+    by_step = _cfg("data.seq_len=64", "train.batch_tokens=1024", "train.seq_len_schedule=32@0.5",
+                   "model.plan_stages=1+1x1+1@s3")
+    table = TriggerTable(by_step, parse_stages(by_step.model.plan_stages, by_step.model.plan))
+    assert table.shapes() == [(0, 32), (0, 64), (1, 32), (1, 64)]  # a step-count stage meets any length

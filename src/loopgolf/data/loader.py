@@ -4,7 +4,9 @@ Shards are read sequentially in sorted order and wrap around, like the baseline 
 Each optimizer step consumes one contiguous chunk of batch_tokens + 1 tokens, cut into
 batch_tokens / seq_len sequences; rank r of W takes sequences [r*S//W, (r+1)*S//W). The data a
 step sees is therefore identical for every world size (1, 2, 3, 8, 16, ...), and the position is a
-single integer, which makes resuming exact.
+single integer, which makes resuming exact. `set_seq_len` changes the row length mid-run (a growing
+training context, train.seq_len_schedule) while a step keeps its batch_tokens and a micro-batch its
+tokens (micro_batch_seqs x the starting row length), so the memory per forward stays the same.
 """
 from __future__ import annotations
 
@@ -59,12 +61,22 @@ class BatchLoader:
 
     def __init__(self, stream: TokenStream, seq_len: int, batch_tokens: int, micro_batch_seqs: int,
                  rank: int, world: int, device: torch.device):
-        self.stream, self.seq_len = stream, seq_len
-        self.n_seqs = batch_tokens // seq_len
+        self.stream = stream
         self.batch_tokens = batch_tokens
-        self.micro = micro_batch_seqs
-        self.lo, self.hi = rank_slice(self.n_seqs, rank, world)
+        self.micro_tokens = micro_batch_seqs * seq_len
+        self.rank, self.world = rank, world
         self.device = device
+        self.set_seq_len(seq_len)
+
+    def set_seq_len(self, seq_len: int) -> None:
+        """Rows of `seq_len` tokens from the next step on: batch_tokens / seq_len sequences per step,
+        micro_tokens / seq_len per micro-batch (ValueError unless both divide)."""
+        if seq_len < 1 or self.batch_tokens % seq_len or self.micro_tokens % seq_len:
+            raise ValueError(f"row length {seq_len} must divide the step's {self.batch_tokens} tokens and "
+                             f"the micro-batch's {self.micro_tokens}")
+        self.seq_len, self.n_seqs = seq_len, self.batch_tokens // seq_len
+        self.micro = self.micro_tokens // seq_len
+        self.lo, self.hi = rank_slice(self.n_seqs, self.rank, self.world)
 
     def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         chunk = self.stream.take(self.batch_tokens + 1)

@@ -176,4 +176,24 @@ class UntiedRepeatMLP(Feature):
         return {"mlp": self.mlps[self.keys.index(key)]}
 
 
-TRICKS = (PerLayerScales, LNScale, ParallelResidual, TwoLaneResidual, UntiedRepeatMLP)
+class OrthogonalInit(Feature):
+    """Orthogonal init of the blocks' input matrices (PR #1855 train_gpt.py L1254-1278, the record
+    lineage since #1204; model.ortho_init): every block's c_q, c_k, c_v and MLP fc weight W (rows x
+    cols) is drawn by nn.init.orthogonal_ with gain 1, so W W^T = I when rows <= cols (c_q 512x512,
+    c_k/c_v 256x512) and W^T W = I when rows > cols (fc 2048x512), instead of nn.Linear's
+    kaiming-uniform default. Output projections keep the core's zero init (#1855 zeroes them too).
+    Runs after the core's init (GPT.init_weights), so the other draws of a seed are unchanged. It
+    is an init, not a per-layer op: no hooks, no parameters."""
+
+    field = "ortho_init"
+
+    def __init__(self, cfg: ModelConfig, shape: ModelShape):
+        pass
+
+    def init_weights(self, model: nn.Module) -> None:
+        for block in model.blocks:
+            for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.fc):
+                nn.init.orthogonal_(lin.weight, gain=1.0)
+
+
+TRICKS = (PerLayerScales, LNScale, ParallelResidual, TwoLaneResidual, UntiedRepeatMLP, OrthogonalInit)

@@ -4,9 +4,10 @@ The loss of a micro-batch is its summed token NLL divided by the GLOBAL token co
 gradients are summed across ranks, so any split of the step's sequences over ranks and micro-batches
 gives the same update. torch.compile's warm-up runs real steps before the clock starts and then
 restores weights, optimizer state and data position (baseline L937-970), so compilation never
-counts against the budget. Every progress-dependent decision (plan stage, QAT, LR, momentum,
-averaging, checkpoints) comes from one trigger-table row per step (train/triggers.py); the plan
-stage is passed to the model as an argument, never written into it.
+counts against the budget; it warms every (plan stage, row length) pair the run will meet. Every
+progress-dependent decision (plan stage, row length, QAT, LR, momentum, averaging, checkpoints) comes
+from one trigger-table row per step (train/triggers.py); the plan stage is passed to the model as an
+argument, never written into it.
 """
 from __future__ import annotations
 
@@ -164,11 +165,13 @@ class Trainer:
         stats = CompileStats().start()
         model_state = copy.deepcopy(self.raw_model.state_dict())
         opt_states = [copy.deepcopy(o.state_dict()) for o in self.opts]
-        position, stage = self.loader.stream.position, self.stage
+        position, stage, seq_len = self.loader.stream.position, self.stage, self.loader.seq_len
         start = self.table.at(Progress(0, 0.0, 0.0))
-        # every plan stage is its own graph: compile and warm each one now, never in the timed loop
+        # every plan stage and every row length (train.seq_len_schedule) the run meets is its own
+        # graph: compile and warm each pair now, never in the timed loop
         qat_states = (False, True) if (self.qat_names and not self.qat_on) else (self.qat_on,)
-        for self.stage in range(len(self.table.stages) or 1):
+        for self.stage, length in self.table.shapes():
+            self.loader.set_seq_len(length)
             for qat in qat_states:  # a late QAT switch is another graph: warm it too
                 set_qat_enabled(self.raw_model, qat)
                 for _ in range(n):
@@ -176,6 +179,7 @@ class Trainer:
                     self._train_step()
         set_qat_enabled(self.raw_model, self.qat_on)
         self.stage = stage
+        self.loader.set_seq_len(seq_len)
         self.raw_model.load_state_dict(model_state)
         for o, s in zip(self.opts, opt_states):
             o.load_state_dict(s)
@@ -250,7 +254,11 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------
     def _apply(self, row: Triggers) -> None:
-        """Switch the plan stage and QAT as the step's trigger row says."""
+        """Switch the plan stage, the row length and QAT as the step's trigger row says."""
+        if row.seq_len != self.loader.seq_len:
+            self.loader.set_seq_len(row.seq_len)
+            self.logger.log("seq_len", step=self.step, frac=round(row.frac, 4), seq_len=row.seq_len,
+                            micro_batch_seqs=self.loader.micro)
         if row.stage != self.stage:
             self.stage = row.stage
             plan = self.table.stages[row.stage].plan if self.table.stages else None
@@ -299,6 +307,7 @@ class Trainer:
             loss_v, stop, clock_sum = stats.tolist()  # one host sync per step, like the baseline's stop all-reduce
             agreed_s = clock_sum / info.world_size
             spec = self.table.stages[self.stage].plan.spec if self.table.stages else "-"
+            spec += f" T={self.loader.seq_len}" if self.cfg.train.seq_len_schedule else ""
             secs, n = stage_time.get(spec, (0.0, 0))
             stage_time[spec] = (secs + self.clock.seconds - t_step, n + 1)
             if self.average.enabled:
@@ -330,6 +339,7 @@ class Trainer:
             self.logger.log("recompiled_in_loop", graphs=self.compile_stats["loop"]["graphs"],
                             hint="a graph was compiled on the clock; raise train.warmup_steps")
         self.end_position = self.loader.stream.position
+        self.loader.set_seq_len(self.cfg.data.seq_len)  # calibration and the FLOP count use the final rows
         return self._finish(start_step, start_seconds, stage_time)
 
     def _finish(self, start_step: int, start_seconds: float, stage_time: dict) -> dict:

@@ -4,14 +4,15 @@ progress = max(step / max_steps, train_seconds / budget_s), so the same preset b
 from a CPU minute to 8 GPUs x 10 minutes: warm-up, warm-down and momentum ramps are fractions of
 the run. The baseline's step-denominated knobs (warm-down of 1,200 iterations measured in wall
 clock, momentum warm-up over 500 steps) are available for faithful reproduction of the challenge
-baseline (techniques.md 2.2).
+baseline (techniques.md 2.2). The training row length may also grow with progress
+(train.seq_len_schedule, PR #2014: 1024 -> 2048 -> 3072) at a fixed number of tokens per step.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
-from loopgolf.config import OptimConfig, TrainConfig
+from loopgolf.config import ConfigError, OptimConfig, TrainConfig
 
 
 class Clock:
@@ -80,3 +81,40 @@ def momentum_at(p: Progress, o: OptimConfig, t: TrainConfig) -> float:
     else:
         return o.momentum
     return (1 - frac) * o.momentum_warmup_start + frac * o.momentum
+
+
+def parse_seq_len_schedule(spec: str, final: int, batch_tokens: int, micro_tokens: int
+                           ) -> tuple[tuple[int, float], ...]:
+    """train.seq_len_schedule "L1@f1,L2@f2,..." and data.seq_len -> ((L1, f1), (L2, f2), ...,
+    (final, inf)): rows of L1 tokens while run progress < f1, then L2 while < f2, ..., then
+    data.seq_len; "" -> ((final, inf),). PR #2014's TRAIN_SEQ_SCHEDULE ("1024@0.100,2048@0.700,
+    3072@1.000": its last entry, at 1.0, must be data.seq_len) reads the same (#2014 switches at
+    progress > f, this at >= f). Every length must divide train.batch_tokens (the tokens of a step
+    never change) and the tokens of a micro-batch, train.micro_batch_seqs x data.seq_len (so a
+    micro-batch holds the same tokens, and memory, at every length); ConfigError otherwise."""
+    where = f"train.seq_len_schedule={spec!r}"
+    out: list[tuple[int, float]] = []
+    for item in filter(None, (t.strip() for t in spec.split(","))):
+        length, _, frac = item.partition("@")
+        try:
+            out.append((int(length), float(frac)))
+        except ValueError:
+            raise ConfigError(f"{where}: {item!r} is not LENGTH@FRACTION, e.g. 1024@0.1") from None
+    if out and out[-1][1] == 1.0 and out[-1][0] == final:
+        out.pop()  # #2014's closing "3072@1.000": the final length, which data.seq_len gives anyway
+    fracs = [f for _, f in out]
+    if fracs != sorted(set(fracs)) or not all(0.0 < f < 1.0 for f in fracs):
+        raise ConfigError(f"{where}: fractions must increase within (0, 1); the last length is data.seq_len="
+                          f"{final} (a closing entry at 1.0 must name it)")
+    out.append((final, float("inf")))
+    for length, _ in out:
+        if length < 2 or batch_tokens % length or micro_tokens % length:
+            raise ConfigError(f"{where}: length {length} must be >= 2 and divide train.batch_tokens="
+                              f"{batch_tokens} and the micro-batch tokens (train.micro_batch_seqs x "
+                              f"data.seq_len = {micro_tokens})")
+    return tuple(out)
+
+
+def seq_len_at(stages: tuple[tuple[int, float], ...], frac: float) -> int:
+    """The row length of the first stage whose end fraction is above `frac`."""
+    return next(length for length, until in stages if frac < until)

@@ -5,6 +5,7 @@ checks; this is the same idea for loopgolf's knobs. `TriggerTable(cfg, stages)` 
 the config; `table.at(progress)` returns a frozen `Triggers` row with every decision for that step:
 
 - the plan stage (model.plan_stages; `recurrence.stage_index`), passed to the model as an argument,
+- the training row length (train.seq_len_schedule; `schedule.seq_len_at`), at fixed tokens per step,
 - whether QAT is on (quant.qat_start_frac),
 - the LR multiplier and Muon momentum (train/schedule.py),
 - the expected total steps (budget / mean step time, capped at max_steps) that sets the EMA time
@@ -16,7 +17,8 @@ the config; `table.at(progress)` returns a frozen `Triggers` row with every deci
 The calibration reserve (quant.gptq_reserve_s, GPTQ on training batches) is taken off the budget
 here, so the loop stops in time for calibration to finish inside the training budget.
 Rows depend only on (step, seconds, mean step time) and the config, so a resumed run recomputes
-exactly the rows an uninterrupted one would.
+exactly the rows an uninterrupted one would. `shapes()` lists the (plan stage, row length) pairs the
+run can meet, which the trainer compiles before the clock starts.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ from dataclasses import dataclass
 
 from loopgolf.config import RunConfig
 from loopgolf.model.recurrence import stage_index
-from loopgolf.train.schedule import Progress, lr_multiplier, momentum_at, progress_fraction
+from loopgolf.train.schedule import (Progress, lr_multiplier, momentum_at, parse_seq_len_schedule,
+                                     progress_fraction, seq_len_at)
 
 CHECKPOINT_AUTO_MIN_S = 180.0  # budgets longer than this checkpoint by default (train.checkpoint_auto)
 CHECKPOINT_AUTO_FRAC = 0.1  # ... every 10 % of the run
@@ -41,6 +44,7 @@ class Triggers:
     expected_steps: float  # total steps the run is expected to take (EMA horizon)
     averaging: bool  # EMA on, or inside the SWA window
     checkpoint_slot: int  # -1 = checkpoints off; a checkpoint is due when this grows
+    seq_len: int  # training row length (train.seq_len_schedule; data.seq_len without one)
 
 
 class TriggerTable:
@@ -54,6 +58,8 @@ class TriggerTable:
         self._train = _with_budget(t, self.budget_s)
         self.qat_enabled = q.qat != "off"
         self.checkpoint_every_steps, self.checkpoint_every_frac = checkpoint_policy(cfg)
+        self.seq_lens = parse_seq_len_schedule(t.seq_len_schedule, cfg.data.seq_len, t.batch_tokens,
+                                               t.micro_batch_seqs * cfg.data.seq_len)
 
     @property
     def checkpoints(self) -> bool:
@@ -77,7 +83,19 @@ class TriggerTable:
         return Triggers(frac=frac, stage=stage, qat=self.qat_enabled and frac >= q.qat_start_frac,
                         lr_mult=lr_multiplier(p, o, t), momentum=momentum_at(p, o, t),
                         expected_steps=min(expected, t.max_steps), averaging=averaging,
-                        checkpoint_slot=ck_slot)
+                        checkpoint_slot=ck_slot, seq_len=seq_len_at(self.seq_lens, frac))
+
+    def shapes(self) -> list[tuple[int, int]]:
+        """(plan stage index, row length) pairs the run can meet, in order of first use: the pairs
+        whose progress intervals overlap when every plan stage ends at a fraction, else every pair
+        (a stage that ends at a step count may meet any length)."""
+        ends = [st.until_frac for st in self.stages] or [math.inf]
+        if any(st.until_step < 2**62 for st in self.stages):
+            return list(dict.fromkeys((i, n) for i in range(len(ends)) for n, _ in self.seq_lens))
+        plan = [(i, ends[i - 1] if i else 0.0, end) for i, end in enumerate(ends)]
+        rows = [(n, self.seq_lens[j - 1][1] if j else 0.0, end) for j, (n, end) in enumerate(self.seq_lens)]
+        hits = sorted((max(a, c), i, n) for i, a, b in plan for n, c, d in rows if max(a, c) < min(b, d))
+        return list(dict.fromkeys((i, n) for _, i, n in hits))
 
     def out_of_time(self, seconds: float) -> bool:
         return self.budget_s > 0 and seconds >= self.budget_s
