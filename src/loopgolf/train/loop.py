@@ -335,7 +335,7 @@ class Trainer:
         self.clock.pause()
         self.progress.close()
         self.compile_stats["loop"] = compiles.stop()
-        if self.compiled and self.compile_stats["loop"]["graphs"]:
+        if self.compile_stats["loop"]["graphs"]:
             self.logger.log("recompiled_in_loop", graphs=self.compile_stats["loop"]["graphs"],
                             hint="a graph was compiled on the clock; raise train.warmup_steps")
         self.end_position = self.loader.stream.position
@@ -370,9 +370,8 @@ class Trainer:
             "stage_ms_per_step": {k: round(1000 * v[0] / v[1], 2) for k, v in stage_time.items()},
             "stage_steps": {k: v[1] for k, v in stage_time.items()},
         }
-        if self.compiled:
-            out["compile"] = {**self.compile_stats, "mode": self.cfg.train.compile_mode,
-                              "cache_dir": self.compile_cache_dir}
+        out["compile"] = {**self.compile_stats, "compiled": self.compiled, "mode": self.cfg.train.compile_mode,
+                          "cache_dir": self.compile_cache_dir}
         flops = self.raw_model.flops_per_token(self.loader.seq_len, stage=self.stage)
         out["model_tflops_per_s"] = round(flops * out["tokens_per_s"] / 1e12, 2)
         if self.device.type == "cuda":
