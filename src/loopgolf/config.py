@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from loopgolf.config_fields import ConfigError, at_least as _at_least, finite as _finite
 from loopgolf.config_fields import fractions as _fractions, from_dict as _from_dict, set_dotted
+from loopgolf.config_eval import EVAL_METHODS, EvalConfig
 
 __all__ = ["BUDGET_BYTES", "ConfigError", "DataConfig", "EVAL_METHODS", "EvalConfig", "ModelConfig",
            "OptimConfig", "QuantConfig", "RunConfig", "TrainConfig", "set_dotted"]
@@ -339,90 +340,6 @@ class QuantConfig:
             raise ConfigError(f"quant.qat={self.qat!r}: choose off, ste or noise")
         if not 0.0 <= self.qat_start_frac <= 1.0:
             raise ConfigError(f"quant.qat_start_frac={self.qat_start_frac} must be in [0, 1]")
-
-
-EVAL_METHODS = ("plain", "sliding", "ttt_sgd", "ttt_lora", "mixture", "ngram_tilt")  # eval/recipe.EVALUATORS
-
-
-@dataclass
-class EvalConfig:
-    """The scoring recipe: which evaluator (eval/recipe.EVALUATORS) and every setting it reads.
-
-    It is part of the run config, so config.json and each artifact carry the recipe that scored it.
-    Prefixes name the method a field belongs to (sgd_ = ttt_sgd, lora_ = ttt_lora, mix_ = mixture,
-    tilt_ = ngram_tilt).
-    """
-
-    method: str = "plain"  # plain | sliding | ttt_sgd | ttt_lora | mixture | ngram_tilt
-    context: int = 0  # window length in tokens; 0 = data.seq_len
-    stride: int = 64  # window stride of sliding, ttt_sgd and mixture (plain: stride = context)
-    batch_tokens: int = 524_288  # tokens per eval batch across all ranks
-    max_tokens: int = 0  # 0 = the whole validation set; >0 truncates (demos and smoke tests)
-    # ttt_sgd: score-first full-parameter SGD (PR #1493)
-    sgd_lr: float = 0.005
-    sgd_momentum: float = 0.9
-    sgd_epochs: int = 3
-    sgd_chunk_tokens: int = 32_768  # targets scored before each round of updates
-    sgd_seq_len: int = 0  # training sequence length; 0 = context
-    sgd_batch_seqs: int = 32  # sequences of the global stream per update, split over ranks
-    sgd_grad_clip: float = 1.0  # 0 = off
-    # sequences per forward/backward of ttt_sgd and of ttt_lora's phases; fixed by the data, not
-    # the world size, so gradients sum the same way on any number of ranks
-    sgd_micro_seqs: int = 4
-    # ttt_lora: score-first per-document LoRA (PR #1855)
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_lr: float = 1e-4
-    lora_beta2: float = 0.99
-    lora_weight_decay: float = 0.5
-    lora_chunk: int = 48  # targets per document chunk
-    lora_docs_per_batch: int = 64  # consecutive documents adapted together (one adapter each)
-    lora_phases: int = 0  # global SGD phases on the base weights over documents already scored
-    lora_phase_lr: float = 0.001
-    lora_phase_seq_len: int = 0  # 0 = context
-    lora_phase_batch_seqs: int = 32  # sequences of the global stream per phase step
-    lora_warm_start_a: bool = False  # keep A across batches (one process only)
-    # mixture: normalized online mixture of the network with n-gram experts
-    mix_eta: float = 1.0  # Hedge learning rate; 1 = Bayesian model averaging
-    mix_network_prior: float = 0.97  # prior weight of the network; the rest is split evenly
-    mix_trigram_buckets: int = 4096
-    # ngram_tilt: token-only n-gram tilt on sliding windows (PR #2135; eval/ngram_tilt.py)
-    tilt_order: int = 16  # context of order - 1 tokens
-    tilt_threshold: float = 0.8  # the top next token's share of the context's earlier positions
-    tilt_boost: float = 2.625  # beta: log-odds added to the hinted token
-
-    def validate(self, seq_len: int = 0) -> None:
-        """seq_len = data.seq_len (the context when eval.context = 0); 0 skips the stride check."""
-        if self.method not in EVAL_METHODS:
-            raise ConfigError(f"eval.method={self.method!r}: choose one of {', '.join(EVAL_METHODS)}")
-        if self.context < 0:
-            raise ConfigError(f"eval.context={self.context} must be >= 0 (0 = data.seq_len)")
-        ctx = self.context or seq_len
-        if ctx and not 1 <= self.stride <= ctx and self.method in ("sliding", "ttt_sgd", "mixture", "ngram_tilt"):
-            raise ConfigError(f"eval.stride={self.stride} must be in 1..{ctx} (the eval context)")
-        if self.batch_tokens < 1:
-            raise ConfigError(f"eval.batch_tokens={self.batch_tokens} must be >= 1")
-        if self.max_tokens < 0:
-            raise ConfigError(f"eval.max_tokens={self.max_tokens} must be 0 (the whole validation set) "
-                              "or a positive token count")
-        positive = ("sgd_epochs", "sgd_chunk_tokens", "sgd_batch_seqs", "sgd_micro_seqs", "lora_rank",
-                    "lora_chunk", "lora_docs_per_batch", "lora_phase_batch_seqs", "mix_trigram_buckets")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"eval.{name}={getattr(self, name)} must be >= 1")
-        for name in ("sgd_lr", "sgd_grad_clip", "sgd_seq_len", "lora_lr", "lora_weight_decay",
-                     "lora_phases", "lora_phase_lr", "lora_phase_seq_len", "mix_eta"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"eval.{name}={getattr(self, name)} must be >= 0")
-        for name in ("sgd_momentum", "lora_beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"eval.{name}={getattr(self, name)} must be in [0, 1)")
-        if not 0.0 < self.mix_network_prior < 1.0:
-            raise ConfigError(f"eval.mix_network_prior={self.mix_network_prior} must be in (0, 1)")
-        if self.tilt_order < 2 or not 0.0 < self.tilt_threshold <= 1.0 or not 0.0 <= self.tilt_boost < 50.0:
-            raise ConfigError(f"eval.tilt_order={self.tilt_order} must be >= 2, eval.tilt_threshold="
-                              f"{self.tilt_threshold} in (0, 1], eval.tilt_boost={self.tilt_boost} in "
-                              "[0, 50) (PR #2135: 16, 0.8, 2.625)")
 
 
 @dataclass

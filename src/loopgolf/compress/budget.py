@@ -20,6 +20,7 @@ SHIPPED_FILE: str | None = None  # set by an exported train_gpt.py to its own pa
 CORE_MODULES: tuple[str, ...] = (
     "config.py",
     "config_fields.py",
+    "config_eval.py",
     "dist.py",
     "metrics.py",
     "pipeline.py",
