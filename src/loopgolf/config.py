@@ -223,6 +223,8 @@ class QuantConfig:
     # Per-row clip of intN: "percentile" (clip_percentile), "search" (per row, the lowest-MSE clip
     # among candidate percentiles; record (a)) or "sdclip" (clip = sdclip_k * std(row); PR #1394).
     clip: str = "percentile"
+    # quant.clip=search candidates, comma-separated percentiles; "" = compress/quant.py's default set
+    search_percentiles: str = ""
     sdclip_k: float = 12.85  # PR #1394: 12.85 for int6 matrices, 20 for the int8 embedding
     # Per-pattern scheme of the large matrices, "mlp=5,attn=6,tok_emb=8" (a number N = intN_row, or
     # a scheme name such as ternary_row); when set, every matrix must match exactly one pattern.
@@ -230,7 +232,7 @@ class QuantConfig:
     shuffle: bool = False  # byte-shuffle multi-byte parts before compression (records (a)-(d))
     prune_frac: float = 0.0  # fraction of quantized +-1 values zeroed, smallest |w| first
     # Budget fitting after training: 0 = off; else the artifact + code bytes to land just under
-    # (e.g. 15_990_000). quant.sdclip_k (clip=sdclip) and then quant.prune_frac are searched
+    # (e.g. 15_990_000). quant.sdclip_k (clip=sdclip), quant.prune_frac, then the widths are searched
     # (compress/fit.py, or compress/fit_gptq.py with quant.gptq); the artifact records the values used.
     fit_target: int = 0
     gptq: bool = False  # full-Hessian GPTQ of the matrices (compress/gptq.py)
@@ -263,6 +265,13 @@ class QuantConfig:
             raise ConfigError(f"quant.clip_percentile={self.clip_percentile} must be in (50, 100]")
         if self.clip not in ("percentile", "search", "sdclip"):
             raise ConfigError(f"quant.clip={self.clip!r}: choose percentile, search or sdclip")
+        try:
+            pcts = [float(x) for x in self.search_percentiles.split(",")] if self.search_percentiles.strip() else []
+        except ValueError:
+            pcts = [float("nan")]
+        if not all(50.0 < x <= 100.0 for x in pcts):
+            raise ConfigError(f"quant.search_percentiles={self.search_percentiles!r}: give percentiles in "
+                              "(50, 100] separated by commas, e.g. 99.99,99.999,100 (\"\" = the default set)")
         if not self.sdclip_k > 0.0:
             raise ConfigError(f"quant.sdclip_k={self.sdclip_k} must be > 0")
         if not 0.0 <= self.prune_frac <= 1.0:
@@ -270,9 +279,6 @@ class QuantConfig:
         if not 0 <= self.fit_target <= BUDGET_BYTES:
             raise ConfigError(f"quant.fit_target={self.fit_target} must be 0 (off) or a byte count "
                               f"in 1..{BUDGET_BYTES:,}, e.g. 15990000")
-        if self.fit_target and self.gptq and self.clip != "sdclip":
-            raise ConfigError("quant.fit_target with quant.gptq searches quant.sdclip_k; set "
-                              "quant.clip=sdclip")
         if not 0.0 <= self.gptq_damp < 1.0 or self.gptq_block < 1:
             raise ConfigError("quant.gptq_damp must be in [0, 1) and quant.gptq_block >= 1")
         if self.gptq_calib not in ("train", "self"):
@@ -309,6 +315,7 @@ class EvalConfig:
     sgd_seq_len: int = 0  # training sequence length; 0 = context
     sgd_batch_seqs: int = 32  # sequences of the global stream per update, split over ranks
     sgd_grad_clip: float = 1.0  # 0 = off
+    sgd_freeze_blocks: int = 0  # physical blocks 0..N-1 stay fixed during ttt_sgd (PR #927: 1)
     # sequences per forward/backward of ttt_sgd and of ttt_lora's phases; fixed by the data, not
     # the world size, so gradients sum the same way on any number of ranks
     sgd_micro_seqs: int = 4
@@ -349,7 +356,7 @@ class EvalConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"eval.{name}={getattr(self, name)} must be >= 1")
-        for name in ("sgd_lr", "sgd_grad_clip", "sgd_seq_len", "lora_lr", "lora_weight_decay",
+        for name in ("sgd_lr", "sgd_grad_clip", "sgd_seq_len", "sgd_freeze_blocks", "lora_lr", "lora_weight_decay",
                      "lora_phases", "lora_phase_lr", "lora_phase_seq_len", "mix_eta"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"eval.{name}={getattr(self, name)} must be >= 0")
