@@ -274,6 +274,8 @@ class QuantConfig:
     # Per-row clip of intN: "percentile" (clip_percentile), "search" (per row, the lowest-MSE clip
     # among candidate percentiles; record (a)) or "sdclip" (clip = sdclip_k * std(row); PR #1394).
     clip: str = "percentile"
+    # quant.clip=search candidates, comma-separated percentiles; "" = compress/quant.py's default set
+    search_percentiles: str = ""
     sdclip_k: float = 12.85  # PR #1394: 12.85 for int6 matrices, 20 for the int8 embedding
     # Per-pattern scheme of the large matrices, "mlp=5,attn=6,tok_emb=8" (a number N = intN_row, or
     # a scheme name such as ternary_row); when set, every matrix must match exactly one pattern.
@@ -281,7 +283,7 @@ class QuantConfig:
     shuffle: bool = False  # byte-shuffle multi-byte parts before compression (records (a)-(d))
     prune_frac: float = 0.0  # fraction of quantized +-1 values zeroed, smallest |w| first
     # Budget fitting after training: 0 = off; else the artifact + code bytes to land just under
-    # (e.g. 15_990_000). quant.sdclip_k (clip=sdclip) and then quant.prune_frac are searched
+    # (e.g. 15_990_000). quant.sdclip_k (clip=sdclip), quant.prune_frac, then the widths are searched
     # (compress/fit.py, or compress/fit_gptq.py with quant.gptq); the artifact records the values used.
     fit_target: int = 0
     gptq: bool = False  # full-Hessian GPTQ of the matrices (compress/gptq.py)
@@ -316,6 +318,13 @@ class QuantConfig:
             raise ConfigError(f"quant.clip_percentile={self.clip_percentile} must be in (50, 100]")
         if self.clip not in ("percentile", "search", "sdclip"):
             raise ConfigError(f"quant.clip={self.clip!r}: choose percentile, search or sdclip")
+        try:
+            pcts = [float(x) for x in self.search_percentiles.split(",")] if self.search_percentiles.strip() else []
+        except ValueError:
+            pcts = [float("nan")]
+        if not all(50.0 < x <= 100.0 for x in pcts):
+            raise ConfigError(f"quant.search_percentiles={self.search_percentiles!r}: give percentiles in "
+                              "(50, 100] separated by commas, e.g. 99.99,99.999,100 (\"\" = the default set)")
         if not self.sdclip_k > 0.0:
             raise ConfigError(f"quant.sdclip_k={self.sdclip_k} must be > 0")
         if not 0.0 <= self.prune_frac <= 1.0:
@@ -323,9 +332,6 @@ class QuantConfig:
         if not 0 <= self.fit_target <= BUDGET_BYTES:
             raise ConfigError(f"quant.fit_target={self.fit_target} must be 0 (off) or a byte count "
                               f"in 1..{BUDGET_BYTES:,}, e.g. 15990000")
-        if self.fit_target and self.gptq and self.clip != "sdclip":
-            raise ConfigError("quant.fit_target with quant.gptq searches quant.sdclip_k; set "
-                              "quant.clip=sdclip")
         if not 0.0 <= self.gptq_damp < 1.0 or self.gptq_block < 1:
             raise ConfigError("quant.gptq_damp must be in [0, 1) and quant.gptq_block >= 1")
         if self.gptq_calib not in ("train", "self"):

@@ -34,6 +34,7 @@ class EvalConfig:
     sgd_seq_len: int = 0  # training sequence length; 0 = context
     sgd_batch_seqs: int = 32  # sequences of the global stream per update, split over ranks
     sgd_grad_clip: float = 1.0  # 0 = off
+    sgd_freeze_blocks: int = 0  # physical blocks 0..N-1 stay fixed during ttt_sgd (PR #927: 1)
     # sequences per forward/backward of ttt_sgd and of ttt_lora's phases; fixed by the data, not
     # the world size, so gradients sum the same way on any number of ranks
     sgd_micro_seqs: int = 4
@@ -78,7 +79,7 @@ class EvalConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"eval.{name}={getattr(self, name)} must be >= 1")
-        for name in ("sgd_lr", "sgd_grad_clip", "sgd_seq_len", "lora_lr", "lora_weight_decay",
+        for name in ("sgd_lr", "sgd_grad_clip", "sgd_seq_len", "sgd_freeze_blocks", "lora_lr", "lora_weight_decay",
                      "lora_phases", "lora_phase_lr", "lora_phase_seq_len", "mix_eta"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"eval.{name}={getattr(self, name)} must be >= 0")

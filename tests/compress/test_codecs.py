@@ -14,6 +14,7 @@ from loopgolf.compress.codecs import (
     CodecError,
     compress,
     decompress,
+    order0_bytes,
     resolve_level,
     shuffle_bytes,
     unshuffle_bytes,
@@ -101,3 +102,11 @@ def test_shuffle_layout_and_errors() -> None:
         shuffle_bytes(b"abc", 2)
     with pytest.raises(ValueError):
         unshuffle_bytes(b"abc", 0)
+
+
+def test_order0_bytes_known_answers() -> None:
+    """Entropy of the byte histogram: 4 equally frequent values = 2 bits a byte; one value = 0."""
+    assert order0_bytes(bytes([0, 1, 2, 3]) * 250) == pytest.approx(250.0)
+    assert order0_bytes(b"\x07" * 1000) == 0.0 and order0_bytes(b"") == 0.0
+    data = bytes([0] * 750 + [1] * 250)
+    assert order0_bytes(data) == pytest.approx(1000 * (0.75 * 0.415037 + 0.25 * 2) / 8, rel=1e-5)

@@ -84,13 +84,13 @@ def test_fit_lowers_k_when_there_is_room() -> None:
     assert target - 2 * WINDOW * target <= res.total_bytes <= target
 
 
-def test_best_codec_trials_use_a_fast_codec_and_the_real_size_is_checked() -> None:
+def test_best_codec_trials_are_estimated_and_the_real_size_is_checked() -> None:
     state, hess = setup()
     q = qcfg("best")
     target = int(gptq_total(state, hess, q, {}) * 0.85)
     res = fit_gptq(state, hess, q, target, CODE, {})
     assert res.total_bytes == len(res.blob) + CODE <= target and res.qcfg.codec == "best"
-    assert not res.trials[0]["exact"] and res.trials[0]["fast_bytes"] > 0  # fast (zstd) trials ...
+    assert not res.trials[0]["exact"] and res.trials[0]["fast_bytes"] > 0  # entropy-estimated trials ...
     assert any(t["stage"] == "real" for t in res.trials)  # ... calibrated by a real pack ...
     assert any(t["exact"] and t["total_bytes"] == res.total_bytes for t in res.trials)
     parts = gptq_quantize_state(state, hess, res.qcfg)
@@ -114,8 +114,26 @@ def test_impossible_targets_and_wrong_configs_raise() -> None:
     state, hess = setup()
     with pytest.raises(FitError, match="cannot fit under 100 B with GPTQ"):
         fit_gptq(state, hess, qcfg(), 100, 0, {})
-    with pytest.raises(FitError, match="quant.clip=sdclip"):
-        fit_gptq(state, hess, qcfg(clip="search"), 10_000, 0, {})
+    with pytest.raises(FitError, match="cannot fit under 100 B"):
+        fit_gptq(state, hess, qcfg(clip="search"), 100, 0, {})
     with pytest.raises(FitError, match="Hessians"):
         fit_gptq(state, {}, qcfg(), 10_000, 0, {})
     assert grid_weights(state, qcfg()) == 3 * 96 * 128
+
+
+@pytest.mark.parametrize("squeeze", ["prune", "widths"])
+def test_a_clip_without_k_prunes_then_lowers_the_widths_with_gptq(squeeze: str) -> None:
+    """PR #1290's order (GPTQ, then +-1 pruning), one bit fewer when pruning alone cannot fit."""
+    state, hess = setup()
+    q = qcfg(clip="search", bits_rules="mlp=6")
+    full = gptq_total(state, hess, q, {})
+    pruned_all = gptq_total(state, hess, dataclasses.replace(q, prune_frac=1.0), {})
+    target = (full + pruned_all) // 2 if squeeze == "prune" else pruned_all - 2000
+    res = fit_gptq(state, hess, q, target, CODE, {})
+    assert res.total_bytes == len(res.blob) + CODE <= target
+    if squeeze == "prune":
+        assert res.qcfg.bits_rules == "mlp=6" and 0 < res.qcfg.prune_frac < 1
+    else:
+        assert res.qcfg.bits_rules == "mlp=5" and any(t.get("stage") == "widths" for t in res.trials)
+    parts = gptq_quantize_state(state, hess, res.qcfg)  # the returned config reproduces the bytes
+    assert pack(state, {}, res.qcfg, precomputed=parts) == res.blob

@@ -41,7 +41,7 @@ def outliers(w: torch.Tensor) -> torch.Tensor:
     return w
 
 
-@pytest.mark.parametrize("scheme", [f"int{b}_row" for b in range(2, 9)] + ["ternary_row"])
+@pytest.mark.parametrize("scheme", [f"int{b}_row" for b in range(2, 9)] + ["ternary_row", "q16_row", "q63_row"])
 @pytest.mark.parametrize("clip", ["percentile", "search", "sdclip"])
 @pytest.mark.parametrize("floor", [1.0 / 127.0, 0.0])
 def test_ste_weight_is_the_exported_weight_bit_for_bit(scheme: str, clip: str, floor: float) -> None:

@@ -183,3 +183,56 @@ def test_ternary_absmean() -> None:
                        torch.clamp(torch.round(w / gamma[:, None]), -1, 1))
     assert torch.equal(torch.from_numpy(parts["scale"]), gamma.half())
     assert bool((deq[5] == 0).all())
+
+
+def test_row_quantiles_match_row_quantile(monkeypatch) -> None:
+    """One sort for every candidate percentile gives the same bits as one quantile call each."""
+    g = torch.Generator().manual_seed(7)
+    a = torch.randn(33, 257, generator=g).abs()
+    qs = (0.9999, 0.99995, 0.99999, 0.999995, 0.999999, 1.0)
+    for limit in (1 << 24, 1000, 100):  # one block, blocks of 3 rows, the sort fallback
+        monkeypatch.setattr(quant, "_QUANTILE_MAX_NUMEL", limit)
+        got = quant.row_quantiles(a, qs)
+        assert all(torch.equal(got[i], torch.quantile(a, q, dim=1)) for i, q in enumerate(qs))
+
+
+def test_level_grid_is_plus_minus_l_and_q63_is_int7() -> None:
+    """PR #1453's levels: q16_row spans -16..16 (its "int5"), q63_row is int7_row's grid."""
+    w = weights(seed=8)
+    qcfg = QuantConfig(row_scale_min=0.0)
+    parts, deq = roundtrip("q16_row", w, qcfg)
+    assert np.abs(parts["q"]).max() == 16 and parts["q"].min() == -16
+    clip = torch.quantile(w.abs(), qcfg.clip_percentile / 100.0, dim=1)
+    assert torch.equal(torch.from_numpy(parts["scale"]), (clip / 16).clamp(min=2.0 ** -14).half())
+    inside = w.abs() <= clip[:, None]
+    s = torch.from_numpy(parts["scale"]).float()[:, None]
+    assert bool(((w - deq).abs() <= s * (0.5 + 16 * FP16_SLACK) + 1e-7)[inside].all())
+    int7, _ = roundtrip("int7_row", w, qcfg)
+    q63, _ = roundtrip("q63_row", w, qcfg)
+    assert all(np.array_equal(int7[k], q63[k]) for k in ("q", "scale"))
+    with pytest.raises(ValueError, match="1..127"):
+        quant.LevelsRowQuantizer(128)
+
+
+def test_search_percentiles_replace_the_candidates() -> None:
+    """quant.search_percentiles (PR #1453's five) is the candidate set: each row takes the clip of
+    the candidate with the least squared error, computed here by hand."""
+    w = weights(seed=9)
+    pcts = (99.99, 99.995, 99.999, 99.9995, 99.9999)
+    qcfg = QuantConfig(clip="search", row_scale_min=0.0, search_percentiles=",".join(map(str, pcts)))
+    assert quant.search_percentiles(qcfg) == pcts
+    assert quant.search_percentiles(QuantConfig()) == quant.SEARCH_PERCENTILES
+    parts, _ = roundtrip("q16_row", w, qcfg)
+    best_err = torch.full((w.shape[0],), float("inf"))
+    best_scale = torch.zeros(w.shape[0])
+    for p in pcts:
+        clip = torch.quantile(w.abs(), p / 100.0, dim=1)
+        s = (clip / 16).clamp(min=2.0 ** -14)
+        q = torch.clamp(torch.round(torch.clamp(w, -clip[:, None], clip[:, None]) / s[:, None]), -16, 16)
+        err = ((q * s.half().float()[:, None] - w) ** 2).sum(dim=1)
+        best_scale = torch.where(err < best_err, s, best_scale)
+        best_err = torch.minimum(err, best_err)
+    assert torch.equal(torch.from_numpy(parts["scale"]), best_scale.half())
+    for bad in ("99.9,abc", "40,99", "99.9,101"):
+        with pytest.raises(ValueError, match="quant.search_percentiles"):
+            QuantConfig(search_percentiles=bad).validate()

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loopgolf.compress.quant import QUANTIZERS, RowGridQuantizer, dtype_name
-from loopgolf.compress.rules import assign_schemes, grid_quantizers, quantize_state, storage_scheme
+from loopgolf.compress.rules import (assign_schemes, grid_quantizers, quantize_state, rule_scheme,
+                                     storage_scheme)
 from loopgolf.config import QuantConfig
 from loopgolf.model.params import PARAM_KINDS
 
@@ -129,4 +130,18 @@ def test_bits_rules_mixed_precision() -> None:
         assign_schemes(state, QuantConfig(bits_rules="mlp=5,attn=6,c_q=8,tok=8"))
     for bad in ("mlp=9", "mlp", "=5", "mlp=int3", "(=5"):
         with pytest.raises(ValueError, match="quant.bits_rules"):
+            assign_schemes(state, QuantConfig(bits_rules=bad))
+
+
+def test_bits_rules_level_grids() -> None:
+    """PR #1453's widths: "mlp=q16" is the +-16 grid, "attn|emb=q63" the +-63 one (rule_scheme)."""
+    state = {"tok_emb.weight": torch.randn(300, 300), "blocks.0.attn.c_q.weight": torch.randn(300, 300),
+             "blocks.0.mlp.fc.weight": torch.randn(300, 300), "value_embeds.0.weight": torch.randn(300, 300)}
+    got = assign_schemes(state, QuantConfig(bits_rules="mlp=q16,attn|emb=q63"))
+    assert got == {"tok_emb.weight": "q63_row", "blocks.0.attn.c_q.weight": "q63_row",
+                   "blocks.0.mlp.fc.weight": "q16_row", "value_embeds.0.weight": "q63_row"}
+    assert [rule_scheme(v) for v in ("6", "q16", " q63 ", "ternary_row")] == [
+        "int6_row", "q16_row", "q63_row", "ternary_row"]
+    for bad in ("mlp=q0", "mlp=q128", "mlp=q"):
+        with pytest.raises(ValueError, match=r"PATTERN=qL \(L in 1..127\)"):
             assign_schemes(state, QuantConfig(bits_rules=bad))

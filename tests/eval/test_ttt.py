@@ -116,3 +116,20 @@ def test_update_batches_are_global_sequences(vs, small_model):
     ups = [e for e in log.events if e["kind"] == "update"]
     assert ups[0]["ranges"] == [[0, 33], [32, 65], [64, 97]]  # 3 sequences of 32 targets
     assert all(len(e["ranges"]) <= 3 for e in ups)
+
+
+def test_sgd_ttt_freezes_the_first_blocks(vs, small_model):
+    """PR #927's TTT_FREEZE_BLOCKS: block 0 keeps its weights, block 1 and the rest adapt."""
+    model = small_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    res = ttt_sgd(model, vs, 32, 16, CPU, chunk_tokens=256, lr=0.05, epochs=1, batch_seqs=8,
+                  max_tokens=MAX, freeze_blocks=1)
+    block0 = [n for n in before if n.startswith("blocks.0.")]
+    assert block0 and res["frozen_params"] == sum(before[n].numel() for n in block0)
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], before[n]) for n in block0)
+    assert any(not torch.equal(after[n], before[n]) for n in before if n.startswith("blocks.1."))
+    assert not torch.equal(after["tok_emb.weight"], before["tok_emb.weight"])
+    assert all(p.requires_grad for p in model.parameters())  # restored after TTT
+    with pytest.raises(ValueError, match="sgd_freeze_blocks"):
+        ttt_sgd(torch.nn.Linear(4, 4), vs, 32, 16, CPU, max_tokens=MAX, freeze_blocks=1)

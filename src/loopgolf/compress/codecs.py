@@ -6,7 +6,8 @@ stream that would inflate past `max_size` is refused without ever buffering the 
 decompression-bomb guard). brotli is an optional dependency (the `lab` extra) and is imported only
 when used. `shuffle_bytes` regroups the bytes of multi-byte elements (all low bytes, then all
 high bytes...), which often helps entropy coders on fp16/fp32 data; it is not applied by default.
-`compress_smallest` tries every codec on one stream and keeps the smallest (per tensor group).
+`compress_smallest` tries every codec on one stream and keeps the smallest (per tensor group);
+`order0_bytes` is the byte-histogram entropy, the budget fitter's fast size proxy.
 """
 from __future__ import annotations
 
@@ -182,6 +183,16 @@ def unshuffle_bytes(buf: bytes, itemsize: int) -> bytes:
         return bytes(buf)
     a = np.frombuffer(buf, dtype=np.uint8).reshape(itemsize, -1)
     return a.T.tobytes()
+
+
+def order0_bytes(buf: bytes) -> float:
+    """The order-0 (byte histogram) entropy of `buf`, in bytes: what an ideal coder of independent
+    bytes would write; quantized weight codes are close to independent."""
+    if not buf:
+        return 0.0
+    counts = np.bincount(np.frombuffer(buf, dtype=np.uint8), minlength=256)
+    p = counts[counts > 0] / len(buf)
+    return float(-(p * np.log2(p)).sum() * len(buf) / 8.0)
 
 
 def available_codecs() -> list[str]:

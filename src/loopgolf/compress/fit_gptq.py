@@ -1,5 +1,8 @@
 """GPTQ-aware budget fitting: search SDClip k, re-running GPTQ per trial, to land under a byte target.
 
+(A clip without k, quant.clip=percentile/search, takes PR #1290's path instead: GPTQ once, +-1
+pruning, then one bit fewer and GPTQ again: `fit_gptq_fixed_clip`.)
+
 compress/fit.py bisects k with round-to-nearest rounding, which is cheap. With GPTQ every k needs a
 fresh GPTQ pass (the error feedback depends on the grid), so trials are few and placed by a secant on
 the log model  total(k) ~ A - B * log2(k)  (a coarser grid costs ~1 bit per weight per doubling of
@@ -12,11 +15,11 @@ the clip, PR #1394):
     when it would repeat a k;
   - the fitting trial with the most bytes (the finest grid) wins; when none fits, selective +-1
     pruning of the largest-k trial's parts is bisected (fit.py's bisection).
-quant.codec=best compresses every stream with every codec (brotli 11 alone takes ~2x zstd 22), so
-its trials start with zstd at level 22 only: of the codecs tried, the one proxy whose bytes stay a
-near-fixed fraction above best's (0.4-1.1% on int6 row grids over k = 8..25, where zstd 1-6,
-brotli 2-5 and zlib drift by 5-30%). Such a trial's estimate is code + zstd bytes x ratio, the
-ratio being real / zstd bytes of the nearest (in log k) trial packed for real, else FAST_RATIO.
+A slow codec (fit.slow_codec: best, lzma, brotli, zstd above level 9; brotli-11 or zstd-22 takes
+20-80 s per 20 MB pack) is not run per trial: a trial's estimate is code + the order-0 entropy of
+its streams (artifact.entropy_size) x ratio, the ratio being real / estimated bytes of the nearest
+(in log k) trial packed for real, else FAST_RATIO (zstd-22 and best land 1-3 % above the entropy
+on int4-int8 row grids).
 The first trial whose estimate comes within CLOSE of the window is packed for real, and every later
 trial packs with the real config only (the last steps need exact sizes: the ratio drifts by about
 as much as the window is wide). The returned artifact is always one packed with the real config and
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from loopgolf.compress.artifact import pack_quantized
+from loopgolf.compress.artifact import entropy_size, pack_quantized
 from loopgolf.compress.diagnostics import progress
 from loopgolf.compress.fit import (
     DEFAULT_TARGET,
@@ -41,7 +44,10 @@ from loopgolf.compress.fit import (
     MetaArg,
     Packer,
     bisect_knob,
+    fit_to_budget,
+    lower_widths,
     meta_function,
+    slow_codec,
 )
 from loopgolf.compress.gptq import gptq_quantize_state
 from loopgolf.compress.prune import prune_ones
@@ -51,8 +57,7 @@ from loopgolf.config import QuantConfig
 
 K_RANGE = (2.0, 64.0)
 WINDOW = 0.005  # a trial within 0.5% under the target ends the search
-FAST_CODEC = ("zstd", -1)  # trial codec under quant.codec=best (level 22)
-FAST_RATIO = 0.992  # best / zstd-22 bytes before any trial is packed for real
+FAST_RATIO = 1.01  # real / entropy-estimate bytes before any trial is packed for real
 CLOSE = 0.01  # a fast trial this close (fraction of the target) to the window is packed for real
 
 
@@ -61,7 +66,7 @@ class _Trial:
     k: float
     parts: dict[str, QTensor]  # GPTQ output
     quantized: dict[str, QTensor]  # every tensor, GPTQ parts included
-    fast_bytes: int | None  # artifact bytes with the trial codec; None when packed for real only
+    fast_bytes: int | None  # entropy-estimated artifact bytes; None when packed for real only
     blob: bytes | None = None  # packed with the real config, once done
 
     def estimate(self, code_bytes: int, done: list[_Trial]) -> int:
@@ -113,16 +118,14 @@ def fit_gptq(state: dict[str, torch.Tensor], hessians: dict[str, torch.Tensor], 
     quant.sdclip_k (then quant.prune_frac). `meta` is the artifact's meta, or a function of the
     packed config returning it (to embed the chosen knobs). FitResult.qcfg reproduces the blob:
     pack(state, meta, qcfg, precomputed=gptq_quantize_state(state, hessians, qcfg))."""
-    if qcfg.clip != "sdclip":
-        raise FitError(f"the GPTQ fitter searches quant.sdclip_k; set quant.clip=sdclip "
-                       f"(got {qcfg.clip!r})")
     if not hessians:
         raise FitError("the GPTQ fitter needs calibration Hessians; none were collected")
+    if qcfg.clip != "sdclip":
+        return fit_gptq_fixed_clip(state, hessians, qcfg, target_bytes, code_bytes, meta, device)
     if max_trials < 1:
         raise ValueError(f"max_trials={max_trials} must be >= 1")
     meta_for = meta_function(meta)
-    approx = fast_trials and qcfg.codec == "best"
-    fast = dataclasses.replace(qcfg, codec=FAST_CODEC[0], level=FAST_CODEC[1]) if approx else qcfg
+    approx = fast_trials and slow_codec(qcfg)
     shapes = {n: (tuple(t.shape), dtype_name(t.dtype)) for n, t in state.items()}
     slope0 = max(grid_weights(state, qcfg) / 8.0, 1.0)
     lo_ok = target_bytes - int(WINDOW * target_bytes)
@@ -161,9 +164,7 @@ def fit_gptq(state: dict[str, torch.Tensor], hessians: dict[str, torch.Tensor], 
             trial = _Trial(k, parts, quantized, None,
                            pack_quantized(quantized, shapes, meta_for(cfg), cfg))
         else:
-            blob = pack_quantized(quantized, shapes, meta_for(cfg),
-                                  dataclasses.replace(fast, sdclip_k=k))
-            trial = _Trial(k, parts, quantized, len(blob))
+            trial = _Trial(k, parts, quantized, entropy_size(quantized, shapes, meta_for(cfg), cfg))
         entry = {"stage": "k", "sdclip_k": k, "prune_frac": qcfg.prune_frac,
                  "total_bytes": trial.estimate(code_bytes, done), "exact": exact,
                  "seconds": round(time.perf_counter() - t0, 3)}
@@ -193,37 +194,59 @@ def fit_gptq(state: dict[str, torch.Tensor], hessians: dict[str, torch.Tensor], 
         last.blob = real_pack(dataclasses.replace(qcfg, sdclip_k=last.k), last.quantized)
         if len(last.blob) + code_bytes <= target_bytes:
             return result(last)
-    return _prune_fallback(state, last, qcfg, fast, last.ratio(done) if approx else 1.0,
-                           target_bytes, code_bytes, meta_for, log, real_pack)
+    return _prune_fallback(state, last, qcfg, approx, last.ratio(done), target_bytes, code_bytes,
+                           meta_for, log, real_pack)
 
 
-def _prune_fallback(state: dict[str, torch.Tensor], last: _Trial, qcfg: QuantConfig,
-                    fast: QuantConfig, ratio: float, target_bytes: int, code_bytes: int,
-                    meta_for, log: list[dict], real_pack) -> FitResult:
-    """Bisect quant.prune_frac on the largest-k GPTQ parts (in trial-codec bytes, aimed through the
-    calibrated ratio), then check the real size; one retry aims lower by the overshoot."""
+def fit_gptq_fixed_clip(state: dict[str, torch.Tensor], hessians: dict[str, torch.Tensor],
+                        qcfg: QuantConfig, target_bytes: int = DEFAULT_TARGET, code_bytes: int = 0,
+                        meta: MetaArg = None, device: torch.device | str = "cpu") -> FitResult:
+    """PR #1290's order for a clip that has no k (quant.clip=percentile/search): GPTQ once, then
+    selective +-1 pruning to the target (fit.py on the GPTQ parts); when even full pruning is over,
+    every width one bit lower (fit.lower_widths) and GPTQ again. FitResult.qcfg reproduces the blob
+    with precomputed=gptq_quantize_state(state, hessians, FitResult.qcfg)."""
+    cfg, trials = qcfg, []
+    while True:
+        parts = gptq_quantize_state(state, hessians, cfg, device=device)
+        try:
+            res = fit_to_budget(state, cfg, target_bytes, code_bytes, meta, precomputed=parts)
+        except FitError:
+            lowered = lower_widths(cfg)
+            if lowered is None:
+                raise
+            trials.append({"stage": "widths", "scheme": lowered.scheme, "bits_rules": lowered.bits_rules})
+            cfg = lowered
+            continue
+        res.trials = trials + res.trials
+        return res
+
+
+def _prune_fallback(state: dict[str, torch.Tensor], last: _Trial, qcfg: QuantConfig, approx: bool,
+                    ratio: float, target_bytes: int, code_bytes: int, meta_for, log: list[dict],
+                    real_pack) -> FitResult:
+    """Bisect quant.prune_frac on the largest-k GPTQ parts (entropy estimates through the calibrated
+    ratio when `approx`), then check the real size; one retry aims lower by the overshoot."""
     cfg_k = dataclasses.replace(qcfg, sdclip_k=last.k)
-    fast_k = dataclasses.replace(fast, sdclip_k=last.k)
-    packer = Packer(state, lambda c: meta_for(dataclasses.replace(
-        c, codec=qcfg.codec, level=qcfg.level)), code_bytes, last.parts)
-    aim = code_bytes + math.floor((target_bytes - code_bytes) / ratio)
+    packer = Packer(state, meta_for, code_bytes, last.parts)
+    packer.fast, packer.last_ratio = approx, ratio
+    aim = target_bytes
     smallest = min(t["total_bytes"] for t in log)
     for _ in range(2):
-        hit = bisect_knob(packer, fast_k, "prune_frac", qcfg.prune_frac, 1.0, aim)
-        log += [{"stage": "prune", **t, "exact": fast is qcfg} for t in packer.trials]
+        hit = bisect_knob(packer, cfg_k, "prune_frac", qcfg.prune_frac, 1.0, aim)
+        log += [{"stage": "prune", **t} for t in packer.trials]
         smallest = min([smallest] + [t["total_bytes"] for t in packer.trials])
         packer.trials = []
         if hit is None:
             break
-        cfg = dataclasses.replace(cfg_k, prune_frac=hit[0].prune_frac)
-        if fast is qcfg:
+        cfg = hit[0]
+        if hit[2] is not None:
             blob = hit[2]
         else:
             quantized = prune_ones(quantize_state(state, cfg, last.parts), state, cfg.prune_frac)
             blob = real_pack(cfg, quantized)
         if len(blob) + code_bytes <= target_bytes:
             return FitResult(blob, cfg, len(blob) + code_bytes, target_bytes, log)
-        aim -= math.ceil((len(blob) + code_bytes - target_bytes) / ratio) + 1
+        aim -= len(blob) + code_bytes - target_bytes + 1
     raise FitError(f"cannot fit under {target_bytes:,} B with GPTQ (smallest tried: {smallest:,} B "
                    f"at quant.sdclip_k={last.k} and pruning); lower the bit widths "
                    f"(quant.scheme / quant.bits_rules) or shrink the model")

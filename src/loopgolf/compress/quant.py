@@ -5,7 +5,8 @@ L321-334): non-float tensors pass through untouched; float tensors of <= 65,536 
 (fp32 for the control tensors such as `q_gain` and `resid_mix`, fp16 otherwise); larger matrices
 get per-row int8 with fp16 scales clipped at the 99.99984th percentile of |w|; other large tensors
 get a single fp32 scale. Per-row intN (N = 2..8, int8 container) with a percentile, searched or
-SDClip clip, and BitNet b1.58 ternary are there for lower bit widths; `quant.bits_rules` gives the
+SDClip clip, per-row level grids qL_row (+-L, PR #1453's int7/"int5" widths) and BitNet b1.58
+ternary are there for lower bit widths; `quant.bits_rules` gives the
 matrices a scheme per name pattern (the rules live in compress/rules.py).
 
 Each quantizer turns a tensor into named numpy parts (the artifact stores raw bytes, never pickles)
@@ -88,6 +89,18 @@ def row_quantile(a: torch.Tensor, q: float) -> torch.Tensor:
         return _quantile_sorted(a, q)
     step = _QUANTILE_MAX_NUMEL // cols  # row blocks are independent, so chunking changes nothing
     return torch.cat([torch.quantile(a[i:i + step], q, dim=1) for i in range(0, rows, step)])
+
+
+def row_quantiles(a: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
+    """(len(qs), rows): row_quantile for each q, from one sort per row block (bit-identical)."""
+    rows, cols = a.shape
+    if rows == 0 or cols == 0:
+        return torch.zeros(len(qs), rows, dtype=a.dtype, device=a.device)
+    if cols > _QUANTILE_MAX_NUMEL:
+        return torch.stack([_quantile_sorted(a, q) for q in qs])
+    qt = torch.tensor(qs, dtype=a.dtype, device=a.device)
+    step = _QUANTILE_MAX_NUMEL // cols
+    return torch.cat([torch.quantile(a[i:i + step], qt, dim=1) for i in range(0, rows, step)], dim=1)
 
 
 def flat_quantile(a: torch.Tensor, q: float) -> float:
@@ -220,15 +233,23 @@ def _round_codes(w: torch.Tensor, scale: torch.Tensor, clip: torch.Tensor, qmax:
     return torch.clamp(torch.round(clipped / scale[:, None]), -qmax, qmax)
 
 
-# Candidate clips of quant.clip=search, as percentiles of |w_row| (record (a) searches 5 in 99.9..100).
+# Candidate clips of quant.clip=search, as percentiles of |w_row| (record (a) searches 5 in 99.9..100);
+# quant.search_percentiles replaces them (PR #1453 / #927: 99.99, 99.995, 99.999, 99.9995, 99.9999).
 SEARCH_PERCENTILES = (99.0, 99.5, 99.9, 99.99, 99.99984, 100.0)
+
+
+def search_percentiles(qcfg: QuantConfig) -> tuple[float, ...]:
+    """The candidate clip percentiles of quant.clip=search: quant.search_percentiles or the default."""
+    if not qcfg.search_percentiles.strip():
+        return SEARCH_PERCENTILES
+    return tuple(float(x) for x in qcfg.search_percentiles.split(","))
 
 
 class IntRowQuantizer(RowGridQuantizer):
     """Per-row intN: scale = max(clip / qmax, row_scale_min) computed in fp32 (q is rounded with the
     fp32 scale, the scale is then stored as fp16, as the baseline does). The clip per row is
-    quantile(|w_row|, clip_percentile) (baseline L321-334), the lowest-MSE candidate of
-    SEARCH_PERCENTILES (quant.clip=search), or sdclip_k * std(w_row) (quant.clip=sdclip, PR #1394).
+    quantile(|w_row|, clip_percentile) (baseline L321-334), the lowest-MSE candidate of the search
+    percentiles (quant.clip=search), or sdclip_k * std(w_row) (quant.clip=sdclip, PR #1394).
     """
 
     def __init__(self, bits: int) -> None:
@@ -252,8 +273,9 @@ class IntRowQuantizer(RowGridQuantizer):
             return self._scale_of(clip, qcfg), clip
         best_err = torch.full((w.shape[0],), float("inf"), device=w.device)
         best_clip = torch.zeros(w.shape[0], device=w.device)
-        for pct in SEARCH_PERCENTILES:  # ties keep the earlier (smaller) clip: deterministic
-            clip = row_quantile(w.abs(), pct / 100.0)
+        pcts = search_percentiles(qcfg)
+        clips = row_quantiles(w.abs(), tuple(p / 100.0 for p in pcts))
+        for clip in clips:  # ties keep the earlier candidate: deterministic
             scale = self._scale_of(clip, qcfg)
             q = _round_codes(w, scale, clip, self.qmax)
             err = ((q * scale.half().float()[:, None] - w) ** 2).sum(dim=1)
@@ -261,6 +283,20 @@ class IntRowQuantizer(RowGridQuantizer):
             best_err = torch.where(better, err, best_err)
             best_clip = torch.where(better, clip, best_clip)
         return self._scale_of(best_clip, qcfg), best_clip
+
+
+class LevelsRowQuantizer(IntRowQuantizer):
+    """A per-row grid of +-L (2L + 1 levels; int8 container), named qL_row: PR #1453's convention,
+    which sets the levels directly (QUANT_LEVELS=63 for attention and embeddings, MLP_QUANT_LEVELS=16
+    for the MLP, L498-539): q63_row is int7_row's grid, q16_row its "int5" (33 levels; a true int5
+    is int5_row, +-15). Clip and scale as IntRowQuantizer."""
+
+    def __init__(self, levels: int) -> None:
+        if not 1 <= levels <= 127:
+            raise ValueError(f"per-row level grids support L in 1..127, got {levels}")
+        self.bits = levels.bit_length() + 1  # the int width holding +-L
+        self.qmax = levels
+        self.name = f"q{levels}_row"
 
 
 class TernaryRowQuantizer(RowGridQuantizer):
@@ -304,4 +340,10 @@ QUANTIZERS: dict[str, Quantizer] = {
     "int8_tensor": Int8TensorQuantizer(),
     **{f"int{n}_row": IntRowQuantizer(n) for n in range(2, 9)},
     "ternary_row": TernaryRowQuantizer(),
+    **{f"q{n}_row": LevelsRowQuantizer(n) for n in range(1, 128)},
 }
+
+
+def scheme_list() -> str:
+    """The known scheme names for error messages, the level grids folded into one entry."""
+    return ", ".join([n for n in sorted(QUANTIZERS) if not n.startswith("q")] + ["q1_row..q127_row"])

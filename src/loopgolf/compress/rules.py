@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from loopgolf.compress.lqer import add_lqer
-from loopgolf.compress.quant import QUANTIZERS, RowGridQuantizer, check_parts, dtype_name
+from loopgolf.compress.quant import QUANTIZERS, RowGridQuantizer, check_parts, dtype_name, scheme_list
 from loopgolf.config import QuantConfig
 from loopgolf.model.params import PARAM_KINDS, ParamKind, kinds_of
 
@@ -36,16 +36,27 @@ def storage_scheme(storage: str, t: torch.Tensor, qcfg: QuantConfig) -> str | No
     return MATRIX_SCHEME if t.ndim == 2 else "int8_tensor"  # large controls: quantized (baseline)
 
 
+def rule_scheme(value: str) -> str:
+    """A bits-rule value as a scheme name: N -> intN_row, qL -> qL_row (+-L levels), else as is."""
+    value = value.strip()
+    if value.isdigit():
+        return f"int{value}_row"
+    if value[:1] == "q" and value[1:].isdigit():
+        return f"{value}_row"
+    return value
+
+
 def parse_bits_rules(spec: str) -> list[tuple[str, str]]:
-    """"mlp=5,attn=6,tok_emb=ternary_row" -> [(pattern, scheme)]; a number N means intN_row."""
+    """"mlp=5,attn=6,tok_emb=ternary_row" -> [(pattern, scheme)]; a number N means intN_row and qL
+    the level grid qL_row (PR #1453's "mlp=q16" = +-16)."""
     out: list[tuple[str, str]] = []
     for item in filter(None, (x.strip() for x in spec.split(","))):
         pattern, sep, value = item.partition("=")
-        value = value.strip()
-        scheme = f"int{value}_row" if value.isdigit() else value
+        scheme = rule_scheme(value)
         if not sep or not pattern.strip() or scheme not in QUANTIZERS:
-            raise ValueError(f"quant.bits_rules item {item!r}: expected PATTERN=N (N in 2..8) or "
-                             f"PATTERN=SCHEME with a scheme among {', '.join(sorted(QUANTIZERS))}")
+            raise ValueError(f"quant.bits_rules item {item!r}: expected PATTERN=N (N in 2..8), "
+                             f"PATTERN=qL (L in 1..127) or PATTERN=SCHEME with a scheme among "
+                             f"{scheme_list()}")
         try:
             re.compile(pattern.strip())
         except re.error as e:
@@ -64,7 +75,7 @@ def assign_schemes(state: dict[str, torch.Tensor], qcfg: QuantConfig,
     """
     if qcfg.scheme not in QUANTIZERS:
         raise ValueError(f"quant.scheme={qcfg.scheme!r} is not a known scheme; "
-                         f"choose one of {', '.join(sorted(QUANTIZERS))}")
+                         f"choose one of {scheme_list()}")
     bits_rules = parse_bits_rules(qcfg.bits_rules)
     rows = kinds_of(sorted(state.items()), kinds)
     out: dict[str, str] = {}

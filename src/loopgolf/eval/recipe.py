@@ -48,7 +48,8 @@ def _ttt_sgd(model, vs, ecfg, device, context, max_tokens, log):
                    lr=ecfg.sgd_lr, momentum=ecfg.sgd_momentum, epochs=ecfg.sgd_epochs,
                    seq_len=ecfg.sgd_seq_len, batch_seqs=rank_batch_seqs(ecfg, context),
                    train_batch_seqs=ecfg.sgd_batch_seqs, grad_clip=ecfg.sgd_grad_clip,
-                   micro_seqs=ecfg.sgd_micro_seqs, max_tokens=max_tokens, log=log)
+                   micro_seqs=ecfg.sgd_micro_seqs, max_tokens=max_tokens, log=log,
+                   freeze_blocks=ecfg.sgd_freeze_blocks)
 
 
 def _ttt_lora(model, vs, ecfg, device, context, max_tokens, log):

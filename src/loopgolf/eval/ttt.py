@@ -116,21 +116,56 @@ def train_chunk(model: torch.nn.Module, opt: MomentumSGD, vs: ValSet, start: int
                          micro_seqs)
 
 
+def frozen_block_params(model: torch.nn.Module, n_blocks: int) -> list[torch.nn.Parameter]:
+    """The parameters of physical blocks 0..n_blocks-1 (`blocks.<i>.`), which TTT leaves as they
+    are (PR #927 L948-960, TTT_FREEZE_BLOCKS=1: the first shared block, on each of its visits)."""
+    if n_blocks <= 0:
+        return []
+    prefixes = tuple(f"blocks.{i}." for i in range(n_blocks))
+    out = [p for name, p in model.named_parameters() if name.startswith(prefixes)]
+    if not out:
+        raise ValueError(f"eval.sgd_freeze_blocks={n_blocks}: the model has no blocks.<i> parameters")
+    return out
+
+
 def ttt_sgd(model: torch.nn.Module, vs: ValSet, context: int, stride: int, device: torch.device,
             chunk_tokens: int = 32_768, lr: float = 0.005, momentum: float = 0.9, epochs: int = 3,
             seq_len: int = 0, batch_seqs: int = 32, train_batch_seqs: int = 32,
             grad_clip: float = 1.0, micro_seqs: int = 4, max_tokens: int = 0,
-            log: EventLog | None = None) -> dict:
+            log: EventLog | None = None, freeze_blocks: int = 0) -> dict:
     """Score-first full-parameter SGD TTT (record PR #1493: chunks 32,768, lr 0.005, momentum 0.9,
     3 epochs, clip 1.0, cosine LR over chunks). seq_len 0 = context; batch_seqs: windows per
     scoring forward on one rank; train_batch_seqs: global sequences per update, in micro-batches
-    of micro_seqs (sgd_on_sequences). Adapts `model` in place."""
+    of micro_seqs (sgd_on_sequences). freeze_blocks > 0 keeps the first physical blocks fixed
+    (frozen_block_params; they get no gradient and no clip share). Adapts `model` in place."""
     t0 = time.perf_counter()
     n = usable_tokens(len(vs), context, max_tokens)
     plan = window_plan(n, context, stride)
     chunk_of = (plan[:, 1] - 1) // chunk_tokens
     n_chunks = int(chunk_of[-1]) + 1
     log = log if log is not None else new_log("ttt_sgd", n)
+    frozen = [p for p in frozen_block_params(model, freeze_blocks) if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        res = _ttt_sgd_chunks(model, vs, context, plan, chunk_of, n_chunks, n, device, chunk_tokens,
+                              lr, momentum, epochs, seq_len, batch_seqs, train_batch_seqs,
+                              grad_clip, micro_seqs, log)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    res.update(context=context, stride=stride, chunks=n_chunks, chunk_tokens=chunk_tokens, lr=lr,
+               epochs=epochs, updates=log.version, n_tokens=n, frozen_params=sum(p.numel() for p in frozen))
+    res["eval_seconds"] = time.perf_counter() - t0
+    return res
+
+
+def _ttt_sgd_chunks(model, vs: ValSet, context: int, plan: np.ndarray, chunk_of: np.ndarray,
+                    n_chunks: int, n: int, device: torch.device, chunk_tokens: int, lr: float,
+                    momentum: float, epochs: int, seq_len: int, batch_seqs: int,
+                    train_batch_seqs: int, grad_clip: float, micro_seqs: int, log: EventLog) -> dict:
+    """ttt_sgd's loop: score chunk c, then (unless it is the last) train on it."""
+    t0 = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = MomentumSGD(params, momentum)
     sums = ScoreSums(device)
@@ -142,10 +177,7 @@ def ttt_sgd(model: torch.nn.Module, vs: ValSet, context: int, stride: int, devic
         end = min((c + 1) * chunk_tokens, n - 1) + 1
         train_chunk(model, opt, vs, c * chunk_tokens, end, seq_len or context, train_batch_seqs,
                     epochs, lr_c, grad_clip, log, device, micro_seqs)
-    res = sums.result(t0, "ttt_sgd")
-    res.update(context=context, stride=stride, chunks=n_chunks, chunk_tokens=chunk_tokens, lr=lr,
-               epochs=epochs, updates=log.version, n_tokens=n)
-    return res
+    return sums.result(t0, "ttt_sgd")
 
 
 def phase_boundaries(n_batches: int, phases: int) -> list[int]:
