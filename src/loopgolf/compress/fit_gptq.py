@@ -18,8 +18,7 @@ the clip, PR #1394):
 A slow codec (fit.slow_codec: best, lzma, brotli, zstd above level 9; brotli-11 or zstd-22 takes
 20-80 s per 20 MB pack) is not run per trial: a trial's estimate is code + the order-0 entropy of
 its streams (artifact.entropy_size) x ratio, the ratio being real / estimated bytes of the nearest
-(in log k) trial packed for real, else FAST_RATIO (zstd-22 and best land 1-3 % above the entropy
-on int4-int8 row grids).
+(in log k) trial packed for real, else fit.START_RATIOS of the codec.
 The first trial whose estimate comes within CLOSE of the window is packed for real, and every later
 trial packs with the real config only (the last steps need exact sizes: the ratio drifts by about
 as much as the window is wide). The returned artifact is always one packed with the real config and
@@ -46,6 +45,7 @@ from loopgolf.compress.fit import (
     bisect_knob,
     fit_to_budget,
     lower_widths,
+    START_RATIOS,
     meta_function,
     slow_codec,
 )
@@ -57,7 +57,6 @@ from loopgolf.config import QuantConfig
 
 K_RANGE = (2.0, 64.0)
 WINDOW = 0.005  # a trial within 0.5% under the target ends the search
-FAST_RATIO = 1.01  # real / entropy-estimate bytes before any trial is packed for real
 CLOSE = 0.01  # a fast trial this close (fraction of the target) to the window is packed for real
 
 
@@ -68,10 +67,11 @@ class _Trial:
     quantized: dict[str, QTensor]  # every tensor, GPTQ parts included
     fast_bytes: int | None  # entropy-estimated artifact bytes; None when packed for real only
     blob: bytes | None = None  # packed with the real config, once done
+    codec: str = ""  # quant.codec: picks the start ratio of the estimates
 
     def estimate(self, code_bytes: int, done: list[_Trial]) -> int:
-        """Total bytes: exact once packed for real, else the trial-codec bytes scaled by the
-        real / trial-codec ratio of the nearest (in log k) trial packed for real."""
+        """Total bytes: exact once packed for real, else the entropy estimate scaled by the
+        real / estimate ratio of the nearest (in log k) trial packed for real."""
         if self.blob is not None or self.fast_bytes is None:
             return len(self.blob or b"") + code_bytes
         return code_bytes + round(self.fast_bytes * self.ratio(done))
@@ -79,7 +79,7 @@ class _Trial:
     def ratio(self, done: list[_Trial]) -> float:
         both = [(t.k, len(t.blob) / t.fast_bytes) for t in done if t.blob and t.fast_bytes]
         if not both:
-            return FAST_RATIO
+            return START_RATIOS.get(self.codec, 1.0)
         return min(both, key=lambda r: (abs(math.log2(r[0]) - math.log2(self.k)), r[0]))[1]
 
 
@@ -164,7 +164,8 @@ def fit_gptq(state: dict[str, torch.Tensor], hessians: dict[str, torch.Tensor], 
             trial = _Trial(k, parts, quantized, None,
                            pack_quantized(quantized, shapes, meta_for(cfg), cfg))
         else:
-            trial = _Trial(k, parts, quantized, entropy_size(quantized, shapes, meta_for(cfg), cfg))
+            trial = _Trial(k, parts, quantized, entropy_size(quantized, shapes, meta_for(cfg), cfg),
+                           codec=qcfg.codec)
         entry = {"stage": "k", "sdclip_k": k, "prune_frac": qcfg.prune_frac,
                  "total_bytes": trial.estimate(code_bytes, done), "exact": exact,
                  "seconds": round(time.perf_counter() - t0, 3)}
