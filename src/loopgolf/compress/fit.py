@@ -263,7 +263,11 @@ def fit_to_budget(state: dict[str, torch.Tensor], qcfg: QuantConfig,
     seen: list[QuantConfig] = []
     for r in range(ROUNDS):  # estimates aim at the middle of the window, a little lower per miss
         aim = target_bytes - int((WINDOW / 2 + (0 if best else r * AIM_STEP)) * target_bytes)
-        cfg, _, _ = _search(packer, qcfg, aim, max_k_factor, max_prune, min_bits, known_over=True)
+        try:
+            cfg, _, _ = _search(packer, qcfg, aim, max_k_factor, max_prune, min_bits, known_over=True)
+        except FitError:  # the knobs end between the aim and the target: aim at the target
+            cfg, _, _ = _search(packer, qcfg, target_bytes, max_k_factor, max_prune, min_bits,
+                                known_over=True)
         if cfg in seen:
             break
         seen.append(cfg)
