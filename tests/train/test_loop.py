@@ -288,10 +288,10 @@ def test_ddp_and_sharded_muon_match_one_process_on_2_and_3_ranks(tiny_shards, tm
     train = ",".join(map(str, tiny_shards["train"]))
     for nproc in (1, 2, 3):
         _torchrun(script, nproc, train, tmp_path)
-    one = torch.load(tmp_path / "out-1.pt")
+    one = torch.load(tmp_path / "out-1.pt", weights_only=True)
     assert one["looped"]["find_unused"] is None and len(one["looped"]["losses"]) == 8
     for world in (2, 3):
-        many = torch.load(tmp_path / f"out-{world}.pt")
+        many = torch.load(tmp_path / f"out-{world}.pt", weights_only=True)
         for case in ("shared", "looped", "allreduce", "idle", "compiled", "resume"):
             a, b = one[case], many[case]
             assert len(a["losses"]) == len(b["losses"]) > 0, case

@@ -250,7 +250,7 @@ def format_markdown(r: dict) -> str:
                   f"- {s['ms_per_step']} ms/step, {s['tokens_per_s']:,} tokens/s, {s['model_tflops_per_s']} model "
                   f"TFLOP/s = MFU {100 * s['mfu_datasheet']:.1f} % of 989 (datasheet)"
                   + (f", {100 * s['mfu_measured_peak']:.1f} % of the measured matmul rate" if s["mfu_measured_peak"] else ""),
-                  f"- GPU phases per step (ms): " + ", ".join(f"{a} {b}" for a, b in s["phase_ms"].items()),
+                  "- GPU phases per step (ms): " + ", ".join(f"{a} {b}" for a, b in s["phase_ms"].items()),
                   f"- profiled: {k['wall_ms_per_step']} ms/step wall, GPU busy {k['gpu_busy_ms_per_step']} ms "
                   f"({100 * (k['gpu_busy_frac'] or 0):.1f} %), {k['kernels_per_step']} kernels/step",
                   f"- host syncs in one step: {len(s['host_syncs'])}" + "".join(f"\n  - `{m}`" for m in s["host_syncs"]),
@@ -263,26 +263,12 @@ def format_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _resolve(args):
-    """The preset (or --config file) with --set applied, as `loopgolf train` resolves it."""
-    from loopgolf.config import ConfigError, RunConfig
-    from loopgolf.presets import get_preset
+def cmd_profile(args) -> int:
+    from loopgolf.lab.compress_commands import _config_from
 
-    if args.config:
-        try:
-            cfg = RunConfig.from_json(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{args.config}: cannot read config ({e})") from None
-    else:
-        cfg = get_preset(args.preset)
-    cfg.override(args.set or [])
+    cfg = _config_from(args)
     if args.name:
         cfg.name = args.name
-    return cfg.validate()
-
-
-def cmd_profile(args) -> int:
-    cfg = _resolve(args)
     if not any(s.startswith("train.warmup_steps=") for s in (args.set or [])):
         cfg.train.warmup_steps = 3
     r = profile_run(cfg, Path(args.out), steps=args.steps, profile_steps=args.profile_steps, shards=args.shards)
