@@ -65,6 +65,7 @@ class ModelConfig:
     logit_softcap: float = 30.0
     asym_logit: bool = False  # learned caps for positive / negative logits (PR #1923 AsymLogit)
     fused_ce: bool = False  # chunked softcapped CE: no B*T*V logits in memory (model/fused_ce.py)
+    fp8: bool = False  # training matmuls of block linears in float8 e4m3, row-wise scales (model/fp8.py)
     tie_embeddings: bool = True
     embed_init_std: float = 0.005
     ortho_init: bool = False  # orthogonal init of every block's c_q/c_k/c_v/fc (#1855 L1254-1278)

@@ -29,15 +29,16 @@ def baseline() -> RunConfig:
     vocab 1024, seq 1024, 524,288 tokens per step, Muon 0.04 + Adam, 17,059,912 parameters.
     Its schedules are kept in the baseline's own units for a faithful reproduction: momentum warm-up
     over 500 steps, warm-down over 1,200 steps' worth of wall clock (baseline L924-933, L1021-1024).
-    One deviation, in execution only: micro-batches of 128 sequences where the script accumulates 8 of
+    One deviation, in execution only: micro-batches of 256 sequences where the script accumulates 8 of
     64 on one GPU (the same sums up to bf16 rounding order; on 8 GPUs each rank holds 64 either way):
-    4.9 % less time per step on an H200 (bench/results/2026-12-01_profile_h200).
+    on an H200, 128 instead of 64 took 4.9 % less time per step (bench/results/2026-12-01_profile_h200)
+    and 256 another 1.6 % (41 GiB peak; bench/results/2026-12-02_proxy300_baseline_m256_vs_reference_h200).
     """
     return RunConfig(
         name="baseline",
         model=ModelConfig(),
         optim=OptimConfig(momentum_warmup_steps=500, warmdown_iters=1200),
-        train=TrainConfig(budget_s=600.0, micro_batch_seqs=128),
+        train=TrainConfig(budget_s=600.0, micro_batch_seqs=256),
     )
 
 

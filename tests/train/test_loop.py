@@ -355,3 +355,21 @@ def test_growing_context_resumes_on_the_same_shapes(tiny_shards, tmp_path):
     assert resumed.loader.seq_len == 32
     for (n, a), b in zip(ref.raw_model.state_dict().items(), resumed.raw_model.state_dict().values()):
         assert torch.equal(a, b), n
+
+
+def test_budget_stop_reads_each_step_one_step_late(tiny_shards, tmp_path):
+    """A wall-clock budget stops the run with a final logged step equal to the steps run, and the
+    clock reaches the budget less the vote's two-step look-ahead (train/step_stats.py); every
+    step's loss is read back once, in order."""
+    tr = _trainer(tiny_shards, tmp_path, steps=10_000, extra=("train.budget_s=0.6",))
+    seen = []
+    orig = tr._after_step
+
+    def spy(rec, final=False):
+        seen.append(rec.step)
+        return orig(rec, final)
+    tr._after_step = spy
+    res = tr.run()
+    assert 0 < res["steps"] < 10_000
+    assert seen == list(range(1, res["steps"] + 1))
+    assert res["train_seconds"] >= 0.6 - 3 * res["ms_per_step"] / 1000

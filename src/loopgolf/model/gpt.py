@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from loopgolf.config import ModelConfig
-from loopgolf.model import attention_tricks, features, heads, layer_tricks, logit_head, stream
+from loopgolf.model import attention_tricks, features, fp8, heads, layer_tricks, logit_head, stream
 from loopgolf.model.blocks import Block, rms_norm, to_stream_dtype
 from loopgolf.model.recurrence import RecurrencePlan, Stage, parse_stages
 from loopgolf.model.wiring import MODEL_HOOKS, Context, Layer, ModelShape, wire
@@ -54,6 +54,8 @@ class GPT(nn.Module):
         self.shape = ModelShape.of(cfg, [st.plan for st in self.stages])
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(self.shape.n_blocks))
+        if cfg.fp8:
+            fp8.convert_linears(self.blocks)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.logit_cap, self._head = logit_head.build(cfg)
         self._features = [f for cls in TRICKS if (f := cls.build(cfg, self.shape)) is not None]

@@ -30,6 +30,7 @@ from loopgolf.train.guards import DegenerateModelError, StallGuard, TrainingDive
 from loopgolf.train.optim import build_optimizers
 from loopgolf.train.progress import TrainProgress
 from loopgolf.train.schedule import Clock, Progress
+from loopgolf.train.step_stats import LaggedStats, StepRecord
 from loopgolf.train.triggers import Triggers, TriggerTable
 
 __all__ = ["Trainer", "TrainingDiverged", "DegenerateModelError"]
@@ -86,22 +87,20 @@ class Trainer:
         self.grad_sync = cfg.train.grad_sync if dist.info().enabled else "none"
         self.ddp = self._wrap_ddp() if self.grad_sync == "ddp" else None
 
-    # --- data-parallel gradient sync -------------------------------------------------------------
     def _wrap_ddp(self) -> torch.nn.Module:
         """Under torchrun with train.grad_sync=ddp (one process: no wrapper, runs are unchanged):
         DDP around the model the trainer runs (self.model: compiled on CUDA, so DDP(compile(m)),
         the order torch recommends; dist.wrap_ddp cites it). self.model and self.raw_model stay as
         they are: checkpoints, averages and artifacts use raw_model's names (no "module." prefix).
 
-        - Shared / looped blocks (one Parameter used by many virtual layers) need nothing: autograd
-          sums every use into one AccumulateGrad, whose hook DDP waits for once per backward.
+        - Shared / looped blocks need nothing: autograd sums every use into one AccumulateGrad.
         - Parameters unused in a plan stage (e.g. model.untie_repeat_mlp's MLPs before the loops
           switch on) never fire that hook, and DDP would wait for them forever; so
           find_unused_parameters is on exactly when one eager probe pass per stage leaves some
           parameter without gradient (it costs a graph walk per step, so not by default).
           static_graph stays off: a stage switch changes the graph and the used set mid-run.
-        - zero_grad(set_to_none=True) is kept: an unused parameter's grad stays None on every rank,
-          so Muon and AdamW skip it (no weight decay, no Adam step), exactly as on one process."""
+        - zero_grad(set_to_none=True): an unused parameter's grad stays None on every rank, so Muon
+          and AdamW skip it, as on one process."""
         probe = torch.zeros((1, self.loader.seq_len), dtype=torch.long, device=self.device)
         unused = False
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -114,7 +113,6 @@ class Trainer:
                     p.grad = None
         return dist.wrap_ddp(self.model, self.device, find_unused=unused)
 
-    # --- one optimizer step ---------------------------------------------------------------------
     def _set_schedules(self, row: Triggers) -> None:
         for opt in self.opts:
             for g in opt.param_groups:
@@ -156,7 +154,6 @@ class Trainer:
         for opt in self.opts:
             opt.zero_grad(set_to_none=True)
 
-    # --- compile warm-up outside the budget ----------------------------------------------------
     def warmup(self) -> float:
         n = self.cfg.train.warmup_steps if self.model is not self.raw_model else 0
         if n <= 0:
@@ -189,7 +186,6 @@ class Trainer:
         self.compile_stats["warmup"] = stats.stop()
         return time.perf_counter() - t0
 
-    # --- checkpoints ----------------------------------------------------------------------------
     def state(self, finished: bool = False) -> dict:
         """Everything a resumed run needs to continue bit for bit."""
         rng = {"torch": torch.get_rng_state()}  # QAT noise draws from it; data order is positional
@@ -252,7 +248,6 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
         self.logger.log("resume", step=self.step, train_seconds=round(self.clock.seconds, 2), path=str(path))
 
-    # --- the loop -------------------------------------------------------------------------------
     def _apply(self, row: Triggers) -> None:
         """Switch the plan stage, the row length and QAT as the step's trigger row says."""
         if row.seq_len != self.loader.seq_len:
@@ -271,67 +266,61 @@ class Trainer:
                             tensors=len(self.qat_names))
         self._set_schedules(row)
 
-    def _diverged(self, loss_v: float) -> TrainingDiverged:
+    def _diverged(self, loss_v: float, step: int) -> TrainingDiverged:
         last = self.checkpoints.latest() if self.checkpoints else None
         where = (f"; the last checkpoint {last} was written before it (rerun with --resume after "
                  "changing the learning rate)" if last else "; no checkpoint was written")
         return TrainingDiverged(
-            f"step {self.step}: training loss is {loss_v}; lower optim.matrix_lr / optim.tied_embed_lr "
+            f"step {step}: training loss is {loss_v}; lower optim.matrix_lr / optim.tied_embed_lr "
             f"or set optim.grad_clip{where}")
 
     def run(self) -> dict:
+        """Train until the budget, max_steps or a stop. Step N's statistics are read after step
+        N+1 is launched (train/step_stats.py), so the host's per-step work overlaps the GPU's."""
         t = self.cfg.train
-        info = dist.info()
         start_step, start_seconds = self.step, self.clock.seconds
         self.clock.start()
-        stats = torch.zeros(3, dtype=torch.float64, device=self.device)
-        agreed_s = self.clock.seconds  # mean clock over ranks, so every rank picks the same schedule
-        stage_time: dict[str, tuple[float, int]] = {}  # plan spec -> (seconds, steps)
+        self._stats = LaggedStats(self.device)
+        self._agreed = (self.clock.seconds, self.step)  # (mean clock over ranks, steps done by then)
+        self._mark = self.clock.seconds  # clock when the last step's end was observed
+        self._stage_time: dict[str, tuple[float, int]] = {}  # plan spec -> (seconds, steps)
+        self._run_start = (start_step, start_seconds)
         compiles = CompileStats().start()
-        while self.step < t.max_steps and not self.finished:
-            avg = agreed_s / self.step if self.step else 0.0
-            row = self.table.at(Progress(self.step, agreed_s, avg))
+        stop = False
+        while self.step < t.max_steps and not self.finished and not stop:
+            agreed_s, agreed_steps = self._agreed
+            avg = agreed_s / agreed_steps if agreed_steps else 0.0
+            est_s = agreed_s + (self.step - agreed_steps) * avg  # the clock at this step's start
+            row = self.table.at(Progress(self.step, est_s, avg))
             if self.checkpoints and row.checkpoint_slot > self.ck_slot:
+                if self._drain():
+                    break
                 self.ck_slot = row.checkpoint_slot
                 self.clock.pause()
                 self.save()
                 self.clock.start()
             self._apply(row)
-            t_step = self.clock.seconds
             loss = self._train_step()
             self.step += 1
-            stats[0] = loss
-            stats[1] = 1.0 if self.table.out_of_time(self.clock.seconds) else 0.0
-            stats[2] = self.clock.seconds
-            dist.all_reduce_sum(stats)
-            loss_v, stop, clock_sum = stats.tolist()  # one host sync per step, like the baseline's stop all-reduce
-            agreed_s = clock_sum / info.world_size
-            spec = self.table.stages[self.stage].plan.spec if self.table.stages else "-"
-            spec += f" T={self.loader.seq_len}" if self.cfg.train.seq_len_schedule else ""
-            secs, n = stage_time.get(spec, (0.0, 0))
-            stage_time[spec] = (secs + self.clock.seconds - t_step, n + 1)
             if self.average.enabled:
                 self.average.update(row.frac, row.expected_steps)
-            self.last_loss = loss_v
-            if not math.isfinite(loss_v):
-                raise self._diverged(loss_v)
-            self.stall.check(loss_v, self.step, row.frac)
-            run_s = self.clock.seconds - start_seconds
-            tok_s = (self.step - start_step) * self.loader.batch_tokens / run_s if run_s > 0 else 0.0
-            self.progress.update(self.table.fraction(Progress(self.step, agreed_s, avg)), self.step,
-                                 loss_v, tok_s)
-            if self.step % t.log_every == 0 or self.step == 1 or stop:
-                self.logger.log("train", console=not self.progress.enabled, step=self.step,
-                                loss=round(loss_v, 4), lr_mult=round(row.lr_mult, 4),
-                                train_s=round(self.clock.seconds, 2),
-                                step_ms=round(1000 * self.clock.seconds / max(self.step, 1), 1))
+            spec = self.table.stages[self.stage].plan.spec if self.table.stages else "-"
+            spec += f" T={self.loader.seq_len}" if t.seq_len_schedule else ""
+            rec = StepRecord(self.step, spec, row.frac, row.lr_mult)
+            prev = self._stats.take()  # waits for the previous step; this one stays queued
+            now = self.clock.seconds
+            # the vote is read after the next step is launched: it asks whether that one would end late
+            self._stats.put(rec, loss, self.table.out_of_time(now + 2 * avg), now)
+            if prev is not None:
+                stop = self._after_step(prev)
             if t.val_every and self.step % t.val_every == 0 and self.val_fn and not stop:
+                if self._drain():
+                    break
                 self.clock.pause()
                 res = self.val_fn(self.raw_model, t.val_tokens)  # eager: no recompiles on ragged batches
                 self.logger.log("val", step=self.step, **{k: res[k] for k in ("val_loss", "val_bpb")})
                 self.clock.start()
-            if stop:
-                break
+        self._drain(final=True)
         self.clock.pause()
         self.progress.close()
         self.compile_stats["loop"] = compiles.stop()
@@ -340,7 +329,37 @@ class Trainer:
                             hint="a graph was compiled on the clock; raise train.warmup_steps")
         self.end_position = self.loader.stream.position
         self.loader.set_seq_len(self.cfg.data.seq_len)  # calibration and the FLOP count use the final rows
-        return self._finish(start_step, start_seconds, stage_time)
+        return self._finish(start_step, start_seconds, self._stage_time)
+
+    def _drain(self, final: bool = False) -> bool:
+        """Read every queued step (waiting for them); True when one of them voted to stop."""
+        stop = False
+        while len(self._stats):
+            rec = self._stats.take()
+            stop = self._after_step(rec, final=final and not len(self._stats)) or stop
+        return stop
+
+    def _after_step(self, rec: StepRecord, final: bool = False) -> bool:
+        """Guards, per-stage time, progress and the log line for a completed step; returns its stop vote."""
+        t = self.cfg.train
+        now = self.clock.seconds
+        secs, n = self._stage_time.get(rec.spec, (0.0, 0))
+        self._stage_time[rec.spec] = (secs + now - self._mark, n + 1)
+        self._mark = now
+        self._agreed = (rec.clock, rec.step - 1)  # the clock was read when step rec.step - 1 had ended
+        self.last_loss = rec.loss
+        if not math.isfinite(rec.loss):
+            raise self._diverged(rec.loss, rec.step)
+        self.stall.check(rec.loss, rec.step, rec.frac)
+        start_step, start_seconds = self._run_start
+        run_s = now - start_seconds
+        tok_s = (rec.step - start_step) * self.loader.batch_tokens / run_s if run_s > 0 else 0.0
+        self.progress.update(rec.frac, rec.step, rec.loss, tok_s)
+        if rec.step % t.log_every == 0 or rec.step == 1 or rec.stop or final:
+            self.logger.log("train", console=not self.progress.enabled, step=rec.step,
+                            loss=round(rec.loss, 4), lr_mult=round(rec.lr_mult, 4),
+                            train_s=round(now, 2), step_ms=round(1000 * now / max(rec.step, 1), 1))
+        return rec.stop
 
     def _finish(self, start_step: int, start_seconds: float, stage_time: dict) -> dict:
         """Swap in the averages and drop QAT (the final weights), then checkpoint them: resuming
