@@ -137,7 +137,7 @@ def test_presets_lists_whole_first_sentences_and_counts(capsys):
     assert main(["presets"]) == 0
     lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()}
     assert "17,059,912 parameters" in lines["baseline"]
-    assert "20,562,464 parameters (19,382,816 ship)" in lines["seed-lora-mtp"]
+    assert "18,851,360 parameters (17,671,712 ship)" in lines["seed-lora-mtp"]
     assert lines["tiny"].endswith("seq 32, 8 steps.")
     assert all(ln.rstrip().endswith((".", ")")) for ln in lines.values()), lines
 

@@ -37,6 +37,9 @@ def test_bad_overrides_name_the_field(assignment, fragment):
     ("quant.codec=gzip", "quant.codec"),
     ("optim.warmdown_frac=1.5", "fraction"),
     ("train.grad_sync=nccl", "train.grad_sync=.nccl.: choose ddp or allreduce"),
+    ("model.block=resnet", "model.block='resnet': choose baseline or plain_prenorm"),
+    ("optim.kind=sgd", "optim.kind='sgd'"),
+    ("optim.lr_schedule=step", "lr_schedule linear or cosine"),
 ])
 def test_impossible_configs_are_refused(assignment, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -83,6 +86,13 @@ def test_out_of_range_fields_say_what_is_wrong(assignment, fragment):
     with pytest.raises(ConfigError) as info:
         get_preset("baseline").override([assignment]).validate()
     assert fragment in str(info.value) and "divisible" not in str(info.value)
+
+
+def test_cosine_schedule_refuses_a_second_decay():
+    for extra in (["optim.warmdown_frac=0.3"], ["optim.warmdown_iters=100"],
+                  ["optim.lr_warmup_steps=100", "optim.lr_cosine_steps=50"]):
+        with pytest.raises(ConfigError, match="optim.lr_schedule=cosine"):
+            get_preset("tiny").override(["optim.warmdown_frac=0", "optim.lr_schedule=cosine", *extra]).validate()
 
 
 def test_asym_logit_without_a_softcap_is_refused():

@@ -23,13 +23,13 @@ from loopgolf.train.optim import assign_groups
 PINNED = {
     "baseline": 17_059_912,  # NaiveBaseline train.log
     "universal": 3_478_536,
-    "seed-universal-mqa": 3_281_928,  # PR #29 log: 3,278,336 (+3,592 block differences, docstring)
+    "seed-universal-mqa": 3_278_336,  # PR #29 train.log, as published
     "seed-shared-3x4": 23_662_344,  # PR #1453, as published
     "seed-loop45": 27_067_995,  # PR #1290 log: 27,067,484 (+512 sixth skip, -1 VE global scale)
     "seed-recursive-4b": 29_950_083,  # PR #927: 29,950,082 (+1: bigram.scale, which the PR lacks)
     "record-loop345": 35_944_536,  # record (d), as published
-    "seed-lora-mtp": 20_562_464,  # PR #21 log: 17,671,712 (LoRA topology, MTP heads counted, docstring)
-    "seed-lora-mtp-5x2": 20_090_088,  # PR #21 body shape: no logged count
+    "seed-lora-mtp": 18_851_360,  # PR #21 log: 17,671,712 shipped + 1,179,648 MTP (outside the PR's count)
+    "seed-lora-mtp-5x2": 19_387_496,  # PR #21 body shape: no logged count (18,396,264 shipped)
     "demo": 361_864,
     "tiny": 38_342,
 }

@@ -57,22 +57,32 @@ def universal() -> RunConfig:
 
 def seed_universal_mqa() -> RunConfig:
     """Seed PR #29 (Universal Transformer): one shared block x 12 loops, MQA 8Q/1KV, SwiGLU 1408, full
-    RoPE, tied embeddings, 3,281,928 parameters. Export as published: every tensor int8 with one
-    absmax scale, zlib-9 (L322-343); grad clip 1.0 (L57).
+    RoPE, tied embeddings, 3,278,336 parameters, as published (train.log). The PR's block: plain
+    pre-norm with learned RMSNorm weights (model.block=plain_prenorm, L75-83, L189-201): no U-Net
+    skips, resid_mix, scales, QK-norm, q gain or logit softcap; the raw embedding enters the loop
+    and a learned final norm ends it. Init N(0, 0.02), output projections 0.02/sqrt(24), and, as
+    the PR's loop over the block's parameters does, the block's two norm weights too (model.init_std,
+    L233-240). One AdamW over every parameter (optim.kind=adamw, L422-430): lr 3e-3, betas
+    (0.9, 0.95), WD 0.1 on every tensor, clip 1.0 (L53-57). LR: the PR's step-keyed get_lr (L304-315):
+    linear warm-up over 100 steps, cosine to 3e-4 at step 285 (its total_steps = 570 s / an assumed
+    2 s per step, L420), not clamped, so on hardware faster than that the LR rises again after step
+    285 as in the PR (optim.lr_cosine_steps=0: the cosine ends with the run instead). 570 s of
+    training (L58). Export as published: every tensor int8 with one absmax scale, zlib-9 (L322-343).
 
-    Deviations from PR #29 (fidelity.md 000): the baseline's block (U-Net skips, resid_mix, QK-norm,
-    q_gain, softcap, zero-init projections; PR: plain pre-norm with learned RMSNorm weights,
-    L75-83, L198-201), Muon + Adam with the baseline's LRs (PR: AdamW 3e-3 cosine to 3e-4, 100-step
-    warm-up, WD 0.1, L53-57, L304-315, L424: loopgolf's optimizer table puts block matrices in
-    Muon; the PR never ran on a GPU, so no step total converts its schedule), kaiming init (PR:
-    N(0, 0.02), output projections 0.02/sqrt(24), L233-240; model code). Count 3,281,928 vs the PR
-    log's 3,278,336: +3,072 skip weights, +2,048 attn/mlp scales and resid_mix, +8 q_gain, -1,536
-    RMSNorm weights (the block differences above)."""
+    Deviations from PR #29 (fidelity.md 000): SwiGLU's gate and up are one fused matrix, so the
+    export has one int8 scale for both (PR: one each); a sequential loader (PR: random windows,
+    L288-295); the exact bpb eval (PR: 20 random validation batches, bits per token, L346-367);
+    micro-batches of 64 sequences accumulated (PR: all 512 at once; the same gradient up to
+    rounding); the residual stream in bf16 under autocast (PR: float32). Its RoPE turns the other
+    way, an exact reparametrization (blocks.PlainAttention). The PR never ran on a GPU (its log is
+    a 50-step CPU smoke test)."""
     return RunConfig(
         name="seed-universal-mqa",
-        model=ModelConfig(plan="1x12", n_kv_heads=1, mlp="swiglu", mlp_hidden=1408),
-        optim=OptimConfig(momentum_warmup_frac=0.25, warmdown_frac=0.6, grad_clip=1.0),
-        train=TrainConfig(budget_s=600.0),
+        model=ModelConfig(plan="1x12", n_kv_heads=1, mlp="swiglu", mlp_hidden=1408, block="plain_prenorm",
+                          unet_skips=False, logit_softcap=0.0, init_std=0.02, embed_init_std=0.02),
+        optim=OptimConfig(kind="adamw", adamw_lr=3e-3, adam_weight_decay=0.1, lr_schedule="cosine",
+                          lr_warmup_steps=100, lr_cosine_steps=285, min_lr_frac=0.1, grad_clip=1.0),
+        train=TrainConfig(budget_s=570.0),
         quant=QuantConfig(scheme="int8_tensor", clip_percentile=100.0, passthrough_max_numel=0,
                           codec="zlib", fit_target=FIT_TARGET),
     )
@@ -245,28 +255,25 @@ def record_loop345() -> RunConfig:
 
 def seed_lora_mtp() -> RunConfig:
     """Seed PR #21, its final code and logged run: 4 unique blocks x 3 loops at d=768, 8/4 heads,
-    SwiGLU at 2/3 width (1024), rank-32 LoRA on attention q/k/v/o (each virtual layer its own),
-    U-Net skips, 2 multi-token-prediction heads (tokens t+2, t+3; weight 0.15, L73; training-only,
-    stripped from the artifact), EMA 0.995 from step 100 (a 200-step time constant, 4.4 % of the
-    log's 4,518 steps). Muon 0.04 (the LoRA stacks too, as the PR's L951) + Adam 0.05 / 0.04,
-    momentum warm-up over 500 steps (11 % of the log's wall clock), warm-down 1200 iterations (the
-    last 27 %), no clip; export as published: the baseline's int8_row + zlib-9, here fitted under
-    the cap (the PR's own run was over it: 16,507,603 + 52,440 code bytes,
-    runs/run_2026-03-19_8xH100.log). The PR body's shape (5 x 2, d=704, rank 16) is
-    seed-lora-mtp-5x2.
+    SwiGLU at 2/3 width (1024, L623-635), rank-32 LoRA on attention q/k/v/o, one adapter set per
+    extra loop shared by the 4 blocks, none on loop 0 (L716-724, L761), recurrence_scales
+    (x *= s[v] before each virtual layer, L759), U-Net skips, 2 multi-token-prediction heads (tokens
+    t+2, t+3: linear map, weightless RMSNorm, the tied softcapped head; weight 0.15, L73, L776-795,
+    L1107-1119; training-only, stripped from the artifact), EMA 0.995 (a 200-step time constant,
+    4.4 % of the log's 4,518 steps). Muon 0.04 (LoRA and MTP matrices too, L951-958) + Adam 0.05 /
+    0.04, momentum warm-up over 500 steps (11 % of the log's wall clock), warm-down 1200 iterations
+    (the last 27 %), no clip; export as published: the baseline's int8_row + zlib-9, here fitted
+    under the cap (the PR's own run was over it: 16,507,603 + 52,440 code bytes,
+    runs/run_2026-03-19_8xH100.log). 17,671,712 shipped parameters, the log's model_params (the PR
+    keeps its MTP heads outside the counted model); 18,851,360 with the two 768x768 MTP
+    projections. The PR body's shape (5 x 2, d=704, rank 16) is seed-lora-mtp-5x2.
 
-    Deviations from PR #21 (fidelity.md 002), all model code: one LoRA per virtual layer, loop 0
-    included (PR: one adapter set per extra loop, shared by the blocks, none on loop 0, L716-724,
-    L761); no recurrence_scales (x *= s[eff_i], L759); an MTP head is a linear map into the tied
-    head (PR: linear map, RMSNorm, tied head); the EMA averages from step 0 (PR: from step 100;
-    train/averaging.py). Count 20,562,464 (19,382,816 ship) vs the log's
-    17,671,712: +1,720,320 LoRA (12 per-layer sets instead of 2 shared ones), +1,179,648 MTP
-    projections (the PR keeps its MTP heads outside the counted model), -9,216 recurrence_scales.
-    """
+    Deviations from PR #21 (fidelity.md 002): the EMA averages from step 0 (PR: from step 100;
+    train/averaging.py)."""
     return RunConfig(
         name="seed-lora-mtp",
         model=ModelConfig(dim=768, n_heads=8, n_kv_heads=4, mlp="swiglu", mlp_hidden=1024, plan="4x3",
-                          lora_rank=32, mtp_heads=2, mtp_weight=0.15),
+                          lora_rank=32, recurrence_scales=True, mtp_heads=2, mtp_weight=0.15),
         optim=OptimConfig(momentum_warmup_frac=0.11, warmdown_frac=0.27, ema_horizon_frac=0.044),
         train=TrainConfig(budget_s=600.0),
         quant=QuantConfig(fit_target=FIT_TARGET),
@@ -275,8 +282,9 @@ def seed_lora_mtp() -> RunConfig:
 
 def seed_lora_mtp_5x2() -> RunConfig:
     """Seed PR #21, the shape of its body text: 5 unique blocks x 2 loops at d=704 (head dim 88),
-    SwiGLU at 2/3 width (960, the PR's rounding up to a multiple of 64), rank-16 LoRA; recipe,
-    export and deviations as seed-lora-mtp. No run of this shape is logged, so no published count.
+    SwiGLU at 2/3 width (960, the PR's rounding up to a multiple of 64), rank-16 LoRA (one set, for
+    the second loop); recipe, export and deviations as seed-lora-mtp. No run of this shape is
+    logged, so no published count: 18,396,264 shipped parameters by the PR's code and by this model.
     """
     cfg = seed_lora_mtp()
     cfg.name = "seed-lora-mtp-5x2"

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from loopgolf.config import ModelConfig
@@ -36,29 +37,65 @@ def test_xsa_applies_per_virtual_layer_even_for_shared_blocks():
     assert all(len(layer.attn_y) == 1 for layer in everywhere._stage_layers[-1])
 
 
-def test_lora_starts_as_a_no_op_and_is_per_virtual_layer():
+def test_lora_starts_as_a_no_op_with_one_set_per_extra_loop():
     idx = torch.randint(0, 64, (2, 8))
-    plain = _randomize(GPT(_cfg(plan="1x3")))
-    lora = GPT(_cfg(plan="1x3", lora_rank=4))
+    plain = _randomize(GPT(_cfg(plan="2x3")))
+    lora = GPT(_cfg(plan="2x3", lora_rank=4))
     lora.load_state_dict(plain.state_dict(), strict=False)
     assert torch.allclose(plain(idx, idx), lora(idx, idx), atol=1e-6)  # B = 0
     names = {n for n, _ in lora.named_parameters() if n.startswith("lora.")}
     assert names == {f"lora.{t}_{ab}" for t in "qkvo" for ab in "ab"}
-    assert lora.lora.q_a.shape == (3, 4, 32) and lora.lora.k_b.shape == (3, 16, 4)
-    assert abs(lora.lora.q_a.std().item() - 32 ** -0.5) < 0.03
+    # PR #21 L716-724: num_recurrence - 1 = 2 sets, shared by both blocks; (sets, r, d_in) / (sets, d_out, r)
+    assert lora.lora.q_a.shape == (2, 4, 32) and lora.lora.k_b.shape == (2, 16, 4) and lora.lora.o_a.shape == (2, 4, 32)
+    a = lora.lora.q_a
+    assert a.abs().max() <= 32 ** -0.5 and abs(a.std().item() - (3 * 32) ** -0.5) < 0.02  # nn.Linear's U(+-1/sqrt(in))
+    # loop 0 (virtual layers 0, 1) has no ops; loop k uses set k - 1 for both blocks (L761)
+    layers = lora._stage_layers[-1]
+    assert [len(layer.qkv) + len(layer.out) for layer in layers] == [0, 0, 2, 2, 2, 2]
+    assert [layer.qkv[0].keywords["i"] for layer in layers[2:]] == [0, 0, 1, 1]
     torch.nn.init.normal_(lora.lora.v_b, std=0.1)
     lora(idx, idx).mean().backward()
-    assert all(lora.lora.v_a.grad[v].abs().sum() > 0 for v in range(3))  # each loop has its own
+    assert all(lora.lora.v_a.grad[s].abs().sum() > 0 for s in range(2))  # each extra loop trains its own
+
+
+def test_lora_leaves_loop_0_as_the_unadapted_model():
+    """With non-zero adapters, the first loop's block outputs equal the plain model's; later ones differ."""
+    idx = torch.randint(0, 64, (2, 8))
+    plain = _randomize(GPT(_cfg(plan="2x2")))
+    lora = GPT(_cfg(plan="2x2", lora_rank=4))
+    lora.load_state_dict(plain.state_dict(), strict=False)
+    for n in ("q_b", "k_b", "v_b", "o_b"):
+        torch.nn.init.normal_(getattr(lora.lora, n), std=0.5)
+
+    def block_outputs(model):
+        seen = []
+        hooks = [b.register_forward_hook(lambda m, args, out: seen.append(out.detach())) for b in model.blocks]
+        model(idx, idx)
+        for h in hooks:
+            h.remove()
+        return seen  # in virtual-layer order: block 0, 1 (loop 0), 0, 1 (loop 1)
+
+    ref, got = block_outputs(plain), block_outputs(lora)
+    assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])
+    assert not torch.allclose(ref[2], got[2]) and not torch.allclose(ref[3], got[3])
 
 
 def test_lora_delta_is_b_times_a_x():
-    model = _randomize(GPT(_cfg(plan="1", lora_rank=2)))
-    layer = model._stage_layers[-1][0]
+    model = _randomize(GPT(_cfg(plan="1x2", lora_rank=2)))
+    layer = model._stage_layers[-1][1]  # the second loop: set 0
     x, q, k, v = torch.randn(1, 3, 32), torch.randn(1, 3, 32), torch.randn(1, 3, 16), torch.randn(1, 3, 16)
     (op,) = layer.qkv
     q2, k2, v2 = op(x, q, k, v)
     a, b = model.lora.k_a[0], model.lora.k_b[0]
     assert torch.allclose(k2, k + x @ a.T @ b.T, atol=1e-6)
+    y, out = torch.randn(1, 3, 32), torch.randn(1, 3, 32)
+    (op,) = layer.out
+    assert torch.allclose(op(y, out), out + y @ model.lora.o_a[0].T @ model.lora.o_b[0].T, atol=1e-6)
+
+
+def test_lora_needs_a_plan_that_repeats_a_block():
+    with pytest.raises(ValueError, match="model.lora_rank"):
+        GPT(_cfg(plan="2", lora_rank=2))
 
 
 def test_value_injection_only_on_chosen_layers_and_transparent_at_init():

@@ -1,7 +1,7 @@
 import torch
 
 from loopgolf.config import ModelConfig
-from loopgolf.model.blocks import Block, Rotary, rms_norm, to_stream_dtype
+from loopgolf.model.blocks import Block, RMSNorm, Rotary, rms_norm, to_stream_dtype
 from loopgolf.model.gpt import GPT
 
 
@@ -52,3 +52,76 @@ def test_residual_stream_runs_in_the_autocast_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert to_stream_dtype(x).dtype == torch.bfloat16
     assert torch.allclose(rms_norm(x).pow(2).mean(-1), torch.ones(2), atol=1e-5)
+
+
+def _pr29_reference_logits(model, idx, n_loops):
+    """PR #29's forward (L75-83, L105-201, L242-254), written out by hand on the model's weights:
+    raw embedding, x += attn(norm1(x)); x += ffn(norm2(x)) per loop, norm_out, tied logits, no cap.
+    Its RoPE is x*cos + rotate_half(x)*sin; loopgolf's turns the other way, so the reference's q/k
+    projections are loopgolf's with the second half of each head's rows negated (P R(-t) P = R(t))."""
+    F = torch.nn.functional
+    blk = model.blocks[0]
+    a = blk.attn
+    H, hd = a.n_heads, a.head_dim
+    sign = torch.cat([torch.ones(hd // 2), -torch.ones(hd // 2)])
+
+    def norm(x, w):
+        return (x.float() * x.float().pow(2).mean(-1, keepdim=True).add(1e-6).rsqrt()).type_as(x) * w
+
+    def rope(x):
+        T = x.size(-2)
+        inv = 1.0 / (10000.0 ** (torch.arange(0, hd, 2).float() / hd))
+        f = torch.outer(torch.arange(T).float(), inv)
+        emb = torch.cat([f, f], -1)
+        x1, x2 = x.chunk(2, -1)
+        return x * emb.cos() + torch.cat([-x2, x1], -1) * emb.sin()
+
+    wq = (a.c_q.weight.view(H, hd, -1) * sign[None, :, None]).reshape_as(a.c_q.weight)
+    wk = a.c_k.weight * sign[:, None]
+    gate_w, up_w = blk.mlp.fc.weight.chunk(2, 0)
+    x = model.tok_emb(idx)
+    B, T, C = x.shape
+    for _ in range(n_loops):
+        h = norm(x, blk.attn_norm.weight)
+        q = rope((h @ wq.T).view(B, T, H, hd).transpose(1, 2))
+        k = rope((h @ wk.T).view(B, T, 1, hd).transpose(1, 2)).expand(B, H, T, hd)
+        v = (h @ a.c_v.weight.T).view(B, T, 1, hd).transpose(1, 2).expand(B, H, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=hd ** -0.5)
+        x = x + y.transpose(1, 2).reshape(B, T, C) @ a.proj.weight.T
+        h = norm(x, blk.mlp_norm.weight)
+        x = x + (F.silu(h @ gate_w.T) * (h @ up_w.T)) @ blk.mlp.proj.weight.T
+    return norm(x, model.final_norm.weight) @ model.tok_emb.weight.T
+
+
+def test_plain_prenorm_model_equals_the_pr29_reference_forward():
+    cfg = ModelConfig(vocab_size=64, dim=32, n_heads=4, n_kv_heads=1, mlp="swiglu", mlp_hidden=48, plan="1x3",
+                      block="plain_prenorm", unet_skips=False, logit_softcap=0.0, init_std=0.02, embed_init_std=0.02)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    with torch.no_grad():  # move the norms off their init so that the weights matter
+        for p in (model.blocks[0].attn_norm.weight, model.blocks[0].mlp_norm.weight, model.final_norm.weight):
+            p.copy_(1 + 0.3 * torch.randn_like(p))
+        model.tok_emb.weight.mul_(20)
+    idx = torch.randint(0, 64, (2, 10))
+    ref = _pr29_reference_logits(model, idx, 3)
+    torch.testing.assert_close(model.logits(idx), ref, rtol=1e-4, atol=1e-5)
+    nll = torch.nn.functional.cross_entropy(ref.view(-1, 64), idx.view(-1), reduction="none").view(2, 10)
+    torch.testing.assert_close(model(idx, idx), nll, rtol=1e-4, atol=1e-5)
+
+
+def test_plain_prenorm_has_exactly_the_pr29_tensors():
+    cfg = ModelConfig(vocab_size=64, dim=32, n_heads=4, n_kv_heads=1, mlp="swiglu", mlp_hidden=48, plan="1x3",
+                      block="plain_prenorm", unet_skips=False)
+    names = {n for n, _ in GPT(cfg).named_parameters()}
+    assert names == {"tok_emb.weight", "final_norm.weight", "blocks.0.attn_norm.weight", "blocks.0.mlp_norm.weight",
+                     *(f"blocks.0.attn.{m}.weight" for m in ("c_q", "c_k", "c_v", "proj")),
+                     "blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight"}  # no q_gain, scales, resid_mix
+
+
+def test_rms_norm_module_is_the_pr29_formula():
+    norm = RMSNorm(8)
+    with torch.no_grad():
+        norm.weight.copy_(torch.arange(8.0))
+    x = torch.randn(3, 8)
+    want = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * torch.arange(8.0)
+    torch.testing.assert_close(norm(x), want)

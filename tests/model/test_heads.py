@@ -26,18 +26,23 @@ def test_mtp_heads_change_only_the_training_loss():
     assert torch.allclose(trained[:, -1], plain[:, -1])  # the last position has no t+2 target
 
 
-def test_mtp_loss_is_the_weighted_mean_of_the_head_losses():
-    idx = torch.randint(0, 64, (1, 6))
-    model = _model(mtp_weight=0.5)
+def test_mtp_loss_is_pr21s_weighted_mean_of_the_head_means():
+    """PR #21 L1107-1119: loss = mean CE + w * (sum_k mean over the T - k positions of head k) / n,
+    head k = weightless RMSNorm of proj_k(h) into the tied softcapped head. The mean over all
+    positions of loopgolf's per-token loss equals it."""
+    from loopgolf.model.blocks import rms_norm
+    F = torch.nn.functional
+    idx = torch.randint(0, 64, (2, 6))
+    model = _model(mtp_weight=0.15)
     model.train()
     h = model._hidden(idx, model._stage_layers[-1])
-    nll = torch.nn.functional.cross_entropy(model.unembed(h)[0], idx[0], reduction="none")
-    want = nll.clone()
+    want = F.cross_entropy(model.unembed(h).reshape(-1, 64), idx.reshape(-1))
+    mtp = 0.0
     for k, head in enumerate(model.mtp_heads, start=1):
-        from loopgolf.model.blocks import rms_norm
-        lk = model.unembed(rms_norm(head.proj(h[:, :-k])))[0]
-        want[:-k] += 0.5 / 2 * torch.nn.functional.cross_entropy(lk, idx[0, k:], reduction="none")
-    assert torch.allclose(model(idx, idx)[0], want, atol=1e-5)
+        z = F.linear(rms_norm(head.proj(h[:, :-k])), model.tok_emb.weight)
+        mtp = mtp + F.cross_entropy((30 * torch.tanh(z / 30)).reshape(-1, 64), idx[:, k:].reshape(-1))
+    want = want + 0.15 * mtp / 2
+    torch.testing.assert_close(model(idx, idx).mean(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_mtp_heads_never_ship():

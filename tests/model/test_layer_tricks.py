@@ -151,3 +151,31 @@ def test_orthogonal_init_gives_orthonormal_input_matrices():
     w = plain.blocks[0].attn.c_k.weight  # kaiming-uniform default: not orthonormal
     assert not torch.allclose(w @ w.T, torch.eye(w.shape[0]), atol=1e-2)
     assert torch.equal(plain.tok_emb.weight, model.tok_emb.weight)  # the core's draws come first
+
+
+def test_normal_init_is_pr29s():
+    """model.init_std = 0.02 (PR #29 L233-240): block matrices and the block's norm weights N(0, 0.02),
+    output projections N(0, 0.02 / sqrt(2 x 12)); the final norm keeps 1."""
+    cfg = ModelConfig(vocab_size=64, dim=256, n_heads=4, n_kv_heads=1, mlp="swiglu", mlp_hidden=512, plan="1x12",
+                      block="plain_prenorm", unet_skips=False, init_std=0.02)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    b = model.blocks[0]
+    for w in (b.attn.c_q.weight, b.attn.c_k.weight, b.mlp.fc.weight):
+        assert abs(w.std().item() / 0.02 - 1) < 0.03 and abs(w.mean().item()) < 1e-3
+    for w in (b.attn.proj.weight, b.mlp.proj.weight):
+        assert abs(w.std().item() / (0.02 / 24 ** 0.5) - 1) < 0.03
+    for w in (b.attn_norm.weight, b.mlp_norm.weight):  # redrawn as every shared_block tensor in the PR
+        assert w.abs().max() < 0.1 and abs(w.std().item() / 0.02 - 1) < 0.2
+    assert torch.equal(model.final_norm.weight, torch.ones(256))
+    baseline = GPT(_cfg(plan="1x2", init_std=0.02))  # the baseline block's 1-D controls keep their init
+    assert torch.equal(baseline.blocks[0].attn.q_gain, torch.full((4,), 1.5))
+    assert baseline.blocks[0].attn.proj.weight.std() > 0  # no longer zero-initialized
+    with pytest.raises(ValueError, match="model.ortho_init"):
+        GPT(_cfg(plan="2", init_std=0.02, ortho_init=True))
+
+
+def test_plain_prenorm_refuses_the_tricks_it_cannot_run():
+    for kw in (dict(per_layer_scales=True), dict(ln_scale=True), dict(parallel_from=1)):
+        with pytest.raises(ConfigError, match="plain_prenorm"):
+            GPT(_cfg(plan="2", block="plain_prenorm", **kw))

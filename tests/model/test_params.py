@@ -61,13 +61,16 @@ def test_known_kinds():
     assert mtp.training_only and mtp.storage == "none" and mtp.optimizer == "muon"
     emb = kind_of("tok_emb.weight", t2)
     assert emb.lr_field(True) == "tied_embed_lr" and emb.lr_field(False) == "embed_lr"
+    for name in ("blocks.0.attn_norm.weight", "blocks.2.mlp_norm.weight", "final_norm.weight"):  # PR #29
+        norm = kind_of(name, t1)
+        assert (norm.kind, norm.optimizer, norm.storage) == ("norm", "adam", "control_fp32")
     buf = kind_of("anything.at.all", torch.zeros(3, dtype=torch.int64))
     assert buf.kind == "integer_buffer" and buf.storage == "raw"
 
 
 CONTROLS = ["loop_embed", "cross_repeat_scales", "ve_scales", "skip_gates", "skip_weights",
             "bigram.scale", "smear.gate", "ve_inject.scales", "blocks.0.attn.q_gain",
-            "blocks.0.resid_mix", "layer_mlp_scale"]
+            "blocks.0.resid_mix", "layer_mlp_scale", "recurrence_scales"]
 
 
 @pytest.mark.parametrize("name", CONTROLS)

@@ -97,3 +97,25 @@ def test_stream_tricks_in_a_model_start_transparent():
     fancy = GPT(_cfg(plan="2x2", loop_embed=True, value_embeds=2, cross_repeat=True))
     fancy.load_state_dict(plain.state_dict(), strict=False)
     assert torch.allclose(plain(idx, idx), fancy(idx, idx), atol=1e-6)
+
+
+def test_recurrence_scales_multiply_before_the_unet_skip():
+    """PR #21 L758-772: x *= s[v], then the decoder's skip is added, then the block runs."""
+    model = GPT(_cfg(plan="1x2", recurrence_scales=True))
+    assert model.recurrence_scales.shape == (2, 4) and torch.equal(model.recurrence_scales, torch.ones(2, 4))
+    torch.manual_seed(0)
+    for p in model.blocks.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    with torch.no_grad():
+        model.recurrence_scales[1] = torch.tensor([0.0, 2.0, -1.0, 0.5])
+        model.skip_weights.copy_(torch.tensor([[0.5, 1.0, 1.5, 2.0]]))
+    seen = []
+    model.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    outs = []
+    model.blocks[0].register_forward_hook(lambda m, args, out: outs.append(out.detach()))
+    idx = torch.randint(0, 64, (1, 5))
+    model(idx, idx)
+    x0 = torch.nn.functional.rms_norm(model.tok_emb(idx), (4,))
+    torch.testing.assert_close(seen[0], x0)  # s[0] = 1
+    want = outs[0] * model.recurrence_scales[1] + model.skip_weights[0] * outs[0]
+    torch.testing.assert_close(seen[1], want.detach())

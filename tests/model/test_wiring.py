@@ -7,7 +7,7 @@ import torch
 
 from loopgolf.config import ModelConfig
 from loopgolf.model import gpt
-from loopgolf.model.blocks import Block
+from loopgolf.model.blocks import Block, PlainAttention, PlainBlock
 from loopgolf.model.gpt import GPT
 from loopgolf.model.recurrence import parse_plan
 from loopgolf.model.stream import push_skip
@@ -69,7 +69,8 @@ def test_a_layer_holds_only_the_ops_it_runs():
 
 def test_forward_is_a_plain_loop_without_feature_branches():
     """The forward pass has no `if` and no conditional expression: tricks were decided in __init__."""
-    for fn in (GPT._hidden, GPT._loss_of, GPT.forward, GPT.logits, Block.forward):
+    for fn in (GPT._hidden, GPT._loss_of, GPT.forward, GPT.logits, Block.forward, PlainBlock.forward,
+               PlainAttention.position):
         tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
         assert not [n for n in ast.walk(tree) if isinstance(n, (ast.If, ast.IfExp))], fn.__qualname__
 
@@ -77,7 +78,7 @@ def test_forward_is_a_plain_loop_without_feature_branches():
 def test_every_registered_trick_is_off_by_default():
     model = GPT(_cfg(plan="2"))
     assert model._features and all(type(f).__name__ == "UNetSkip" for f in model._features)
-    assert {cls.__name__ for cls in gpt.TRICKS} >= {"BigramHash", "SmearGate", "XSA", "PerLayerLoRA",
+    assert {cls.__name__ for cls in gpt.TRICKS} >= {"BigramHash", "SmearGate", "XSA", "LoopLoRA",
                                                     "MTPHeads", "CrossRepeatSkip", "LNScale"}
 
 

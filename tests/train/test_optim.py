@@ -166,3 +166,24 @@ def test_sharded_muon_gives_every_rank_the_one_process_update(tmp_path, world):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in range(world):
         assert float((tmp_path / f"muon-{world}-{rank}.txt").read_text()) == 0.0
+
+
+def test_adamw_kind_is_one_adamw_over_every_parameter():
+    """optim.kind=adamw (PR #29 L424-430): one group, every parameter, lr 3e-3, WD 0.1 on all of them;
+    the first step is p (1 - lr wd) - lr g / (|g| + eps) (bias-corrected Adam at step 1)."""
+    cfg = get_preset("seed-universal-mqa")
+    cfg.model.dim, cfg.model.n_heads, cfg.model.mlp_hidden, cfg.model.vocab_size = 32, 4, 48, 64
+    model = GPT(cfg.model)
+    (opt,) = build_optimizers(model, cfg.optim, cfg.model)
+    assert isinstance(opt, torch.optim.AdamW) and len(opt.param_groups) == 1
+    g = opt.param_groups[0]
+    assert (g["lr"], g["base_lr"], g["weight_decay"], opt.defaults["betas"]) == (3e-3, 3e-3, 0.1, (0.9, 0.95))
+    assert {id(p) for p in g["params"]} == {id(p) for p in model.parameters()}
+    before = [p.detach().clone() for p in model.parameters()]
+    torch.manual_seed(0)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    for p, p0 in zip(model.parameters(), before):
+        want = p0 * (1 - 3e-3 * 0.1) - 3e-3 * p.grad / (p.grad.abs() + 1e-8)
+        torch.testing.assert_close(p.detach(), want, rtol=1e-5, atol=1e-7)

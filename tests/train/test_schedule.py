@@ -67,3 +67,33 @@ def test_seq_len_schedule_errors_name_the_field(spec, fragment):
     from loopgolf.train.schedule import parse_seq_len_schedule
     with pytest.raises(ConfigError, match=f"train.seq_len_schedule=.*{fragment}"):
         parse_seq_len_schedule(spec, 3072, 786_432, 16 * 3072)
+
+
+def _pr29_get_lr(step, lr=3e-3, lr_min=3e-4, warmup=100, total=285):
+    """PR #29 L304-315, transcribed."""
+    import math
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr_min + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - lr_min)
+
+
+def test_step_keyed_cosine_is_pr29s_get_lr():
+    from loopgolf.presets import get_preset
+    cfg = get_preset("seed-universal-mqa")
+    o, t = cfg.optim, cfg.train
+    for step in (0, 1, 50, 99, 100, 101, 192, 284, 285, 286, 400, 470, 1000):
+        got = o.adamw_lr * lr_multiplier(Progress(step, step * 0.3, 0.3), o, t)
+        assert got == pytest.approx(_pr29_get_lr(step), rel=1e-12), step
+    assert o.adamw_lr * lr_multiplier(Progress(0, 0.0, 0.0), o, t) == pytest.approx(3e-5)
+    assert o.adamw_lr * lr_multiplier(Progress(285, 100.0, 0.3), o, t) == pytest.approx(3e-4)  # the floor
+    assert lr_multiplier(Progress(470, 200.0, 0.3), o, t) == pytest.approx(1.0)  # past 285 it rises again
+
+
+def test_cosine_over_the_run_when_no_step_horizon():
+    t = TrainConfig(budget_s=100, max_steps=10**9)
+    o = OptimConfig(lr_schedule="cosine", warmup_frac=0.2, min_lr_frac=0.1)
+    assert lr_multiplier(Progress(3, 10.0, 0.1), o, t) == pytest.approx(0.5)  # linear warm-up
+    assert lr_multiplier(Progress(9, 20.0, 0.1), o, t) == pytest.approx(1.0)
+    assert lr_multiplier(Progress(9, 60.0, 0.1), o, t) == pytest.approx(0.55)  # halfway: (1 + 0.1) / 2
+    assert lr_multiplier(Progress(9, 100.0, 0.1), o, t) == pytest.approx(0.1)

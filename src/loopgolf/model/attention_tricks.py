@@ -1,4 +1,4 @@
-"""Tricks inside attention at chosen virtual layers: V-injection (VE128), per-virtual-layer LoRA, XSA,
+"""Tricks inside attention at chosen virtual layers: V-injection (VE128), per-loop LoRA, XSA,
 the sparse attention output gate, and document-isolated attention (model/doc_attention.py).
 
 They plug into Attention.forward through the layer's "qkv", "v", "attend", "attn_y" and "out" hooks
@@ -59,20 +59,28 @@ class ValueInjection(Feature, nn.Module):
         return v + self.scales[j].to(v.dtype) * table.to(v.dtype)
 
 
-class PerLayerLoRA(Feature, nn.Module):
-    """Per-virtual-layer LoRA on attention q/k/v/o (seed PR #21; model.lora_rank = r): each virtual
-    layer (so each loop of a shared block) adds its own low-rank delta
+class LoopLoRA(Feature, nn.Module):
+    """LoRA on attention q/k/v/o, one adapter set per extra loop (seed PR #21 L716-724, L761;
+    model.lora_rank = r): the k-th repeat of a block (visit k >= 1; in a "4x3" plan, loop k) adds
 
-        q += B_q[slot] (A_q[slot] x)   (likewise k, v),   out += B_o[slot] (A_o[slot] y)
+        q += B_q[k-1] (A_q[k-1] x)   (likewise k, v),   out += B_o[k-1] (A_o[k-1] y)
 
-    A ~ N(0, 1/d_in), B = 0 (a no-op at initialization). Parameters lora.{q,k,v,o}_{a,b}:
-    a (n_slots, r, d_in), b (n_slots, d_out, r)."""
+    and every block repeated for the k-th time shares set k-1; first visits (loop 0) run the base
+    weights only. x is the attention's normalized input, y its output before the projection.
+    A ~ U(-1/sqrt(d_in), 1/sqrt(d_in)) (nn.Linear's default, as the PR's LoRAAdapter.down),
+    B = 0 (a no-op at initialization). Parameters lora.{q,k,v,o}_{a,b}: a (n_sets, r, d_in),
+    b (n_sets, d_out, r), n_sets = the most visits of a block - 1; trained by Muon matrix by matrix
+    (PR L951). A deeper eval-time plan reuses the block's deepest trained visit (plan.with_loops)."""
 
     field = "lora_rank"
 
     def __init__(self, cfg: ModelConfig, shape: ModelShape):
         super().__init__()
-        r, d, kv, n = cfg.lora_rank, cfg.dim, shape.kv_dim, shape.n_slots
+        r, d, kv, n = cfg.lora_rank, cfg.dim, shape.kv_dim, shape.max_visits - 1
+        if n < 1:
+            raise ValueError(f"model.lora_rank={r}: plan {cfg.plan!r} runs no block twice, and LoRA sets "
+                             "exist only for extra loops (PR #21); loop a block (e.g. model.plan=4x3) or set "
+                             "model.lora_rank=0")
         self.q_a, self.q_b = self._pair(n, r, d, d)
         self.k_a, self.k_b = self._pair(n, r, d, kv)
         self.v_a, self.v_b = self._pair(n, r, d, kv)
@@ -80,13 +88,16 @@ class PerLayerLoRA(Feature, nn.Module):
 
     @staticmethod
     def _pair(n: int, r: int, d_in: int, d_out: int) -> tuple[nn.Parameter, nn.Parameter]:
-        return (nn.Parameter(torch.randn(n, r, d_in) / d_in ** 0.5), nn.Parameter(torch.zeros(n, d_out, r)))
+        a = (torch.rand(n, r, d_in) * 2 - 1) / d_in ** 0.5
+        return nn.Parameter(a), nn.Parameter(torch.zeros(n, d_out, r))
 
     def create(self):
         return {"lora": self}
 
     def at(self, spec: LayerSpec):
-        i = spec.slot
+        if spec.visit_slot == 0:
+            return {}
+        i = spec.visit_slot - 1
         return {"qkv": partial(self.qkv, i=i), "out": partial(self.out, i=i)}
 
     @staticmethod
@@ -152,4 +163,4 @@ class SparseAttnGate(Feature, nn.Module):
         return y * torch.sigmoid(self.scale * logit).transpose(1, 2).unsqueeze(-1)  # y: (B, H, T, D)
 
 
-TRICKS = (ValueInjection, PerLayerLoRA, XSA, SparseAttnGate, DocIsolatedAttention)
+TRICKS = (ValueInjection, LoopLoRA, XSA, SparseAttnGate, DocIsolatedAttention)

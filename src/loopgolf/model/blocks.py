@@ -6,7 +6,8 @@ with full RoPE and per-head `q_gain`, ReLU^2 MLP, per-block `attn_scale`, `mlp_s
 so every block starts as the identity. A block runs as one virtual layer at a time: `Block.forward(x,
 ctx, layer)` takes the layer's wiring (model/wiring.py), whose ops (LoRA, V-injection, XSA, LN scale,
 parallel residual, per-layer scales, repeat MLPs) were chosen at construction, so a block shared by
-several virtual layers can, e.g., use XSA on its last visit only. Parameter names are an API: the
+several virtual layers can, e.g., use XSA on its last visit only. model.block=plain_prenorm picks
+PlainBlock instead (PR #29: learned-weight pre-norms, nothing else). Parameter names are an API: the
 optimizer table (train/optim.py) and the quantization table (compress/quant.py) match them.
 """
 from __future__ import annotations
@@ -87,6 +88,26 @@ class Rotary(nn.Module):
         return torch.cat((rot, rest), dim=-1) if rest.size(-1) else rot
 
 
+class RMSNorm(nn.Module):
+    """RMSNorm with a learned per-dim weight (PR #29 L75-83): x / sqrt(mean(x^2) + eps) in float32,
+    back to x's dtype, times `weight` (init 1; PR #29's block init then redraws it, model.init_std)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).to(x.dtype) * self.weight.to(x.dtype)
+
+
+class WeightlessNorm(nn.Module):
+    """The baseline's RMSNorm as a module (no parameters): rms_norm(x)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x)
+
+
 class Attention(nn.Module):
     """Causal GQA attention with QK-norm, RoPE and a learned per-head q gain. The virtual layer's ops
     adjust q/k/v (LoRA), V (V-injection), pick the kernel ("attend": document-isolated or not), adjust
@@ -94,6 +115,10 @@ class Attention(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self._projections(cfg)
+        self.q_gain = nn.Parameter(torch.full((cfg.n_heads,), cfg.qk_gain_init))
+
+    def _projections(self, cfg: ModelConfig) -> None:
         self.n_heads, self.n_kv = cfg.n_heads, cfg.n_kv_heads
         self.head_dim = cfg.dim // cfg.n_heads
         kv_dim = self.n_kv * self.head_dim
@@ -101,8 +126,12 @@ class Attention(nn.Module):
         self.c_k = nn.Linear(cfg.dim, kv_dim, bias=False)
         self.c_v = nn.Linear(cfg.dim, kv_dim, bias=False)
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
-        self.q_gain = nn.Parameter(torch.full((cfg.n_heads,), cfg.qk_gain_init))
         self.rotary = Rotary(cfg.rope_dims or self.head_dim, cfg.rope_base)
+
+    def position(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """QK-norm, RoPE, q gain on (B, H, T, D) q and (B, KV, T, D) k."""
+        q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
+        return q * self.q_gain.to(q.dtype)[None, :, None, None], k
 
     def forward(self, x: torch.Tensor, ctx, layer) -> torch.Tensor:
         B, T, C = x.shape
@@ -114,8 +143,7 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B,H,T,D)
         k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B,KV,T,D)
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
-        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        q, k = self.position(q, k)
         y = layer.attend(q, k, v, ctx)
         for op in layer.attn_y:
             y = op(y, v, x)
@@ -124,6 +152,19 @@ class Attention(nn.Module):
         for op in layer.out:
             out = op(y, out)
         return out
+
+
+class PlainAttention(Attention):
+    """PR #29's attention (L116-167): RoPE on q and k, no QK-norm, no q gain; scale 1/sqrt(head dim).
+    Its RoPE turns the other way (x1 cos + x2 sin): the same model up to negating half of the c_q
+    and c_k rows, which its symmetric init and AdamW's elementwise update cannot tell apart."""
+
+    def __init__(self, cfg: ModelConfig):
+        nn.Module.__init__(self)
+        self._projections(cfg)
+
+    def position(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rotary(q), self.rotary(k)
 
 
 class ReluSquaredMLP(nn.Module):
@@ -205,3 +246,32 @@ class Block(nn.Module):
             return mlp_scale * layer.mlp(h)
 
         return layer.residual(x, mix, ctx, attn, mlp, layer.norm)
+
+
+class PlainBlock(nn.Module):
+    """PR #29's block (L189-201; model.block=plain_prenorm): a plain pre-norm residual with learned
+    RMSNorm weights, no resid_mix, no attn/mlp scales, no QK-norm or q gain:
+
+        x = x + attn(attn_norm(x));   x = x + mlp(mlp_norm(x))
+
+    Parameters blocks.{i}.attn_norm.weight, blocks.{i}.mlp_norm.weight (PARAM_KINDS "norm"). The
+    layer's list hooks (LoRA, XSA, V-injection, U-Net skips around the block) and its "mlp" and
+    "attend" still apply; "controls", "norm" and "residual" do not exist here (config.py refuses
+    the tricks that replace them)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim)
+        self.attn = PlainAttention(cfg)
+        self.mlp_norm = RMSNorm(cfg.dim)
+        self.mlp = MLPS[cfg.mlp](cfg)
+
+    def default_ops(self) -> dict:
+        return {"controls": None, "norm": None, "residual": None, "mlp": self.mlp, "attend": plain_attend}
+
+    def forward(self, x: torch.Tensor, ctx, layer) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), ctx, layer)
+        return x + layer.mlp(self.mlp_norm(x))
+
+
+BLOCKS = {"baseline": Block, "plain_prenorm": PlainBlock}

@@ -2,12 +2,12 @@
 decided at construction (model/wiring.py), so the forward pass is a plain loop:
 
     x = tok_emb[idx];  x = token tricks(x)  (BigramHash);  x = bf16 under autocast
-    x0 = x = rms_norm(stream tricks(x))     (SmearGate)
+    x0 = x = in_norm(stream tricks(x))     (SmearGate; in_norm = rms_norm, or none: model.block)
     for layer in layers(stage):              # one per virtual layer: its block and its ops
         x = pre ops(x)                       (U-Net skip pop, loop embedding, value embeds, cross-repeat)
         x = layer.block(x, ctx, layer)       (per-layer controls, norm, residual, MLP, attention ops)
         x = post ops(x)                      (U-Net skip push, cross-repeat record)
-    logits = 30 * tanh((rms_norm(x) @ W_emb^T) / 30)       # tied embeddings, logit softcap
+    logits = 30 * tanh((final_norm(x) @ W_emb^T) / 30)     # tied embeddings, logit softcap
     nll (+ loss tricks: MTP heads in training)
 
 The head (model/logit_head.py) is picked at construction: the cap (symmetric softcap, or AsymLogit)
@@ -22,6 +22,7 @@ Parameter names (an API, matched by train/optim.py and compress/quant.py):
     tok_emb.weight, lm_head.weight (untied only), skip_weights, skip_gates,
     blocks.{i}.attn.c_q|c_k|c_v|proj.weight, blocks.{i}.attn.q_gain, blocks.{i}.mlp.fc|proj.weight,
     blocks.{i}.attn_scale|mlp_scale|resid_mix        (or layer_attn_scale|layer_mlp_scale|layer_resid_mix)
+    blocks.{i}.attn_norm|mlp_norm.weight, final_norm.weight (model.block=plain_prenorm), recurrence_scales,
     loop_embed, cross_repeat_scales, value_embeds.{k}.weight, ve_scales, repeat_mlps.{k}.fc|proj.weight,
     bigram.table.weight, bigram.proj.weight, bigram.scale, smear.gate,
     ve_inject.table.weight, ve_inject.proj.weight, ve_inject.scales,
@@ -37,7 +38,7 @@ from torch import nn
 
 from loopgolf.config import ModelConfig
 from loopgolf.model import attention_tricks, features, fp8, heads, layer_tricks, logit_head, stream
-from loopgolf.model.blocks import Block, rms_norm, to_stream_dtype
+from loopgolf.model.blocks import BLOCKS, RMSNorm, WeightlessNorm, to_stream_dtype
 from loopgolf.model.recurrence import RecurrencePlan, Stage, parse_stages
 from loopgolf.model.wiring import MODEL_HOOKS, Context, Layer, ModelShape, wire
 
@@ -53,9 +54,14 @@ class GPT(nn.Module):
         self.stages: tuple[Stage, ...] = parse_stages(cfg.plan_stages, cfg.plan)
         self.shape = ModelShape.of(cfg, [st.plan for st in self.stages])
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(self.shape.n_blocks))
+        self.blocks = nn.ModuleList(BLOCKS[cfg.block](cfg) for _ in range(self.shape.n_blocks))
         if cfg.fp8:
             fp8.convert_linears(self.blocks)
+        # the baseline normalizes the embedding and the final stream without weights; PR #29's plain
+        # pre-norm model (model.block=plain_prenorm) feeds the raw embedding and ends in a learned norm
+        plain = cfg.block == "plain_prenorm"
+        self.in_norm = nn.Identity() if plain else WeightlessNorm()
+        self.final_norm = RMSNorm(cfg.dim) if plain else WeightlessNorm()
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.logit_cap, self._head = logit_head.build(cfg)
         self._features = [f for cls in TRICKS if (f := cls.build(cfg, self.shape)) is not None]
@@ -75,7 +81,7 @@ class GPT(nn.Module):
         self.init_weights()
 
     def _wire(self, plan: RecurrencePlan) -> tuple[Layer, ...]:
-        return wire(plan, self.blocks, self._features, Block.default_ops)
+        return wire(plan, self.blocks, self._features, lambda block: block.default_ops())
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -83,7 +89,7 @@ class GPT(nn.Module):
         constructor). This order keeps the random draws of a seed as they were before the tricks
         became modules, so a seed still gives the same initial weights."""
         nn.init.normal_(self.tok_emb.weight, std=self.cfg.embed_init_std)
-        for block in self.blocks:
+        for block in self.blocks:  # PR #29's N(0, std) init, if chosen, is a trick (NormalInit)
             for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.fc):
                 lin.reset_parameters()  # nn.Linear's default, as the baseline's CastedLinear keeps it
             nn.init.zeros_(block.attn.proj.weight)  # every block starts as the identity
@@ -133,7 +139,7 @@ class GPT(nn.Module):
         x = to_stream_dtype(x)
         for op in self._stream:
             x = op(x, idx)
-        x = rms_norm(x)
+        x = self.in_norm(x)
         ctx = Context(self, idx, x)
         for layer in layers:
             for op in layer.pre:
@@ -141,7 +147,7 @@ class GPT(nn.Module):
             x = layer.block(x, ctx, layer)
             for op in layer.post:
                 x = op(x, ctx)
-        return rms_norm(x)
+        return self.final_norm(x)
 
     def head_weight(self) -> torch.Tensor:
         return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight

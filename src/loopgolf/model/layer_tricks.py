@@ -196,4 +196,32 @@ class OrthogonalInit(Feature):
                 nn.init.orthogonal_(lin.weight, gain=1.0)
 
 
-TRICKS = (PerLayerScales, LNScale, ParallelResidual, TwoLaneResidual, UntiedRepeatMLP, OrthogonalInit)
+class NormalInit(Feature):
+    """PR #29's init (L233-240; model.init_std = s): every block tensor drawn from N(0, s), the
+    output projections (attn.proj, mlp.proj) from N(0, s / sqrt(2 L)), L = the final plan's virtual
+    layers (PR #29: 0.02 / sqrt(24) for 12 loops), instead of kaiming-uniform inputs and zero
+    outputs. As published, "every block tensor" includes model.block=plain_prenorm's two RMSNorm
+    weights (the PR loops over all of shared_block.named_parameters(), so its norms start near 0,
+    not 1; the final norm, outside the block, keeps 1). The baseline block's 1-D controls (q_gain,
+    attn/mlp scales, resid_mix) are not PR #29 tensors and keep their constant init. The embedding
+    follows model.embed_init_std (PR #29: 0.02). Runs after the core's init, like OrthogonalInit."""
+
+    field = "init_std"
+
+    def __init__(self, cfg: ModelConfig, shape: ModelShape):
+        if cfg.ortho_init:
+            raise ValueError("model.init_std (PR #29's normal init) and model.ortho_init both redraw the block "
+                             "matrices; set one of them off (model.init_std=0 or model.ortho_init=false)")
+        self.std = cfg.init_std
+
+    def init_weights(self, model: nn.Module) -> None:
+        out_std = self.std / (2 * model.plan.n_virtual) ** 0.5
+        for block in model.blocks:
+            for name, p in block.named_parameters():
+                if name in ("attn.proj.weight", "mlp.proj.weight"):
+                    nn.init.normal_(p, std=out_std)
+                elif p.ndim == 2 or name.endswith("_norm.weight"):
+                    nn.init.normal_(p, std=self.std)
+
+
+TRICKS = (PerLayerScales, LNScale, ParallelResidual, TwoLaneResidual, UntiedRepeatMLP, OrthogonalInit, NormalInit)

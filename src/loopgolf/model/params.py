@@ -58,7 +58,7 @@ class ParamKind:
 _PREFIX = r"(?:.*\.)?"  # any module path in front (blocks.3., repeat_mlps.0., ...)
 CONTROL_NAMES = (r"(?:layer_)?(?:attn_scale|mlp_scale|resid_mix)", r"q_gain", r"skip_weights",
                  r"skip_gates", r"loop_embed", r"cross_repeat_scales", r"ve_scales", r"bigram\.scale",
-                 r"smear\.gate", r"ve_inject\.scales")
+                 r"smear\.gate", r"ve_inject\.scales", r"recurrence_scales")
 
 PARAM_KINDS: tuple[ParamKind, ...] = (
     ParamKind("embedding", r"(?:tok_emb|value_embeds\.\d+|bigram\.table|ve_inject\.table)\.weight",
@@ -82,6 +82,9 @@ PARAM_KINDS: tuple[ParamKind, ...] = (
               "control_fp32", "control", ndim=0),
     ParamKind("control", _PREFIX + "(?:" + "|".join(CONTROL_NAMES) + ")", "adam", "scalar_lr",
               "adam_weight_decay", "control_fp32", "control"),
+    # learned RMSNorm weights of model.block=plain_prenorm (PR #29: trained and stored as every tensor)
+    ParamKind("norm", _PREFIX + r"(?:attn_norm|mlp_norm|final_norm)\.weight", "adam", "scalar_lr",
+              "adam_weight_decay", "control_fp32", "control", ndim=1),
     # frontier gates and lane mixes (PR #1855: routed to the scalar AdamW by its control patterns)
     ParamKind("frontier_control", r"lane_post|lane_resid|attn_gate\.weight|smear_in\.(?:weight|lam)",
               "adam", "scalar_lr", "adam_weight_decay", "control_fp32", "control"),

@@ -1,7 +1,7 @@
 """Residual-stream tricks that run between blocks, one op per virtual layer (model/wiring.py).
 
 In registry order (`TRICKS`), which is the order their "pre" ops add to x before a block:
-U-Net skip (plain or gated), loop embedding, residual value embeddings, cross-repeat skip.
+recurrence scale (x *= s), U-Net skip (plain or gated), loop embedding, residual value embeddings, cross-repeat skip.
 Their parameters are bare tensors on the GPT (`skip_weights`, `loop_embed`, ...), sized by the plan
 slots of every stage (ModelShape) and read on `ctx.model` when the op runs.
 """
@@ -19,6 +19,30 @@ from loopgolf.model.wiring import Context, Feature, ModelShape
 
 def _param(shape, fill: float) -> nn.Parameter:
     return nn.Parameter(torch.full(shape, fill))
+
+
+class RecurrenceScales(Feature):
+    """A learned per-dim scale of the stream before each virtual layer (seed PR #21 L725-728, L758-759;
+    model.recurrence_scales), so a shared block's visits see differently scaled inputs:
+
+        x = x * recurrence_scales[slot]        (recurrence_scales (n_slots, d), init 1)
+
+    Its "pre" op runs first, before the U-Net skip is added (the PR's order)."""
+
+    field = "recurrence_scales"
+
+    def __init__(self, cfg: ModelConfig, shape: ModelShape):
+        self.rows, self.dim = shape.n_slots, cfg.dim
+
+    def create(self):
+        return {"recurrence_scales": _param((self.rows, self.dim), 1.0)}
+
+    def at(self, spec: LayerSpec):
+        return {"pre": partial(self.scale, i=spec.slot)}
+
+    @staticmethod
+    def scale(x: torch.Tensor, ctx: Context, i: int) -> torch.Tensor:
+        return x * ctx.model.recurrence_scales[i].to(x.dtype)
 
 
 class UNetSkip(Feature):
@@ -169,4 +193,4 @@ class CrossRepeatSkip(Feature):
         return x
 
 
-TRICKS = (UNetSkip, GatedUNetSkip, LoopEmbedding, ResidualValueEmbeds, CrossRepeatSkip)
+TRICKS = (RecurrenceScales, UNetSkip, GatedUNetSkip, LoopEmbedding, ResidualValueEmbeds, CrossRepeatSkip)

@@ -1,4 +1,5 @@
-"""Muon for the matrices, AdamW for embeddings, head and control tensors, as model/params.py says.
+"""Muon for the matrices, AdamW for embeddings, head and control tensors, as model/params.py says
+(or, optim.kind=adamw, one AdamW over every parameter: PR #29).
 
 Each parameter's optimizer, learning-rate field and weight-decay field come from its PARAM_KINDS
 row (`kinds_of` asserts exactly one row per parameter, so a new tensor without a row fails loudly).
@@ -212,6 +213,8 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig, mcfg: ModelConfig,
     fused=True (CUDA): fused Adam and a compiled Newton-Schulz. Under torchrun Muon is sharded
     over the ranks (dist.info())."""
     groups = assign_groups(model, mcfg.tie_embeddings)
+    if cfg.kind == "adamw":
+        return [single_adamw(model, cfg, fused)]
     opts: list[torch.optim.Optimizer] = []
     by_opt: dict[str, list[dict]] = {"muon": [], "adam": []}
     for (opt_name, lr_field, wd_field), named in groups.items():
@@ -228,3 +231,15 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig, mcfg: ModelConfig,
         opts.append(torch.optim.AdamW(by_opt["adam"], betas=(cfg.beta1, cfg.beta2),
                                       eps=cfg.adam_eps, fused=fused))
     return opts
+
+
+def single_adamw(model: nn.Module, cfg: OptimConfig, fused: bool = False) -> torch.optim.AdamW:
+    """optim.kind=adamw (PR #29 L422-430): one AdamW over every parameter, as
+    AdamW(model.parameters(), lr, betas, weight_decay): base LR optim.adamw_lr (PR: 3e-3), decoupled
+    weight decay optim.adam_weight_decay on every tensor, embedding and norms included (PR: 0.1),
+    betas (optim.beta1, optim.beta2) (PR: 0.9, 0.95), eps optim.adam_eps (PR: torch's 1e-8). The
+    table's rows still have to match (assign_groups checks them); their LR fields are not read."""
+    params = [p for _, p in model.named_parameters()]
+    group = dict(params=params, lr=cfg.adamw_lr, base_lr=cfg.adamw_lr, weight_decay=cfg.adam_weight_decay,
+                 name="all")
+    return torch.optim.AdamW([group], betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused)

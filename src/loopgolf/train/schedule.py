@@ -4,11 +4,13 @@ progress = max(step / max_steps, train_seconds / budget_s), so the same preset b
 from a CPU minute to 8 GPUs x 10 minutes: warm-up, warm-down and momentum ramps are fractions of
 the run. The baseline's step-denominated knobs (warm-down of 1,200 iterations measured in wall
 clock, momentum warm-up over 500 steps) are available for faithful reproduction of the challenge
-baseline (techniques.md 2.2). The training row length may also grow with progress
+baseline (techniques.md 2.2), and PR #29's step-keyed cosine (optim.lr_schedule=cosine,
+optim.lr_warmup_steps, optim.lr_cosine_steps) for PR #29's. The training row length may also grow with progress
 (train.seq_len_schedule, PR #2014: 1024 -> 2048 -> 3072) at a fixed number of tokens per step.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -52,6 +54,8 @@ def progress_fraction(p: Progress, t: TrainConfig) -> float:
 
 
 def lr_multiplier(p: Progress, o: OptimConfig, t: TrainConfig) -> float:
+    if o.lr_schedule == "cosine":
+        return cosine_multiplier(p, o, t)
     f = progress_fraction(p, t)
     m = 1.0
     if o.warmup_frac > 0 and f < o.warmup_frac:
@@ -71,6 +75,31 @@ def lr_multiplier(p: Progress, o: OptimConfig, t: TrainConfig) -> float:
     if o.min_lr_frac > 0 and f >= o.warmup_frac:
         m = max(m, o.min_lr_frac)  # the floor applies to warm-down, never to warm-up
     return m
+
+
+def cosine_multiplier(p: Progress, o: OptimConfig, t: TrainConfig) -> float:
+    """optim.lr_schedule=cosine (PR #29 get_lr, L304-315) as a multiplier of the base LR, with floor
+    m = optim.min_lr_frac (PR #29: 3e-4 / 3e-3 = 0.1). Warm-up: (step + 1) / W while step < W =
+    optim.lr_warmup_steps (PR #29: 100), or, with W = 0, f / w while the run progress f is below
+    w = optim.warmup_frac. Then
+
+        m + (1 - m) (1 + cos(pi u)) / 2
+
+    step-keyed as published when C = optim.lr_cosine_steps > 0: u = (step - W) / max(1, C - W)
+    (PR #29: C = 285, its 570 s at an assumed 2 s per step, L420), and as in the PR u is not
+    clamped: past step C the LR rises again (period 2 (C - W) steps). C = 0 ends the cosine with
+    the run instead: u = (f - w) / (1 - w)."""
+    mn, W, w = o.min_lr_frac, o.lr_warmup_steps, o.warmup_frac
+    if p.step < W:
+        return (p.step + 1) / W
+    if o.lr_cosine_steps > 0:
+        u = (p.step - W) / max(1, o.lr_cosine_steps - W)
+    else:
+        f = progress_fraction(p, t)
+        if W == 0 and f < w:
+            return f / w
+        u = (f - w) / (1.0 - w) if w < 1.0 else 1.0
+    return mn + (1.0 - mn) * 0.5 * (1.0 + math.cos(math.pi * u))
 
 
 def momentum_at(p: Progress, o: OptimConfig, t: TrainConfig) -> float:
