@@ -109,7 +109,7 @@ def test_scaled_down_ttt_recipe_runs_score_first(name, adapters, tiny_shards):
     cfg = get_preset(name)
     cfg.model = dataclasses.replace(cfg.model, vocab_size=512, dim=64, n_heads=4, n_kv_heads=2, mlp_hidden=96,
                                     rope_dims=8)
-    ecfg = dataclasses.replace(cfg.eval, context=32, lora_rank=2, lora_chunk=16, lora_docs_per_batch=2,
+    ecfg = dataclasses.replace(cfg.eval, context=32, lora_rank=2, lora_chunk=32, lora_docs_per_batch=2,
                                lora_phase_prefix_docs=3, lora_phase_batch_seqs=4)
     torch.manual_seed(0)
     model = GPT(cfg.model)
