@@ -16,6 +16,10 @@ def test_defaults_are_plain_windows_of_the_training_length():
     ({"context": -1}, "eval.context=-1 must be >= 0"),
     ({"sgd_momentum": 1.0}, "eval.sgd_momentum=1.0 must be in [0, 1)"),
     ({"tilt_order": 1}, "eval.tilt_order=1 must be >= 2"),
+    ({"lora_targets": "q,kv"}, "eval.lora_targets='q,kv': 'kv' is not one of all"),
+    ({"lora_short_chunks": "256-8"}, "eval.lora_short_chunks='256-8': '256-8' is not 'max_doc_tokens:chunk'"),
+    ({"lora_phase_prefix_docs": 2500}, "eval.lora_phase_prefix_docs=2500 needs eval.lora_phases >= 1"),
+    ({"lora_phase_prefix_docs": -1, "lora_phases": 1}, "eval.lora_phase_prefix_docs=-1 must be >= 0"),
 ])
 def test_bad_fields_name_themselves(fields, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):

@@ -60,8 +60,19 @@ def test_the_2135_preset_is_1855_plus_the_later_rows():
                for k, v in dataclasses.asdict(getattr(b, sec)).items() if v != getattr(getattr(a, sec), k)}
     assert changed == {"model.asym_logit", "optim.matrix_lr", "optim.momentum_warmup_frac",
                        "optim.ema_horizon_frac", "quant.lqer_asym_group", "quant.gptq_calib_batches",
-                       "eval.context", "eval.lora_phases", "eval.lora_lr", "eval.lora_weight_decay"}
+                       "eval.context", "eval.lora_phases", "eval.lora_lr", "eval.lora_weight_decay",
+                       "eval.lora_targets"}
     assert (b.eval.context, b.eval.lora_phases, b.quant.lqer_asym_group, b.quant.gptq_calib_batches) == (2560, 1, 32, 32)
+
+
+def test_the_published_ttt_recipes():
+    """#1855: q, k, v, o, MLP and head adapters per virtual layer, 3 phases in a 2500-document prefix;
+    #2135: the same without K, 1 phase (README run commands and train_seed42.log hyperparameters)."""
+    a, b = get_preset("record-frontier").eval, get_preset("record-frontier-2135").eval
+    assert (a.lora_targets, a.lora_per_visit, a.lora_phases, a.lora_phase_prefix_docs) == ("q,k,v,o,mlp,head", True, 3, 2500)
+    assert (b.lora_targets, b.lora_per_visit, b.lora_phases, b.lora_phase_prefix_docs) == ("q,v,o,mlp,head", True, 1, 2500)
+    assert (a.lora_rank, a.lora_chunk, a.lora_docs_per_batch, b.lora_lr, b.lora_weight_decay) == (80, 48, 64, 8e-5, 2.0)
+    assert a.lora_short_chunks == b.lora_short_chunks == ""  # #2014's short-document chunks: neither row
 
 
 @pytest.mark.parametrize("name", sorted(FRONTIER_PRESETS))
@@ -83,6 +94,31 @@ def test_scaled_down_copy_trains_on_cpu(name, tiny_shards):
     assert tr.stage == 1  # the loops switched on at 35 % of the run (step 2 of 3)
     moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
     assert "blocks.0.attn.c_q.weight" in moved and "attn_gate.weight" in moved and "lane_post" in moved
+
+
+@pytest.mark.parametrize("name, adapters", [("record-frontier", 17 * 5 + 1), ("record-frontier-2135", 17 * 4 + 1)])
+def test_scaled_down_ttt_recipe_runs_score_first(name, adapters, tiny_shards):
+    """The preset's LoRA TTT recipe on a scaled-down copy: one adapter set per virtual layer (17 with
+    the loops on) plus the head, as #1855's BatchedTTTLoRA sizes them; the prefix phase runs; the
+    event log replays as score-first."""
+    from loopgolf.data.valset import load_val_set
+    from loopgolf.eval.events import EventLog
+    from loopgolf.eval.recipe import evaluate
+    from loopgolf.lab.legality import check_events
+
+    cfg = get_preset(name)
+    cfg.model = dataclasses.replace(cfg.model, vocab_size=512, dim=64, n_heads=4, n_kv_heads=2, mlp_hidden=96,
+                                    rope_dims=8)
+    ecfg = dataclasses.replace(cfg.eval, context=32, lora_rank=2, lora_chunk=32, lora_docs_per_batch=2,
+                               lora_phase_prefix_docs=3, lora_phase_batch_seqs=4)
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    vs = load_val_set(str(tiny_shards["dir"] / "*_val_*.bin"), tiny_shards["tokenizer"], 512)
+    log = EventLog("ttt_lora", n_tokens=385)
+    res = evaluate(model, vs, ecfg, torch.device("cpu"), 32, max_tokens=384, log=log)
+    assert res["lora_adapters"] == adapters and res["phases_run"] == ecfg.lora_phases and res["phase_steps"] > 0
+    rep = check_events(log, 385)
+    assert rep["ok"] and rep["score_first"], rep["problems"]
 
 
 def test_real_size_artifact_fits_with_the_fitter(monkeypatch):

@@ -10,6 +10,39 @@ from dataclasses import dataclass
 from loopgolf.config_fields import ConfigError
 
 EVAL_METHODS = ("plain", "sliding", "ttt_sgd", "ttt_lora", "mixture", "ngram_tilt")  # eval/recipe.EVALUATORS
+# eval.lora_targets kinds (eval/lora_targets.py): the attention Linears c_q/c_k/c_v/proj, the MLP
+# Linears fc/proj, PR #1855's block-level adapters (o: attention input -> attention output, mlp: MLP
+# input -> MLP output), the LM head (before the cap) and every other nn.Linear. "all" = every nn.Linear.
+LORA_TARGET_KINDS = ("q", "k", "v", "proj", "fc", "mlp_proj", "o", "mlp", "head", "other")
+LORA_ALL_LINEARS = ("q", "k", "v", "proj", "fc", "mlp_proj", "other")
+
+
+def parse_lora_targets(spec: str) -> tuple[str, ...]:
+    """eval.lora_targets "k,o,mlp,head" -> its kinds in LORA_TARGET_KINDS order ("all" = every nn.Linear)."""
+    kinds: set[str] = set()
+    for item in (t.strip() for t in spec.split(",")):
+        if item == "all":
+            kinds.update(LORA_ALL_LINEARS)
+        elif item in LORA_TARGET_KINDS:
+            kinds.add(item)
+        else:
+            raise ConfigError(f"eval.lora_targets={spec!r}: {item!r} is not one of all, "
+                              f"{', '.join(LORA_TARGET_KINDS)} (comma-separated, e.g. 'q,k,v,o,mlp,head')")
+    return tuple(k for k in LORA_TARGET_KINDS if k in kinds)
+
+
+def parse_short_chunks(spec: str) -> tuple[tuple[int, int], ...]:
+    """eval.lora_short_chunks "256:8,2000:24" -> ((256, 8), (2000, 24)), sorted by document length:
+    a document of at most 256 tokens is scored in chunks of 8 targets, one of at most 2000 in
+    chunks of 24, a longer one in eval.lora_chunk ("" = every document in eval.lora_chunk)."""
+    steps = []
+    for item in (t.strip() for t in spec.split(",") if t.strip()):
+        parts = item.split(":")
+        if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            raise ConfigError(f"eval.lora_short_chunks={spec!r}: {item!r} is not 'max_doc_tokens:chunk' "
+                              "with positive integers (PR #2014: '256:8,2000:24')")
+        steps.append((int(parts[0]), int(parts[1])))
+    return tuple(sorted(steps))
 
 
 @dataclass
@@ -51,6 +84,12 @@ class EvalConfig:
     lora_phase_seq_len: int = 0  # 0 = context
     lora_phase_batch_seqs: int = 32  # sequences of the global stream per phase step
     lora_warm_start_a: bool = False  # keep A across batches (one process only)
+    lora_targets: str = "all"  # adapted parts, LORA_TARGET_KINDS (PR #1855: "q,k,v,o,mlp,head")
+    lora_per_visit: bool = False  # one adapter per visit of a looped block (PR #1855), not one per module
+    # phases after the first prefix*(k+1)/phases documents, each over those documents (PR #1855: 2500);
+    # 0 = after equal slices of the document batches, over every document scored so far
+    lora_phase_prefix_docs: int = 0
+    lora_short_chunks: str = ""  # "max_doc_tokens:chunk,..." smaller chunks for short documents (PR #2014)
     # mixture: normalized online mixture of the network with n-gram experts
     mix_eta: float = 1.0  # Hedge learning rate; 1 = Bayesian model averaging
     mix_network_prior: float = 0.97  # prior weight of the network; the rest is split evenly
@@ -80,12 +119,17 @@ class EvalConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"eval.{name}={getattr(self, name)} must be >= 1")
         for name in ("sgd_lr", "sgd_grad_clip", "sgd_seq_len", "sgd_freeze_blocks", "lora_lr", "lora_weight_decay",
-                     "lora_phases", "lora_phase_lr", "lora_phase_seq_len", "mix_eta"):
+                     "lora_phases", "lora_phase_lr", "lora_phase_seq_len", "lora_phase_prefix_docs", "mix_eta"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"eval.{name}={getattr(self, name)} must be >= 0")
         for name in ("sgd_momentum", "lora_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"eval.{name}={getattr(self, name)} must be in [0, 1)")
+        parse_lora_targets(self.lora_targets)
+        parse_short_chunks(self.lora_short_chunks)
+        if self.lora_phase_prefix_docs and not self.lora_phases:
+            raise ConfigError(f"eval.lora_phase_prefix_docs={self.lora_phase_prefix_docs} needs "
+                              "eval.lora_phases >= 1 (the phases it places), or set it to 0")
         if not 0.0 < self.mix_network_prior < 1.0:
             raise ConfigError(f"eval.mix_network_prior={self.mix_network_prior} must be in (0, 1)")
         if self.tilt_order < 2 or not 0.0 < self.tilt_threshold <= 1.0 or not 0.0 <= self.tilt_boost < 50.0:

@@ -29,7 +29,8 @@ def record_frontier() -> RunConfig:
     SmearGate (window 12), document-isolated attention, XSA on all layers, partial RoPE 16, LN
     scale, QK gain 5, gated U-Net skips, orthogonal init, vocab 8192, Polar-Express MuonEq-R, fused
     softcapped CE; GPTQ int6 + int7 embedding + LQER asymmetric int4 rank 4 on the 3 worst
-    matrices; score-first per-document LoRA TTT with 3 global phases.
+    matrices; score-first per-document LoRA TTT (q, k, v, o, MLP and LM-head adapters, one set per
+    virtual layer) with 3 global phases in a 2500-document prefix.
     35,945,623 parameters: the log's 35,945,671 less UNUSED_LANE_ROWS (48).
 
     Faithful (train_gpt.py lines): architecture and wiring L1141-1252, L1291-1394 (U-Net pairing of
@@ -45,8 +46,12 @@ def record_frontier() -> RunConfig:
     GPTQ act-order, damping 0.01, block 128 (L2147-2183), int6 blocks / int7 embedding, SDClip
     scales k * std(row) / qmax in fp16 (L2163); LQER rank 4 on the top 3 by ||E||_F, A int2 per matrix, B
     int4 in groups of 64 (L2206-2217, L2271-2302); TTT LoRA rank 80, alpha 144, lr 1e-4, Adam
-    betas (0, 0.99), WD 0.5, 48-token chunks, 64 documents per batch, global SGD lr 0.001
-    momentum 0.9 over 32-sequence batches, context 2048.
+    betas (0, 0.99), WD 0.5, 48-token chunks, 64 documents per batch, context 2048; adapters on q,
+    k, v (the Linears' inputs), o (attention input -> attention output), MLP (MLP input -> MLP
+    output) and the LM head (before the softcap), one set per virtual layer, 17 with the loops on
+    (L1427-1507, L1509-1566, L1663-1714: eval.lora_targets="q,k,v,o,mlp,head", lora_per_visit);
+    3 global SGD phases (lr 0.001, momentum 0.9, 32-sequence batches) after 833 / 1666 / 2500
+    documents, each over those documents (L3032-3037: eval.lora_phase_prefix_docs=2500).
 
     Deviations (and why):
     - Schedules in run fractions: momentum warm-up 1500 steps -> 0.304 of the run (1500 / 4931);
@@ -74,14 +79,19 @@ def record_frontier() -> RunConfig:
     - Numerics: fp32 master weights under bf16 autocast (#1855 keeps tok_emb in bf16, L2022-2036)
       and Muon momentum in the parameter's dtype (#1855: bf16, L1852); SDPA / FlexAttention /
       FlashAttention-3 varlen as available (#1855: FA3 only) and no Triton fused MLP (L772-886).
-    - TTT topology: loopgolf's LoRA (eval/lora.py) adapts every nn.Linear (q, k, v, out, MLP fc and
-      proj) with one adapter per module, shared by a looped block's visits, and no lm_head adapter
-      (the head is tied); #1855 adapts q, k, v, out, an MLP-output adapter and lm_head, one set per
-      virtual layer (L1663-1705). A is re-drawn per batch (eval.lora_warm_start_a=false; #1855 keeps
-      A warm, L1642, which loopgolf supports on one process only).
-    - TTT phases: loopgolf's 3 global phases run after 1/4, 2/4, 3/4 of the document batches, each
-      over every document scored so far; #1855's run inside a 2500-document prefix (boundaries
-      833/1666/2500 of 50,000, L3034-3037).
+    - TTT A is re-drawn per batch (eval.lora_warm_start_a=false; #1855 keeps A warm, L1642, which
+      loopgolf supports on one process only).
+    - TTT document order: batches of 64 consecutive documents in stream order, so the phases' prefix
+      is the stream's first 2500 documents; #1855 sorts the documents by length and scores the
+      batches longest first (L2815-2825), so its prefix is the 2500 longest. A phase runs after the
+      batch holding its boundary document (#1855: when its scored-document counter passes it).
+    - TTT phase SGD: one epoch over the prefix documents cut into context-length sequences at each
+      document's end, 32 per step, cosine LR over the steps, clip 1.0; #1855 cuts the concatenated
+      prefix into 32,768-token chunks, cosine over chunks, never trains its last chunk, and attends
+      within documents by varlen attention (L2926-3019).
+    - TTT scoring: a document's last target (the next document's BOS) is scored by the base model
+      before any update (eval/ttt.py); #1855 scores it in the document's last chunk. The chunk loss
+      is each document's mean over its chunk's targets (#1855: over the 48 chunk columns).
     - Data: sp8192 CaseOps with the byte sidecar is the user's data recipe (`loopgolf data tokenizer
       --transform case`; presets leave data paths empty).
     """
@@ -106,7 +116,8 @@ def record_frontier() -> RunConfig:
                           lqer_top_k=3, codec="best", shuffle=True, fit_target=15_990_000),
         eval=EvalConfig(method="ttt_lora", lora_rank=80, lora_alpha=144.0, lora_lr=1e-4, lora_beta2=0.99,
                         lora_weight_decay=0.5, lora_chunk=48, lora_docs_per_batch=64, lora_phases=3,
-                        lora_phase_lr=0.001, lora_phase_batch_seqs=32),
+                        lora_phase_lr=0.001, lora_phase_batch_seqs=32, lora_targets="q,k,v,o,mlp,head",
+                        lora_per_visit=True, lora_phase_prefix_docs=2500),
     ).validate()
 
 
@@ -114,7 +125,7 @@ def record_frontier_2135() -> RunConfig:
     """The audited frontier row (PR #2135, val_bpb 1.05651; the PR #2130 stack with 32 GPTQ
     calibration batches): record-frontier plus AsymLogit (two learned logit caps, frozen in training
     as in #2135, whose fused CE keeps the symmetric cap), LQER B groups of 32, 32 calibration
-    batches, Muon lr 0.028, 1-phase LoRA TTT (lr 8e-5, WD 2.0) at context 2560. 35,945,625
+    batches, Muon lr 0.028, 1-phase LoRA TTT (lr 8e-5, WD 2.0, no K adapter) at context 2560. 35,945,625
     parameters: the log's 35,945,673 less UNUSED_LANE_ROWS (48), as in record-frontier.
 
     Values from the PR's README run command and train_seed42.log (its hyperparameters differ from
@@ -130,9 +141,13 @@ def record_frontier_2135() -> RunConfig:
       loopgolf's tilt (eval.method=ngram_tilt, eval/ngram_tilt.py, with #2135's order, threshold and
       boost as the eval.tilt_* defaults) scores sliding windows and does not compose with ttt_lora.
       `--set eval.method=ngram_tilt` scores the tilt without TTT.
-    - K LoRA is not turned off (#2135: TTT_K_LORA=0, L333): loopgolf's TTT adapts every nn.Linear.
-    - The single global phase runs after half of the document batches over every document scored so
-      far (#2135: over its 2500-document prefix).
+    - TTT adapters as #2135 (TTT_K_LORA=0, L333; q and v always, L1869-1874): q, v, o, MLP and the
+      LM head, one set per virtual layer (eval.lora_targets="q,v,o,mlp,head"); the single global
+      phase trains on the first 2500 documents (PHASED_TTT_PREFIX_DOCS=2500, NUM_PHASES=1) once
+      they are scored. Not the #1953 / #2014 rows' "no Q/V" (TTT_MASK=no_qv: k, o, MLP, head) nor
+      #2014's short-document chunks (TTT_SHORT_SCORE_FIRST_STEPS=256:8,2000:24, batch 24): #2135
+      runs neither; `--set eval.lora_targets=k,o,mlp,head --set eval.lora_short_chunks=256:8,2000:24`
+      scores them.
     - The attention gate ships fp32 (#2135: fp16 passthrough, gated_attn_quant_gate off).
     """
     cfg = record_frontier()
@@ -147,6 +162,7 @@ def record_frontier_2135() -> RunConfig:
     cfg.eval.lora_phases = 1
     cfg.eval.lora_lr = 8e-5
     cfg.eval.lora_weight_decay = 2.0
+    cfg.eval.lora_targets = "q,v,o,mlp,head"
     return cfg.validate()
 
 

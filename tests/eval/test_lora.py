@@ -106,7 +106,7 @@ def test_reset_gives_zero_delta_and_bounded_deterministic_a() -> None:
     x = batch()
     base = model(x)
     lora = LoRA(model, slots=3, rank=2, alpha=4.0, device=CPU)
-    assert len(lora.linears) == 2 and lora.scale == 2.0
+    assert len(lora.modules) == 2 and lora.scale == 2.0
     assert [tuple(a.shape) for a in lora.A] == [(3, 2, 4), (3, 2, 6)]
     assert [tuple(b.shape) for b in lora.B] == [(3, 6, 2), (3, 3, 2)]
     lora.reset(7)
@@ -196,3 +196,102 @@ def test_bad_shapes_and_models_are_refused() -> None:
         model(torch.randn(2, 5, 4))
     with pytest.raises(ValueError, match="no nn.Linear"):
         LoRA(nn.Sequential(nn.ReLU()), slots=1, rank=1, alpha=1.0, device=CPU)
+
+
+# ---- per-visit adapters, the head adapter, short-document chunks ----
+
+class Thrice(nn.Module):
+    """One Linear run three times per forward (a block looped three times)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(self.lin(self.lin(x)))
+
+    def logits(self, idx):  # count_visits probes through logits(idx)
+        return self(torch.zeros(*idx.shape, 4))
+
+
+def test_per_visit_adapter_k_runs_on_the_kth_call() -> None:
+    model = Thrice()
+    x = batch(2, 5)
+    lora = LoRA(model, slots=2, rank=2, alpha=2.0, device=CPU, per_visit=True)
+    assert lora.index == [[0, 1, 2]] and len(lora.A) == 3
+    lora.reset(0)
+    with torch.no_grad():
+        lora.B[1].normal_(generator=torch.Generator().manual_seed(3))  # visit 1 only
+    slots = torch.tensor([1, 0])
+    with torch.no_grad(), lora.active(slots):
+        out = model(x)
+        with pytest.raises(RuntimeError, match="ran 4 times in one forward"):
+            model(x)  # a second forward in the same active(): the counter would run past 3
+    lin = model.lin
+    with torch.no_grad():
+        y1 = lin(x)
+        a, b = lora.A[1][slots], lora.B[1][slots]
+        y2 = lin(y1) + 1.0 * torch.einsum("btr,bor->bto", torch.einsum("bti,bri->btr", y1, a), b)
+        want = lin(y2)
+    torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6)
+    shared = LoRA(Thrice(), slots=2, rank=2, alpha=2.0, device=CPU)
+    assert shared.index == [[0]] and len(shared.A) == 1  # the default: one adapter for every visit
+
+
+def test_per_visit_on_a_looped_gpt_sizes_one_adapter_per_virtual_layer() -> None:
+    from loopgolf.config import ModelConfig
+    from loopgolf.model.gpt import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, dim=16, n_heads=2, n_kv_heads=1, mlp_hidden=32, plan="3:1-1x2"))
+    lora = LoRA(model, slots=2, rank=2, alpha=2.0, device=CPU, targets="q,k,v,o,mlp,head", per_visit=True)
+    # 4 virtual layers x 5 block sites + the head (PR #1855: num_slots sets of q, k, v, o, mlp)
+    assert len(lora.A) == 4 * 5 + 1 and lora.head == 20
+    assert [len(i) for i in lora.index] == [1] * 5 + [2] * 5 + [1] * 5
+
+
+def test_head_adapter_adds_to_the_logits_before_the_cap() -> None:
+    from loopgolf.config import ModelConfig
+    from loopgolf.model.gpt import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, dim=16, n_heads=2, n_kv_heads=1, mlp_hidden=32, plan="2")).eval()
+    for p in model.parameters():
+        nn.init.normal_(p, std=0.1)
+    x = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(0))
+    y = torch.roll(x, -1, 1)
+    lora = LoRA(model, slots=3, rank=2, alpha=4.0, device=CPU, targets="head")
+    assert lora.modules == [] and lora.head == 0 and tuple(lora.B[0].shape) == (3, 64, 2)
+    lora.reset(0)
+    slots = torch.tensor([2, 0])
+    with torch.no_grad():
+        torch.testing.assert_close(lora.nll(x, y, slots), model(x, y), rtol=1e-6, atol=1e-6)  # B = 0
+        torch.testing.assert_close(lora.logits(x, slots), model.logits(x), rtol=1e-6, atol=1e-6)
+        lora.B[0].normal_()
+        h = model.hidden(x)
+        z = h @ model.tok_emb.weight.T + 2.0 * torch.einsum("btr,bor->bto", h @ lora.A[0][slots].transpose(1, 2),
+                                                           lora.B[0][slots])
+        want = 30.0 * torch.tanh(z / 30.0)  # model.logit_softcap 30
+        got = lora.logits(x, slots)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        nll = lora.nll(x, y, slots)
+        torch.testing.assert_close(nll, -torch.log_softmax(got, -1).gather(-1, y[..., None])[..., 0])
+        assert not torch.allclose(nll, model(x, y))
+
+
+def test_chunk_lengths_known_answer() -> None:
+    from loopgolf.eval.lora import chunk_lengths
+
+    spans = [(0, 5), (5, 300), (300, 3000), (3000, 3001)]  # 6, 296, 2701 and 2 tokens with both BOS
+    assert chunk_lengths(spans, 48) == [48, 48, 48, 48]
+    assert chunk_lengths(spans, 48, ((256, 8), (2000, 24))) == [8, 24, 48, 8]
+    assert chunk_lengths([(0, 255)], 48, ((256, 8),)) == [8] and chunk_lengths([(0, 256)], 48, ((256, 8),)) == [48]
+
+
+def test_chunk_schedule_with_one_length_per_document() -> None:
+    tokens = np.arange(100, 112)
+    steps = list(batched_document_chunks([(0, 5), (5, 11)], tokens, chunk_len=[2, 4], context=8, device=CPU))
+    assert [s.slots.tolist() for s in steps] == [[0, 1], [0, 1], [0]]
+    assert [s.scored for s in steps] == [[(1, 3), (6, 10)], [(3, 5), (10, 12)], [(5, 6)]]
+    assert [s.train_rows.tolist() for s in steps] == [[True, True], [True, False], [False]]

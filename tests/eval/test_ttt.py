@@ -133,3 +133,91 @@ def test_sgd_ttt_freezes_the_first_blocks(vs, small_model):
     assert all(p.requires_grad for p in model.parameters())  # restored after TTT
     with pytest.raises(ValueError, match="sgd_freeze_blocks"):
         ttt_sgd(torch.nn.Linear(4, 4), vs, 32, 16, CPU, max_tokens=MAX, freeze_blocks=1)
+
+
+# ---- the frontier rows: adapter targets, per-visit adapters, prefix phases, short-document chunks ----
+
+def test_phase_plan_known_answer():
+    from loopgolf.eval.ttt import phase_boundaries, phase_plan
+
+    # PR #1855: 3 phases in a 2500-document prefix at 833 / 1666 / 2500 documents, 64 per batch
+    assert phase_plan(50_000, 64, 3, 2500) == [(14, 833), (27, 1666), (40, 2500)]
+    assert phase_plan(50_000, 64, 1, 2500) == [(40, 2500)]  # #2014 / #2135: one phase
+    assert phase_plan(30, 4, 2, 100) == [(4, 15), (8, 30)]  # the prefix is capped at the stream
+    # prefix 0: the equal slices of the batches, as before
+    assert [b for b, _ in phase_plan(40, 4, 3)] == phase_boundaries(10, 3) == [2, 5, 8]
+    assert phase_plan(38, 4, 1) == [(5, 20)]
+
+
+def _doc_isolated_gpt():
+    """One block looped twice; attention never crosses a BOS, so a target's loss depends only on its
+    document's prefix whenever the window holds the whole document (documents here <= 174 tokens)."""
+    from loopgolf.config import ModelConfig
+    from loopgolf.model.gpt import GPT
+
+    torch.manual_seed(0)
+    m = GPT(ModelConfig(vocab_size=512, dim=32, n_heads=2, n_kv_heads=1, mlp_hidden=64, plan="1x2",
+                        doc_isolated_attn=True))
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return m
+
+
+def _per_position_nats(vs, n, run):
+    from loopgolf.lab.legality import Recorder
+
+    rec = Recorder(vs, n, seed=0)
+    log = new_log("x", n)
+    log.recorder = rec
+    res = run(log)
+    return res, rec.nats.numpy(), log
+
+
+FRONTIER_RECIPES = {
+    "all-linears": dict(phases=1),
+    "pr1855": dict(targets="q,k,v,o,mlp,head", per_visit=True, phases=3, phase_prefix_docs=8),
+    "pr2014": dict(targets="k,o,mlp,head", per_visit=True, phases=1, phase_prefix_docs=8,
+                   short_chunks=((64, 8), (128, 16))),
+}  # #2135's "q,v,o,mlp,head" differs from pr1855 only in the sites (test_lora_targets.py)
+
+
+@pytest.mark.parametrize("recipe", sorted(FRONTIER_RECIPES))
+def test_lora_ttt_with_lr_zero_equals_the_sliding_eval(vs, recipe):
+    """lr = 0 and phase lr = 0: the adapters stay the identity (B = 0) and the phases leave the base
+    weights as they are, so every target's nats are the sliding eval's (context 256, stride 64:
+    each window holds its target's whole document, as LoRA TTT's document windows do)."""
+    ctx, max_tok = 256, 1200
+    model = _doc_isolated_gpt()
+    n = usable_tokens(len(vs), ctx, max_tok)
+    ref, ref_nats, _ = _per_position_nats(vs, n, lambda lg: evaluate_sliding(model, vs, ctx, 64, 4, CPU,
+                                                                              max_tokens=max_tok, log=lg))
+    res, nats, log = _per_position_nats(vs, n, lambda lg: ttt_lora(
+        model, vs, CPU, context=ctx, chunk_len=48, rank=2, lr=0.0, phase_lr=0.0, docs_per_batch=4,
+        phase_batch_seqs=4, max_tokens=max_tok, log=lg, **FRONTIER_RECIPES[recipe]))
+    assert res["val_tokens"] == ref["val_tokens"] == n - 1 and res["val_bytes"] == ref["val_bytes"]
+    np.testing.assert_allclose(nats[1:], ref_nats[1:], rtol=1e-5, atol=1e-5)
+    assert res["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-6)
+    assert res["phases_run"] == FRONTIER_RECIPES[recipe]["phases"] and res["phase_steps"] > 0
+    rep = check_events(log, n)
+    assert rep["ok"] and rep["score_first"], rep["problems"]
+
+
+def test_frontier_lora_recipes_learn_score_first_and_phase_on_the_prefix(vs):
+    """With a real lr the recipes change the score, the log replays as score-first, and a prefix
+    phase reads only the first prefix documents."""
+    ctx, max_tok, prefix = 64, 800, 4
+    n = usable_tokens(len(vs), ctx, max_tok)
+    spans = document_spans(vs.tokens[:n])
+    base = evaluate_sliding(_doc_isolated_gpt(), vs, ctx, 64, 4, CPU, max_tokens=max_tok)
+    for recipe in ("pr1855", "pr2014"):
+        log = new_log("ttt_lora", n)
+        kw = dict(FRONTIER_RECIPES[recipe], phase_prefix_docs=prefix)
+        res = ttt_lora(_doc_isolated_gpt(), vs, CPU, context=ctx, chunk_len=16, rank=2, lr=0.01,
+                       docs_per_batch=2, phase_batch_seqs=2, max_tokens=max_tok, log=log, **kw)
+        rep = check_events(log, n)
+        assert rep["ok"] and rep["score_first"], rep["problems"]
+        assert res["val_loss"] != pytest.approx(base["val_loss"], rel=1e-4)
+        assert res["lora_adapters"] > res["lora_sites"]  # per visit: two of each (one block, two visits)
+        globals_ = [e for e in log.events if e["kind"] == "update" and e.get("scope", "global") == "global"]
+        assert globals_ and max(hi for e in globals_ for _, hi in e["ranges"]) <= spans[prefix - 1][1] + 1
+    assert res["short_chunked"] == sum(1 for s, e in spans if e - s + 1 <= 64)  # chunk 8, not 16

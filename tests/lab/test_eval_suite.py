@@ -89,6 +89,22 @@ def test_the_artifacts_own_recipe_is_a_checked_phase(tmp_path, tiny_shards):
     assert rep["phases"]["ttt_lora"]["phases_run"] == 1 and "ttt_lora_behaviour" in rep["legality"]["checks"]
 
 
+def test_behaviour_slice_holds_the_phase_prefix_and_one_more_batch():
+    import numpy as np
+
+    from loopgolf.config import EvalConfig
+    from loopgolf.data.valset import ValSet
+    from loopgolf.lab.eval_suite import behaviour_slice
+
+    tokens = np.full(1000, 5, dtype=np.uint16)
+    tokens[::10] = 1  # a BOS every 10 tokens: document d starts at 10 d
+    vs = ValSet(tokens, np.ones(1000, dtype=np.int64))
+    ecfg = EvalConfig(method="ttt_lora", lora_phases=1, lora_docs_per_batch=4)
+    assert behaviour_slice(vs, ecfg, 8, 1000, 0) == 81  # 2 batches of 4 documents
+    prefix = EvalConfig(method="ttt_lora", lora_phases=1, lora_docs_per_batch=4, lora_phase_prefix_docs=6)
+    assert behaviour_slice(vs, prefix, 8, 1000, 0) == 121  # ceil(6 / 4) + 1 = 3 batches
+
+
 def test_register_adds_evaluate():
     ap = argparse.ArgumentParser()
     register(ap.add_subparsers())

@@ -176,6 +176,34 @@ def test_shipped_evaluators_pass(vs, method):
     assert rep["max_norm_error"] < 1e-12 and rep["max_nats_error"] < 1e-5
 
 
+FRONTIER_LORA = {  # eval.lora_* of the frontier rows at test size (presets_frontier.py)
+    "pr1855": dict(lora_targets="q,k,v,o,mlp,head", lora_per_visit=True, lora_phases=1, lora_phase_prefix_docs=4),
+    "pr2014": dict(lora_targets="k,o,mlp,head", lora_per_visit=True, lora_phases=1, lora_phase_prefix_docs=4,
+                   lora_short_chunks="64:6"),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(FRONTIER_LORA))
+def test_frontier_lora_recipes_pass(vs, recipe):
+    """Per-visit adapters on a looped block, the head adapter, a prefix phase and short-document
+    chunks: still score-first (every committed distribution independent of the tokens after it)."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=512, dim=32, n_heads=2, n_kv_heads=1, mlp_hidden=64, plan="1x2"))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    ecfg = EvalConfig(method="ttt_lora", **{**RECIPE, **FRONTIER_LORA[recipe]})
+    res = {}
+
+    def run(v, lg):
+        res.update(evaluate(model, v, ecfg, CPU, 32, max_tokens=0, log=lg))
+        return res
+
+    rep = _check(run, vs, 2, phase="ttt_lora")
+    assert rep["ok"], rep["problems"]
+    assert rep["deterministic"] and rep["max_nats_error"] < 1e-5
+    assert res["phases_run"] == 1 and res["phase_steps"] > 0 and res["lora_adapters"] > res["lora_sites"]
+
+
 class PeekingModel(torch.nn.Module):
     """forward() adds a bonus to the target's logit; logits() stays honest (issue 16 finding 2)."""
 

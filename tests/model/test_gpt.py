@@ -119,6 +119,19 @@ def test_at_the_trained_plan_equals_forward():
     assert {id(p) for p in view.parameters()} == {id(p) for p in model.parameters()}
 
 
+def test_hidden_is_what_unembed_and_nll_take():
+    """GPT.hidden / PlanView.hidden: the final normalized states behind logits() and forward()
+    (eval/lora.py's head adapter builds on them)."""
+    model = _randomize(GPT(_cfg(**FANCY))).eval()
+    idx = torch.randint(0, 64, (2, 8))
+    h = model.hidden(idx)
+    assert h.shape == (2, 8, 32)
+    assert torch.equal(model.unembed(h), model.logits(idx)) and torch.equal(model.nll(h, idx), model(idx, idx))
+    view = model.at(model.plan.with_loops(3))
+    assert torch.equal(view.model.unembed(view.hidden(idx)), view.logits(idx))
+    assert view.head_weight() is model.head_weight() and view.logit_cap is model.logit_cap
+
+
 def test_eval_time_depth_runs_more_loops_on_the_same_weights():
     model = _randomize(GPT(_cfg(**FANCY)))
     idx = torch.randint(0, 64, (2, 8))

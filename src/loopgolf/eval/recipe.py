@@ -18,6 +18,7 @@ import torch
 
 from loopgolf import dist
 from loopgolf.config import EVAL_METHODS, EvalConfig
+from loopgolf.config_eval import parse_short_chunks
 from loopgolf.data.valset import ValSet
 from loopgolf.eval.bpb import NonFiniteScoreError
 from loopgolf.eval.events import EventLog
@@ -59,7 +60,10 @@ def _ttt_lora(model, vs, ecfg, device, context, max_tokens, log):
                     docs_per_batch=ecfg.lora_docs_per_batch, phases=ecfg.lora_phases,
                     phase_lr=ecfg.lora_phase_lr, phase_seq_len=ecfg.lora_phase_seq_len,
                     phase_batch_seqs=ecfg.lora_phase_batch_seqs, micro_seqs=ecfg.sgd_micro_seqs,
-                    warm_start_a=ecfg.lora_warm_start_a, max_tokens=max_tokens, log=log)
+                    warm_start_a=ecfg.lora_warm_start_a, max_tokens=max_tokens, log=log,
+                    targets=ecfg.lora_targets, per_visit=ecfg.lora_per_visit,
+                    phase_prefix_docs=ecfg.lora_phase_prefix_docs,
+                    short_chunks=parse_short_chunks(ecfg.lora_short_chunks))
 
 
 def _mixture(model, vs, ecfg, device, context, max_tokens, log):

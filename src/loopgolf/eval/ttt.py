@@ -10,7 +10,10 @@ Two variants, both single-pass and structured so the order cannot be swapped by 
     `chunk_len` targets, each with up to `context` tokens of in-document context, through LoRA
     adapters attached to every nn.Linear from outside the model (lora.py). A chunk's nats are
     detached and committed before backward(); one Adam step follows unless it is the document's
-    last chunk. Optional global phases train the base weights with SGD on documents already scored.
+    last chunk. Optional global phases train the base weights with SGD on documents already scored
+    (after equal slices of the batches, or inside a prefix of documents as #1855: phase_plan).
+    Which modules get adapters, one per module or per loop visit, and the chunk length of short
+    documents (PR #2014) are eval.lora_targets / lora_per_visit / lora_short_chunks (eval/lora.py).
 Rank independence (issue 16 finding 5): every update's batch is a fixed number of sequences of the
 GLOBAL stream, split over ranks, and LoRA batches and phase boundaries are indices into the global
 list of document batches, so the updates are a function of the data, never of the world size.
@@ -32,7 +35,7 @@ from loopgolf.data.valset import ValSet
 from loopgolf.eval.bpb import (ScoreSums, autocast_ctx, commit_record, iter_window_batches,
                                score_windows, usable_tokens, window_plan)
 from loopgolf.eval.events import EventLog
-from loopgolf.eval.lora import LoRA, batched_document_chunks, document_spans, pad_windows
+from loopgolf.eval.lora import LoRA, batched_document_chunks, chunk_lengths, document_spans, pad_windows
 from loopgolf.eval.sliding import new_log
 
 
@@ -190,17 +193,36 @@ def phase_boundaries(n_batches: int, phases: int) -> list[int]:
     return [round(n_batches * (k + 1) / (phases + 1)) for k in range(phases)]
 
 
+def phase_plan(n_docs: int, docs_per_batch: int, phases: int, prefix_docs: int = 0) -> list[tuple[int, int]]:
+    """(batch edge, documents) of each global phase: it runs once the first `edge` document batches
+    are scored and trains on the first `documents` documents (all of them scored by then).
+    prefix_docs 0: edges at equal slices of the batches (phase_boundaries), over every document of
+    the batches before the edge. prefix_docs > 0 (PR #1855 L3032-3037, PHASED_TTT_PREFIX_DOCS):
+    phase k trains on the first min(prefix, n_docs) * (k+1) // phases documents, once the batch
+    holding the last of them is scored (#1855 scores the batches past its prefix after the phases)."""
+    n_batches = math.ceil(n_docs / docs_per_batch)
+    if prefix_docs <= 0:
+        return [(b, min(b * docs_per_batch, n_docs)) for b in phase_boundaries(n_batches, phases)]
+    p = min(prefix_docs, n_docs)
+    return [(math.ceil(d / docs_per_batch), d) for d in (p * (k + 1) // phases for k in range(phases))]
+
+
 def ttt_lora(model: torch.nn.Module, vs: ValSet, device: torch.device, context: int = 1024,
              chunk_len: int = 48, rank: int = 8, alpha: float = 16.0, lr: float = 1e-4,
              beta2: float = 0.99, weight_decay: float = 0.5, docs_per_batch: int = 64,
              phases: int = 0, phase_lr: float = 0.001, phase_seq_len: int = 0,
              phase_batch_seqs: int = 32, micro_seqs: int = 4, warm_start_a: bool = False,
-             max_tokens: int = 0, log: EventLog | None = None) -> dict:
+             max_tokens: int = 0, log: EventLog | None = None, targets: str = "all",
+             per_visit: bool = False, phase_prefix_docs: int = 0,
+             short_chunks: tuple[tuple[int, int], ...] = ()) -> dict:
     """Score-first per-document LoRA TTT (record PR #1855: chunk 48, AdamW betas (0, 0.99),
     lr 1e-4, wd 0.5). Batches of `docs_per_batch` consecutive documents; the stream is truncated as
     in plain eval with seq_len = context. `phases` > 0 trains the base weights with SGD on the
     documents scored so far after each of `phases` equal slices of the batches (PR #1855's global
-    phases; phase_batch_seqs global sequences per step); the base model is adapted in place."""
+    phases; phase_batch_seqs global sequences per step; phase_prefix_docs: see phase_plan); the
+    base model is adapted in place. targets / per_visit: which sites get adapters and whether a
+    looped block's visits share them (eval/lora_targets.py); short_chunks: smaller chunks for
+    short documents (lora.chunk_lengths, PR #2014)."""
     t0 = time.perf_counter()
     info = dist.info()
     if warm_start_a and info.world_size > 1:
@@ -211,9 +233,9 @@ def ttt_lora(model: torch.nn.Module, vs: ValSet, device: torch.device, context: 
     spans = document_spans(tokens[:n])
     batches = [list(range(i, min(i + docs_per_batch, len(spans))))
                for i in range(0, len(spans), docs_per_batch)]
-    bounds_at = phase_boundaries(len(batches), phases)
+    plan = phase_plan(len(spans), docs_per_batch, phases, phase_prefix_docs)
     log = log if log is not None else new_log("ttt_lora", n)
-    lora = LoRA(model, docs_per_batch, rank, alpha, device)
+    lora = LoRA(model, docs_per_batch, rank, alpha, device, targets=targets, per_visit=per_visit)
     sums = ScoreSums(device)
     model.eval()
     # A document's last target is usually the next document's BOS, which the next document's
@@ -227,22 +249,22 @@ def ttt_lora(model: torch.nn.Module, vs: ValSet, device: torch.device, context: 
                 nats = model(x, y)
             sums.add(nats, torch.from_numpy(vs.target_bytes[pos.cpu().numpy()]).to(device), mask)
             log.score([(lo, hi) for _, lo, hi in wins])
-            commit_record(log, pos[mask], nats[mask], lambda: _logp(model, x, mask))
+            commit_record(log, pos[mask], nats[mask], lambda: _logp(model.logits, x, mask))
     chunked = [(s, e - 1 if tokens[e] == BOS_ID else e) for s, e in spans]
+    lens = chunk_lengths(spans, chunk_len, short_chunks)
     base = [p for p in model.parameters() if p.requires_grad]
     opt = MomentumSGD(base, 0.9)
     for p in base:  # only the adapters learn per document; phases re-enable the base weights
         p.requires_grad_(False)
-    edges = [0] + bounds_at + [len(batches)]
+    edges = [0] + [b for b, _ in plan] + [len(batches)]
     phase_steps: list[int] = []
     for k in range(len(edges) - 1):
         for g in range(edges[k] + info.rank, edges[k + 1], info.world_size):
             lora.reset(g, keep_a=warm_start_a and g > 0)
-            _score_and_adapt(model, lora, vs, [chunked[d] for d in batches[g]], chunk_len, context,
-                             lr, beta2, weight_decay, sums, log, device)
-        if k < len(bounds_at):
-            docs = [d for b in batches[:edges[k + 1]] for d in b]
-            phase_steps.append(_global_phase(model, opt, tokens, [spans[d] for d in docs],
+            _score_and_adapt(lora, vs, [chunked[d] for d in batches[g]], [lens[d] for d in batches[g]],
+                             context, lr, beta2, weight_decay, sums, log, device)
+        if k < len(plan):
+            phase_steps.append(_global_phase(model, opt, tokens, spans[:plan[k][1]],
                                              phase_seq_len or context, phase_batch_seqs, phase_lr,
                                              log, device, lora, micro_seqs))
     lora.remove()
@@ -250,31 +272,32 @@ def ttt_lora(model: torch.nn.Module, vs: ValSet, device: torch.device, context: 
         p.requires_grad_(True)
     res = sums.result(t0, "ttt_lora")
     res.update(context=context, chunk_len=chunk_len, lora_rank=rank, documents=len(spans),
+               lora_sites=len(lora.sites), lora_adapters=len(lora.A), short_chunked=sum(c != chunk_len for c in lens),
                batches=len(batches), phases=phases, phases_run=sum(s > 0 for s in phase_steps),
                phase_steps=sum(phase_steps), updates=log.version, n_tokens=n)
     return res
 
 
-def _logp(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _logp(logits_fn, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     with torch.no_grad(), autocast_ctx(x.device):
-        return torch.log_softmax(model.logits(x)[mask].double(), -1)
+        return torch.log_softmax(logits_fn(x)[mask].double(), -1)
 
 
-def _score_and_adapt(model, lora: LoRA, vs: ValSet, spans: list[tuple[int, int]], chunk_len: int,
+def _score_and_adapt(lora: LoRA, vs: ValSet, spans: list[tuple[int, int]], chunk_lens: list[int],
                      context: int, lr: float, beta2: float, weight_decay: float, sums: ScoreSums,
                      log: EventLog, device: torch.device) -> None:
     """One batch of documents: each step scores chunk k of every document, commits it, then takes
     one Adam step on the adapters of the documents that have a chunk left (a local update)."""
-    for step in batched_document_chunks(spans, vs.tokens, chunk_len, context, device):
+    model = lora.model
+    for step in batched_document_chunks(spans, vs.tokens, chunk_lens, context, device):
         model.eval()
-        with lora.active(step.slots), autocast_ctx(device):
-            nats = model(step.x, step.y)
+        with autocast_ctx(device):
+            nats = lora.nll(step.x, step.y, step.slots)
         nbytes = torch.from_numpy(vs.target_bytes[step.pos.cpu().numpy()]).to(device)
         sums.add(nats.detach(), nbytes, step.mask)  # committed before backward
         log.score(step.scored)
-        with lora.active(step.slots):
-            commit_record(log, step.pos[step.mask], nats.detach()[step.mask],
-                          lambda: _logp(model, step.x, step.mask))
+        commit_record(log, step.pos[step.mask], nats.detach()[step.mask],
+                      lambda: _logp(lambda x: lora.logits(x, step.slots), step.x, step.mask))
         if step.train_rows.any():
             m = step.mask & step.train_rows[:, None]
             # each document's mean loss, summed: a slot's gradient never depends on the other rows

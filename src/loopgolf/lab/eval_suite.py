@@ -70,13 +70,16 @@ def phase_recipes(base, context: int, stride: int, ttt: str, mixture: bool, batc
 
 def behaviour_slice(vs, ecfg, ctx: int, n_phase: int, check_tokens: int) -> int:
     """Tokens of the behavioural slice: 8 windows, and enough for the recipe's updates to happen
-    (two TTT-SGD chunks; the documents of lora_phases + 1 LoRA batches)."""
+    (two TTT-SGD chunks; the documents of lora_phases + 1 LoRA batches, or with a phase prefix
+    the batches up to the prefix's last document and one more)."""
     want = check_tokens or 8 * ctx
     if not check_tokens and ecfg.method == "ttt_sgd":
         want = max(want, 2 * ecfg.sgd_chunk_tokens)
     if not check_tokens and ecfg.method == "ttt_lora" and ecfg.lora_phases:
         bos = np.flatnonzero(vs.tokens[:n_phase] == BOS_ID)
         k = (ecfg.lora_phases + 1) * ecfg.lora_docs_per_batch
+        if ecfg.lora_phase_prefix_docs:
+            k = (-(-ecfg.lora_phase_prefix_docs // ecfg.lora_docs_per_batch) + 1) * ecfg.lora_docs_per_batch
         want = max(want, int(bos[k]) if len(bos) > k else n_phase)
     return min(want, n_phase - 1) + 1
 

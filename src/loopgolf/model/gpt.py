@@ -117,6 +117,11 @@ class GPT(nn.Module):
         """Softcapped float32 logits, (B, T, vocab)."""
         return self.unembed(self._hidden(idx, self._stage_layers[stage]))
 
+    def hidden(self, idx: torch.Tensor, stage: int = -1) -> torch.Tensor:
+        """The final normalized hidden states (B, T, dim) that unembed / nll take (eval-time head
+        adapters, eval/lora.py)."""
+        return self._hidden(idx, self._stage_layers[stage])
+
     def at(self, plan: RecurrencePlan) -> PlanView:
         """A view sharing these weights that runs `plan` (eval-time depth: `self.plan.with_loops(k)`).
         ValueError if the plan needs blocks or parameter slots this model does not have."""
@@ -184,6 +189,16 @@ class PlanView(nn.Module):
 
     def logits(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model.unembed(self.model._hidden(idx, self._layers))
+
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model._hidden(idx, self._layers)
+
+    def head_weight(self) -> torch.Tensor:
+        return self.model.head_weight()
+
+    @property
+    def logit_cap(self) -> nn.Module:
+        return self.model.logit_cap
 
     def flops_per_token(self, seq_len: int) -> float:
         return _flops(self.model, self._layers, seq_len)
