@@ -29,6 +29,23 @@ def test_xsa_removes_the_component_along_the_own_value():
     assert torch.allclose(out + (y * vh).sum(-1, keepdim=True) * vh, y, atol=1e-6)  # only that part left
 
 
+def test_xsa_pads_an_odd_head_dim_and_gives_the_same_projection():
+    """Head dim 11 (like seed-shared-3x4's 110) is padded to 16 around XSA; the result is exact."""
+    cfg = _cfg(dim=44, xsa_last=-1)
+    xsa = XSA.build(cfg, ModelShape.of(cfg, [parse_plan("1")]))
+    assert xsa.pad == 5 and XSA.build(_cfg(xsa_last=-1), ModelShape.of(_cfg(), [parse_plan("1")])).pad == 0
+    y = torch.randn(2, 4, 5, 11, requires_grad=True)
+    v = torch.randn(2, 2, 5, 11, requires_grad=True)
+    out = xsa(y, v)
+    vh = torch.nn.functional.normalize(v, dim=-1).repeat_interleave(2, dim=1)
+    ref = y - (y * vh).sum(-1, keepdim=True) * vh
+    assert out.shape == y.shape and torch.allclose(out, ref, atol=1e-6)
+    g = torch.randn_like(out)
+    dy, dv = torch.autograd.grad(out, (y, v), g)
+    ry, rv = torch.autograd.grad(ref, (y, v), g)
+    assert torch.allclose(dy, ry, atol=1e-5) and torch.allclose(dv, rv, atol=1e-5)
+
+
 def test_xsa_applies_per_virtual_layer_even_for_shared_blocks():
     model = GPT(_cfg(plan="2x3", xsa_last=2))
     assert [len(layer.attn_y) for layer in model._stage_layers[-1]] == [0, 0, 0, 0, 1, 1]

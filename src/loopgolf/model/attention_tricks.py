@@ -116,20 +116,31 @@ class XSA(Feature):
     """Exclusive self-attention on the last n virtual layers of the running plan (record (c)
     L393-400; model.xsa_last = n, -1 = all): the attention output loses its component along the
     token's own normalized value,  y -= (y . v_hat) v_hat,  v_hat = v / |v| (per head, GQA-expanded).
-    Decided per VIRTUAL layer, so a shared block runs it only on its late visits. No parameters."""
+    Decided per VIRTUAL layer, so a shared block runs it only on its late visits. No parameters.
+
+    A head dim that is not a multiple of 8 is zero-padded to one around the projection (exact: zeros
+    change neither |v| nor y . v_hat). Without it torch.compile (torch 2.11, H200) computes wrong
+    gradients at head dim 110 (seed-shared-3x4, d=880): relative error ~1e3 on every attention
+    weight against eager, and a run that diverges; padded, the errors are bf16 noise and 12 steps
+    match eager (bench/results/2026-12-02_seed-shared-3x4_compile_xsa_h200)."""
 
     field = "xsa_last"
 
     def __init__(self, cfg: ModelConfig, shape: ModelShape):
         self.last, self.group = cfg.xsa_last, cfg.n_heads // cfg.n_kv_heads
+        self.pad = (-(cfg.dim // cfg.n_heads)) % 8
 
     def at(self, spec: LayerSpec):
         first = 0 if self.last < 0 else spec.n_virtual - self.last
         return {"attn_y": self} if spec.v >= first else {}
 
     def __call__(self, y: torch.Tensor, v: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        d = y.size(-1)
+        if self.pad:
+            y, v = F.pad(y, (0, self.pad)), F.pad(v, (0, self.pad))
         vh = F.normalize(v, dim=-1).repeat_interleave(self.group, dim=1)  # (B,H,T,D)
-        return y - (y * vh).sum(-1, keepdim=True) * vh
+        out = y - (y * vh).sum(-1, keepdim=True) * vh
+        return out[..., :d] if self.pad else out
 
 
 class SparseAttnGate(Feature, nn.Module):
