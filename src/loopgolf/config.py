@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from loopgolf.config_fields import ConfigError, at_least as _at_least, finite as _finite
 from loopgolf.config_fields import fractions as _fractions, from_dict as _from_dict, set_dotted
 from loopgolf.config_eval import EVAL_METHODS, EvalConfig
+from loopgolf.config_variants import TrickVariants
 
 __all__ = ["BUDGET_BYTES", "ConfigError", "DataConfig", "EVAL_METHODS", "EvalConfig", "ModelConfig",
            "OptimConfig", "QuantConfig", "RunConfig", "TrainConfig", "set_dotted"]
@@ -22,7 +23,7 @@ BUDGET_BYTES = 16_000_000  # the challenge's decimal artifact cap: code bytes + 
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(TrickVariants):  # + the tricks' published variants (config_variants.py)
     vocab_size: int = 1024
     dim: int = 512
     n_heads: int = 8
@@ -71,6 +72,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         _finite("model", self)
+        self.validate_variants()
         # sizes first, so that e.g. model.dim=-5 says what is wrong rather than "not divisible"
         _at_least("model", self, 1, "dim", "n_heads", "n_kv_heads", "mlp_hidden", "bigram_dim")
         _at_least("model", self, 0, "value_embeds", "ve_dim", "bigram_buckets", "rope_dims",
@@ -159,6 +161,7 @@ class OptimConfig:
     # (baseline L924-933). 0 = off; when both are set the smaller multiplier wins.
     warmdown_iters: int = 0
     grad_clip: float = 0.0
+    feature_proj_adam: bool = False  # bigram.proj, ve_inject.proj in AdamW at scalar_lr (PR #1290 L1882)
 
     def validate(self) -> None:
         _finite("optim", self)

@@ -97,8 +97,9 @@ def seed_shared_3x4() -> RunConfig:
     neither the SDPA head dim (110) nor inductor's mix-order reduction is the cause
     (bench/results/2026-11-22_seed-shared-3x4_compile_divergence). Eager costs ~2-3x per step.
 
-    Deviations from PR #1453 (../shared/docs/fidelity.md 003): value-embedding tables init std 0.005
-    (PR: nn.Embedding's N(0,1), L913; model code); the clip percentile is chosen per row (as the PR)
+    Value-embedding tables keep nn.Embedding's N(0, 1) init, as published (L913; model.value_embeds_std).
+
+    Deviations from PR #1453 (../shared/docs/fidelity.md 003): the clip percentile is chosen per row (as the PR)
     with the fp16-rounded scale in the error (PR: fp32); the hedge mixer itself (not a distribution:
     issue #1017 condition C2) is replaced as above.
     """
@@ -106,7 +107,7 @@ def seed_shared_3x4() -> RunConfig:
         name="seed-shared-3x4",
         model=ModelConfig(dim=880, n_heads=8, n_kv_heads=4, mlp="leaky_relu2", mlp_hidden=2640, plan="3x4",
                           plan_stages="3x2@0.3;3x3@0.5", unet_skips=False, loop_embed=True,
-                          cross_repeat=True, value_embeds=2, xsa_last=4),
+                          cross_repeat=True, value_embeds=2, value_embeds_std=1.0, xsa_last=4),
         optim=OptimConfig(matrix_lr=0.018, tied_embed_lr=0.021, scalar_lr=0.018, weight_decay=0.04,
                           momentum_warmup_frac=0.085, warmdown_frac=0.54, swa_start_frac=0.64,
                           swa_every_frac=0.0068, grad_clip=0.3),

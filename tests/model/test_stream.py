@@ -97,3 +97,14 @@ def test_stream_tricks_in_a_model_start_transparent():
     fancy = GPT(_cfg(plan="2x2", loop_embed=True, value_embeds=2, cross_repeat=True))
     fancy.load_state_dict(plain.state_dict(), strict=False)
     assert torch.allclose(plain(idx, idx), fancy(idx, idx), atol=1e-6)
+
+
+def test_value_embeds_std_sets_the_table_init():
+    """PR #1453 keeps nn.Embedding's N(0, 1) (L913): value_embeds_std=1; 0 follows embed_init_std."""
+    wide = dict(vocab_size=512, dim=64, n_heads=2, n_kv_heads=1, mlp_hidden=8, plan="2", value_embeds=2)
+    torch.manual_seed(0)
+    published = GPT(ModelConfig(**wide, value_embeds_std=1.0))
+    stds = [emb.weight.std().item() for emb in published.value_embeds]
+    assert all(abs(s - 1.0) < 0.02 for s in stds), stds  # 32,768 draws: std error ~0.004
+    default = GPT(ModelConfig(**wide))
+    assert all(abs(emb.weight.std().item() - 0.005) < 1e-4 for emb in default.value_embeds)

@@ -105,8 +105,10 @@ class ResidualValueEmbeds(Feature):
     """Residual-form value embeddings (PR #1453; model.value_embeds = K): K full-width token tables
     added to the stream before every virtual layer with per-layer, per-table scales:
 
-        x += sum_k ve_scales[slot, k] * value_embeds[k][idx]     (tables ~ N(0, embed_init_std),
-                                                                  ve_scales (n_slots, K, d), init 0)"""
+        x += sum_k ve_scales[slot, k] * value_embeds[k][idx]     (ve_scales (n_slots, K, d), init 0)
+
+    Tables ~ N(0, model.value_embeds_std), or N(0, model.embed_init_std) when it is 0 (PR #1453
+    keeps nn.Embedding's N(0, 1), L913: value_embeds_std=1)."""
 
     field = "value_embeds"
 
@@ -119,8 +121,9 @@ class ResidualValueEmbeds(Feature):
         return {"value_embeds": self.tables, "ve_scales": _param((self.n_slots, c.value_embeds, c.dim), 0.0)}
 
     def init_weights(self, model: nn.Module) -> None:
+        std = self.cfg.value_embeds_std or self.cfg.embed_init_std
         for emb in model.value_embeds:
-            nn.init.normal_(emb.weight, std=self.cfg.embed_init_std)
+            nn.init.normal_(emb.weight, std=std)
 
     def at(self, spec: LayerSpec):
         return {"pre": partial(self.add, slot=spec.slot)}
