@@ -169,8 +169,12 @@ def seed_recursive_4b() -> RunConfig:
     """Seed PR #927 (techniques.md 4f2): 4 shared blocks cycled over 7 virtual layers (0 1 2 3 0 1 2),
     d=1024, 32/8 heads, ReLU^2 MLP 2x, attention/MLP scales and resid_mix per virtual layer, U-Net
     skips across loops (3 encoder / 4 decoder), XSA on the last 4 virtual layers, VE128 injected into V
-    on virtual layers 5 and 6, SmearGate, BigramHash 10240x128, seq 2048. 29,950,083 parameters: one
-    more than published (29,950,082): BigramHash's `bigram.scale`, which the PR does not have.
+    on virtual layers 5 and 6, SmearGate, BigramHash 10240x128, seq 2048. 29,950,082 parameters, as
+    published (seed-42 log). The tricks in their PR forms (config_variants.py fields): BigramHash
+    (prev*92821 + cur) mod B, no scale, table std 0.01 (L656-672); SmearGate gate init 0 (sigma = 1/2),
+    after the embedding's rms_norm, no BOS mask (L649, L807-809); VE table std 0.01, scales start at 1
+    (L640-641); orthogonal init (L775-786) of c_q/c_k/c_v/fc and of the VE projection, the latter
+    x 1/sqrt(2 x 7) as the PR scales every `.proj` it does not zero.
     Recipe as published (README run command): Muon lr 0.02 momentum 0.99 (from 0.85 over 500 steps,
     8.4 % of the seed-42 log's wall clock), Adam 0.01 scalars / 0.02 tied embedding, WD 0.04 on Muon
     and both AdamWs, grad clip 0.3, warm-down 3500 iterations (wall-clock based: from 41.4 % of the
@@ -184,17 +188,15 @@ def seed_recursive_4b() -> RunConfig:
     QAT (absmax, no floor, L486-492) and its export (percentile search, scale >= 1/31, L318) use
     different grids; here QAT trains on exactly the exported grid, without the floor.
 
-    Deviations from PR #927 (fidelity.md 001): BigramHash uses record (a)'s XOR hash with a 0.05
-    scale and std-0.02 table (PR: (prev*92821 + cur) mod B, no scale, std 0.01, L656-672); SmearGate
-    init -3 before rms_norm with a BOS mask (PR: init 0 after rms_norm, no mask, L649, L807-809); VE
-    scales start at 0 and the table std 0.02 (PR: 1 and 0.01, L640-641); kaiming not orthogonal init
-    (L775-786) (all model code); the int6 grid is +-31 (PR: -32..31).
+    Deviations from PR #927 (fidelity.md 001): the int6 grid is +-31 (PR: -32..31).
     """
     return RunConfig(
         name="seed-recursive-4b",
         model=ModelConfig(dim=1024, n_heads=32, n_kv_heads=8, mlp_hidden=2048, plan="4c7",
                           per_layer_scales=True, xsa_last=4, ve_dim=128, ve_layers="5,6", smear_gate=True,
-                          bigram_buckets=10240, bigram_dim=128),
+                          bigram_buckets=10240, bigram_dim=128, bigram_hash="mul", bigram_scale=0.0,
+                          bigram_table_std=0.01, smear_init=0.0, smear_after_norm=True, ve_table_std=0.01,
+                          ve_scale_init=1.0, ve_proj_gain=(2 * 7) ** -0.5, ortho_init=True),
         optim=OptimConfig(matrix_lr=0.02, scalar_lr=0.01, tied_embed_lr=0.02, momentum=0.99,
                           momentum_warmup_frac=0.084, weight_decay=0.04, adam_weight_decay=0.04,
                           embed_weight_decay=0.04, grad_clip=0.3, warmdown_frac=0.59,

@@ -28,12 +28,14 @@ class UNetSkip(Feature):
         x += skip_weights[row] * skips.pop()        (skip_weights (n_pairs, d), init 1)
 
     The plan (LayerSpec.skip_push / skip_row) decides the pairing and which row a deeper eval-time
-    plan reuses."""
+    plan reuses. model.unet_max_pairs = m > 0: only the first m decoder layers pop (PR #1290 keeps
+    its 11 physical layers' 5 pairs when the loop makes 13 virtual layers, L964-970: every encoder
+    layer still pushes, so the first encoder layer's output goes unused)."""
 
     field = "unet_skips"
 
     def __init__(self, cfg: ModelConfig, shape: ModelShape):
-        self.rows, self.dim = shape.n_skip_rows, cfg.dim
+        self.rows, self.dim, self.cap = shape.n_skip_rows, cfg.dim, shape.max_skip_pairs
 
     @classmethod
     def build(cls, cfg: ModelConfig, shape: ModelShape):
@@ -44,7 +46,7 @@ class UNetSkip(Feature):
 
     def at(self, spec: LayerSpec):
         ops = {}
-        if spec.skip_row >= 0:
+        if spec.skip_row >= 0 and (not self.cap or spec.v - spec.n_virtual // 2 < self.cap):
             ops["pre"] = partial(self.pop_into, j=spec.skip_row)
         if spec.skip_push:
             ops["post"] = push_skip
