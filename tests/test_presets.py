@@ -25,7 +25,7 @@ PINNED = {
     "universal": 3_478_536,
     "seed-universal-mqa": 3_281_928,  # PR #29 log: 3,278,336 (+3,592 block differences, docstring)
     "seed-shared-3x4": 23_662_344,  # PR #1453, as published
-    "seed-loop45": 27_067_995,  # PR #1290 log: 27,067,484 (+512 sixth skip, -1 VE global scale)
+    "seed-loop45": 27_067_484,  # PR #1290 seed-42 log, as published
     "seed-recursive-4b": 29_950_082,  # PR #927 seed-42 log, as published
     "record-loop345": 35_944_536,  # record (d), as published
     "seed-lora-mtp": 20_562_464,  # PR #21 log: 17,671,712 (LoRA topology, MTP heads counted, docstring)

@@ -122,12 +122,20 @@ def seed_shared_3x4() -> RunConfig:
 def seed_loop45() -> RunConfig:
     """Seed PR #1290 (record (a) lineage, PR #1204/#1285): 11 layers d=512, 8/4 heads, LeakyReLU^2 MLP
     3x, layers 4-5 run twice (13 virtual layers) from step 3000 (43.8 % of the seed-42 log's wall
-    clock), 5-6 plain additive U-Net skips, XSA on every virtual layer, partial RoPE 16, LN scale,
-    BigramHash 3072x112, VE128 into V on the last two virtual layers (physical 9-10), SmearGate,
-    seq 2048, 786,432 tokens per step. 27,067,995 parameters. Recipe as published: MuonEq-R
+    clock), 5 plain additive U-Net skips (the 11 layers' count, kept when the loop makes 13:
+    model.unet_max_pairs, L964-970), XSA on every virtual layer, partial RoPE 16, LN scale,
+    BigramHash 3072x112, VE128 into V on the last two virtual layers (physical 9-10, L874),
+    SmearGate (L837), seq 2048, 786,432 tokens per step. 27,067,484 parameters, as published
+    (seed-42 log). The tricks in their PR forms (config_variants.py fields): SmearGate gate 0, after
+    the embedding's rms_norm, no BOS mask (L687-694, L981-983); BigramHash table zeros and
+    projection orthogonal (L701-706, L917-923); VE table std 0.01, projection orthogonal, per-layer
+    scales 1 times a global scale starting at 0.1 (L730-744, L876-880); orthogonal init of the
+    banks' Q/K/V/MLP-up (L901-912). Recipe as published: MuonEq-R
     lr 0.025, momentum 0.92 -> 0.99 over 1500 steps (21.8 % of the wall clock), Adam 0.035 / 0.025,
-    WD 0.04 on Muon, Adam and the embeddings (L1889-1895), grad clip 0.3, warm-down 4000 iterations
-    (wall-clock based: from 41.7 % of the wall clock, so 58 %), EMA 0.997 (333 of 6,204 steps).
+    WD 0.04 on Muon, Adam and the embeddings (L1889-1895), bigram.proj and the VE projection in the
+    scalar AdamW (L1882-1886; optim.feature_proj_adam), grad clip 0.3, warm-down 4000 iterations
+    (wall-clock based: from 41.7 % of the wall clock, so 58 %; 4000 of 6,204 steps is the 65 % count
+    in steps), EMA 0.997 (333 of 6,204 steps).
     Export as published (L2144-2241): GPTQ int6 on attention and MLP from 64 self-generated
     sequences at T = 0.8, int8 embeddings, the PR's 5 clip percentiles, +-1 pruning to the target,
     LZMA-9 (compress/fit_gptq.py fit_gptq_fixed_clip: one bit fewer only when pruning every +-1 code
@@ -138,24 +146,23 @@ def seed_loop45() -> RunConfig:
     5642 = 90 % of the wall clock) fake-quantizes the block matrices (PR: only CastedLinear layers,
     not the banks, L557); RoPE follows data.seq_len (PR: 1024 hard-coded, L873).
 
-    Deviations from PR #1290 (fidelity.md 004): 6 skips once the loop runs (PR: 5, the physical
-    layers' count, L964-970; model code); bigram.proj in Muon (PR: Adam, L1882; the parameter
-    table); kaiming not orthogonal init of the banks (model code); per-row clip choice (PR: one
+    Deviations from PR #1290 (fidelity.md 004): per-row clip choice (PR: one
     percentile per matrix, L1336-1350); no scale floor (PR: scale >= 1/31 resp. 1/127, i.e. clip
     >= 1, inert on its trained weights: 16 % of its codes are +-1, L78 of the seed-42 log); the
     PR also collects SWA snapshots that its EMA then overrides (loopgolf: EMA only).
-    Count 27,067,995 vs the PR log's 27,067,484: +512 for the sixth skip weight, -1 for the VE's
-    global scale (the PR has one besides its 2 per-layer scales, L740).
     """
     return RunConfig(
         name="seed-loop45",
         model=ModelConfig(mlp="leaky_relu2", mlp_hidden=1536, plan="11:4-5x2", plan_stages="11@0.438",
                           xsa_last=-1, rope_dims=16, ln_scale=True, bigram_buckets=3072, bigram_dim=112,
-                          ve_dim=128, ve_layers="-2,-1", smear_gate=True),
+                          ve_dim=128, ve_layers="-2,-1", smear_gate=True, smear_init=0.0,
+                          smear_after_norm=True, bigram_table_std=0.0, bigram_proj_gain=1.0,
+                          ve_table_std=0.01, ve_scale_init=1.0, ve_global_scale=0.1, ve_proj_gain=1.0,
+                          unet_max_pairs=5, ortho_init=True),
         optim=OptimConfig(matrix_lr=0.025, tied_embed_lr=0.035, scalar_lr=0.025, momentum=0.99,
                           momentum_warmup_start=0.92, momentum_warmup_frac=0.218, muon_row_norm=True,
                           weight_decay=0.04, adam_weight_decay=0.04, embed_weight_decay=0.04,
-                          grad_clip=0.3, warmdown_frac=0.58, ema_horizon_frac=0.054),
+                          grad_clip=0.3, warmdown_frac=0.58, ema_horizon_frac=0.054, feature_proj_adam=True),
         train=TrainConfig(batch_tokens=786_432, micro_batch_seqs=32, budget_s=600.0),
         quant=QuantConfig(scheme="int6_row", bits_rules="attn|mlp=6,tok_emb|table=8", clip="search",
                           search_percentiles="99.9,99.95,99.99,99.999,100", row_scale_min=0.0,
