@@ -224,30 +224,34 @@ def record_loop345() -> RunConfig:
     skips, vocab 8192, MuonEq-R, Muon WD 0.095, EMA, warm-down 72%. 35,944,536 parameters, as
     published (35,943,512 for record (c)'s 15-layer loop: one skip pair fewer).
 
-    Export and eval as published: GPTQ int6 from 64 training batches (12 s of the budget kept for
-    them), SDClip k = 12.85, int8 embeddings, byte-shuffle + brotli-11, fitted under the cap;
-    sliding windows (stride 64) with score-first SGD TTT (eval/ttt.py defaults are PR #1493's).
+    Orthogonal init of c_q/c_k/c_v/fc, as published (#1493's _init_weights: every nn.Linear of
+    both dims >= 64 that is not zero-initialized).
 
-    Deviations from PR #1493 (fidelity.md): the embedding shares the matrices' k = 12.85 (PR:
-    k = 20) and is rounded to nearest (PR: GPTQ on the embedding too; loopgolf's GPTQ hooks
-    nn.Linear only); byte shuffle per part dtype (PR: stride 2 over the whole torch.save stream);
-    kaiming not orthogonal init; a sequential loader (PR: shuffled). The later frontier (PR #1855)
+    Export and eval as published: GPTQ int6 from 64 training batches (12 s of the budget kept for
+    them), SDClip k = 12.85; the tied embedding int8 by GPTQ too, with k = 20 and the Hessian of the
+    head's input, the final normed hidden state (#1493's final_norm output hook;
+    quant.gptq_embed, quant.sdclip_k_embed); byte-shuffle + brotli-11, fitted under the cap (the
+    fitter moves the matrices' k only); sliding windows (stride 64) with score-first SGD TTT
+    (eval/ttt.py defaults are PR #1493's).
+
+    Deviations from PR #1493 (fidelity.md): byte shuffle per part dtype (PR: stride 2 over the
+    whole torch.save stream); a sequential loader (PR: shuffled). The later frontier (PR #1855)
     additions are not in this preset (issue 14).
     """
     return RunConfig(
         name="record-loop345",
         model=ModelConfig(vocab_size=8192, mlp="leaky_relu2", mlp_hidden=2048, plan="11:3-5x3",
                           plan_stages="11@0.35", parallel_from=7, qk_gain_init=5.25, xsa_last=-1,
-                          rope_dims=16, ln_scale=True, skip_gated=True),
+                          rope_dims=16, ln_scale=True, skip_gated=True, ortho_init=True),
         optim=OptimConfig(matrix_lr=0.022, tied_embed_lr=0.03, scalar_lr=0.02, momentum=0.99,
                           momentum_warmup_start=0.92, momentum_warmup_frac=0.33, muon_row_norm=True,
                           weight_decay=0.095, adam_weight_decay=0.02, embed_weight_decay=0.085,
                           grad_clip=0.3, warmdown_frac=0.72, ema_horizon_frac=0.06),
         train=TrainConfig(batch_tokens=786_432, micro_batch_seqs=32, budget_s=600.0),
         quant=QuantConfig(scheme="int6_row", bits_rules="attn|mlp=6,tok_emb=8", clip="sdclip",
-                          sdclip_k=12.85, row_scale_min=0.0, codec="brotli", shuffle=True, gptq=True,
-                          gptq_calib="train", gptq_calib_batches=64, gptq_reserve_s=12.0,
-                          fit_target=FIT_TARGET),
+                          sdclip_k=12.85, sdclip_k_embed=20.0, row_scale_min=0.0, codec="brotli",
+                          shuffle=True, gptq=True, gptq_embed=True, gptq_calib="train", gptq_calib_batches=64,
+                          gptq_reserve_s=12.0, fit_target=FIT_TARGET),
         eval=EvalConfig(method="ttt_sgd", stride=64),
     ).override(["data.seq_len=2048"])
 
