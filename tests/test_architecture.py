@@ -8,7 +8,7 @@ import loopgolf
 PKG = Path(loopgolf.__file__).parent
 # layer of each top-level unit; a module may import only from its own layer or lower ones
 LAYERS = {
-    "config": 0, "config_fields": 0, "config_eval": 0, "dist": 1, "metrics": 1, "data": 2, "model": 2, "eval": 3, "compress": 3,
+    "config": 0, "config_fields": 0, "config_eval": 0, "config_variants": 0, "dist": 1, "metrics": 1, "data": 2, "model": 2, "eval": 3, "compress": 3,
     "train": 4, "pipeline": 5, "run_phases": 5, "presets": 6, "presets_frontier": 6, "lab": 6, "cli": 7, "__main__": 8, "__init__": 0,
 }
 

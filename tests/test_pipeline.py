@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from loopgolf.compress.artifact import read_artifact
 from loopgolf.config import ConfigError, RunConfig
@@ -50,6 +51,21 @@ def test_gptq_fit_target_lands_under_and_is_recorded(tiny_shards, tmp_path: Path
     saved = json.loads((run_dir / "result.json").read_text())
     assert saved["fit"]["sdclip_k"] == fit["sdclip_k"] and len(saved["fit"]["trials"]) >= 2
     assert f"fit target_bytes:{target}" in (run_dir / "train.log").read_text()
+
+
+def test_gptq_on_the_tied_embedding_runs_end_to_end(tiny_shards, tmp_path: Path) -> None:
+    """record-loop345's export (#1493): GPTQ on the tied embedding too, int8 with its own k = 20."""
+    cfg = tiny_gptq(tiny_shards, "quant.gptq_embed=true", "quant.sdclip_k_embed=20",
+                    "quant.bits_rules=attn|mlp=6,tok_emb=8")
+    res = train_and_compress(cfg, tmp_path / "emb", code_bytes=CODE)
+    _, meta = read_artifact(tmp_path / "emb" / ARTIFACT_NAME)
+    q = meta["config"]["quant"]
+    assert q["gptq_embed"] is True and q["sdclip_k_embed"] == 20.0 and "calibration_s" in res["phases"]
+    model, _ = model_from_artifact(tmp_path / "emb" / ARTIFACT_NAME, "cpu")
+    w = model.tok_emb.weight.detach()
+    # each row lies on a grid of step 20 std / 127 (the matrices' k = 8 would give 0.4 of that)
+    ratio = torch.stack([torch.unique(r).diff().min() / (20.0 * r.std() / 127) for r in w])
+    assert 0.95 < float(ratio.median()) < 1.05
 
 
 def test_fit_target_validation() -> None:

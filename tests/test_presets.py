@@ -25,8 +25,8 @@ PINNED = {
     "universal": 3_478_536,
     "seed-universal-mqa": 3_278_336,  # PR #29 train.log, as published
     "seed-shared-3x4": 23_662_344,  # PR #1453, as published
-    "seed-loop45": 27_067_995,  # PR #1290 log: 27,067,484 (+512 sixth skip, -1 VE global scale)
-    "seed-recursive-4b": 29_950_083,  # PR #927: 29,950,082 (+1: bigram.scale, which the PR lacks)
+    "seed-loop45": 27_067_484,  # PR #1290 seed-42 log, as published
+    "seed-recursive-4b": 29_950_082,  # PR #927 seed-42 log, as published
     "record-loop345": 35_944_536,  # record (d), as published
     "seed-lora-mtp": 18_851_360,  # PR #21 log: 17,671,712 shipped + 1,179,648 MTP (outside the PR's count)
     "seed-lora-mtp-5x2": 19_387_496,  # PR #21 body shape: no logged count (18,396,264 shipped)

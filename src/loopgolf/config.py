@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from loopgolf.config_fields import ConfigError, at_least as _at_least, finite as _finite
 from loopgolf.config_fields import fractions as _fractions, from_dict as _from_dict, set_dotted
 from loopgolf.config_eval import EVAL_METHODS, EvalConfig
+from loopgolf.config_variants import TrickVariants
 
 __all__ = ["BUDGET_BYTES", "ConfigError", "DataConfig", "EVAL_METHODS", "EvalConfig", "ModelConfig",
            "OptimConfig", "QuantConfig", "RunConfig", "TrainConfig", "set_dotted"]
@@ -22,7 +23,7 @@ BUDGET_BYTES = 16_000_000  # the challenge's decimal artifact cap: code bytes + 
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(TrickVariants):  # + the tricks' published variants (config_variants.py)
     vocab_size: int = 1024
     dim: int = 512
     n_heads: int = 8
@@ -76,6 +77,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         _finite("model", self)
+        self.validate_variants()
         # sizes first, so that e.g. model.dim=-5 says what is wrong rather than "not divisible"
         _at_least("model", self, 1, "dim", "n_heads", "n_kv_heads", "mlp_hidden", "bigram_dim")
         _at_least("model", self, 0, "value_embeds", "ve_dim", "bigram_buckets", "rope_dims", "init_std",
@@ -136,7 +138,6 @@ class DataConfig:
             raise ConfigError(f"data.seq_len={self.seq_len} must be >= 2")
 
 
-
 @dataclass
 class OptimConfig:
     matrix_lr: float = 0.04  # Muon, 2-D block matrices
@@ -174,6 +175,7 @@ class OptimConfig:
     # (baseline L924-933). 0 = off; when both are set the smaller multiplier wins.
     warmdown_iters: int = 0
     grad_clip: float = 0.0
+    feature_proj_adam: bool = False  # bigram.proj, ve_inject.proj in AdamW at scalar_lr (PR #1290 L1882)
 
     def validate(self) -> None:
         _finite("optim", self)
@@ -296,9 +298,9 @@ class QuantConfig:
     # Per-row clip of intN: "percentile" (clip_percentile), "search" (per row, the lowest-MSE clip
     # among candidate percentiles; record (a)) or "sdclip" (clip = sdclip_k * std(row); PR #1394).
     clip: str = "percentile"
-    # quant.clip=search candidates, comma-separated percentiles; "" = compress/quant.py's default set
-    search_percentiles: str = ""
+    search_percentiles: str = ""  # quant.clip=search candidates, comma-separated; "" = quant.py's default set
     sdclip_k: float = 12.85  # PR #1394: 12.85 for int6 matrices, 20 for the int8 embedding
+    sdclip_k_embed: float = 0.0  # SDClip k of PARAM_KINDS "embedding" tensors; 0 = sdclip_k (#1493: 20)
     # Per-pattern scheme of the large matrices, "mlp=5,attn=6,tok_emb=8" (a number N = intN_row, or
     # a scheme name such as ternary_row); when set, every matrix must match exactly one pattern.
     bits_rules: str = ""
@@ -312,6 +314,7 @@ class QuantConfig:
     gptq_damp: float = 0.01  # fraction of mean(diag H) added to the diagonal
     gptq_block: int = 128
     gptq_act_order: bool = True
+    gptq_embed: bool = False  # GPTQ on the tied embedding too, Hessian of the head's input (#1493)
     gptq_calib: str = "train"  # train (batches inside the training budget) | self (sampled)
     gptq_calib_batches: int = 64  # calibration batches (train) or sequences (self)
     gptq_calib_temp: float = 0.8  # sampling temperature of self-generated calibration
@@ -347,8 +350,8 @@ class QuantConfig:
         if not all(50.0 < x <= 100.0 for x in pcts):
             raise ConfigError(f"quant.search_percentiles={self.search_percentiles!r}: give percentiles in "
                               "(50, 100] separated by commas, e.g. 99.99,99.999,100 (\"\" = the default set)")
-        if not self.sdclip_k > 0.0:
-            raise ConfigError(f"quant.sdclip_k={self.sdclip_k} must be > 0")
+        if not self.sdclip_k > 0.0 or not self.sdclip_k_embed >= 0.0:
+            raise ConfigError(f"quant.sdclip_k={self.sdclip_k} must be > 0, quant.sdclip_k_embed >= 0 (0 = sdclip_k)")
         if not 0.0 <= self.prune_frac <= 1.0:
             raise ConfigError(f"quant.prune_frac={self.prune_frac} must be a fraction in [0, 1]")
         if not 0 <= self.fit_target <= BUDGET_BYTES:

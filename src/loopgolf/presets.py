@@ -108,8 +108,9 @@ def seed_shared_3x4() -> RunConfig:
     neither the SDPA head dim (110) nor inductor's mix-order reduction is the cause
     (bench/results/2026-11-22_seed-shared-3x4_compile_divergence). Eager costs ~2-3x per step.
 
-    Deviations from PR #1453 (../shared/docs/fidelity.md 003): value-embedding tables init std 0.005
-    (PR: nn.Embedding's N(0,1), L913; model code); the clip percentile is chosen per row (as the PR)
+    Value-embedding tables keep nn.Embedding's N(0, 1) init, as published (L913; model.value_embeds_std).
+
+    Deviations from PR #1453 (../shared/docs/fidelity.md 003): the clip percentile is chosen per row (as the PR)
     with the fp16-rounded scale in the error (PR: fp32); the hedge mixer itself (not a distribution:
     issue #1017 condition C2) is replaced as above.
     """
@@ -117,7 +118,7 @@ def seed_shared_3x4() -> RunConfig:
         name="seed-shared-3x4",
         model=ModelConfig(dim=880, n_heads=8, n_kv_heads=4, mlp="leaky_relu2", mlp_hidden=2640, plan="3x4",
                           plan_stages="3x2@0.3;3x3@0.5", unet_skips=False, loop_embed=True,
-                          cross_repeat=True, value_embeds=2, xsa_last=4),
+                          cross_repeat=True, value_embeds=2, value_embeds_std=1.0, xsa_last=4),
         optim=OptimConfig(matrix_lr=0.018, tied_embed_lr=0.021, scalar_lr=0.018, weight_decay=0.04,
                           momentum_warmup_frac=0.085, warmdown_frac=0.54, swa_start_frac=0.64,
                           swa_every_frac=0.0068, grad_clip=0.3),
@@ -132,12 +133,20 @@ def seed_shared_3x4() -> RunConfig:
 def seed_loop45() -> RunConfig:
     """Seed PR #1290 (record (a) lineage, PR #1204/#1285): 11 layers d=512, 8/4 heads, LeakyReLU^2 MLP
     3x, layers 4-5 run twice (13 virtual layers) from step 3000 (43.8 % of the seed-42 log's wall
-    clock), 5-6 plain additive U-Net skips, XSA on every virtual layer, partial RoPE 16, LN scale,
-    BigramHash 3072x112, VE128 into V on the last two virtual layers (physical 9-10), SmearGate,
-    seq 2048, 786,432 tokens per step. 27,067,995 parameters. Recipe as published: MuonEq-R
+    clock), 5 plain additive U-Net skips (the 11 layers' count, kept when the loop makes 13:
+    model.unet_max_pairs, L964-970), XSA on every virtual layer, partial RoPE 16, LN scale,
+    BigramHash 3072x112, VE128 into V on the last two virtual layers (physical 9-10, L874),
+    SmearGate (L837), seq 2048, 786,432 tokens per step. 27,067,484 parameters, as published
+    (seed-42 log). The tricks in their PR forms (config_variants.py fields): SmearGate gate 0, after
+    the embedding's rms_norm, no BOS mask (L687-694, L981-983); BigramHash table zeros and
+    projection orthogonal (L701-706, L917-923); VE table std 0.01, projection orthogonal, per-layer
+    scales 1 times a global scale starting at 0.1 (L730-744, L876-880); orthogonal init of the
+    banks' Q/K/V/MLP-up (L901-912). Recipe as published: MuonEq-R
     lr 0.025, momentum 0.92 -> 0.99 over 1500 steps (21.8 % of the wall clock), Adam 0.035 / 0.025,
-    WD 0.04 on Muon, Adam and the embeddings (L1889-1895), grad clip 0.3, warm-down 4000 iterations
-    (wall-clock based: from 41.7 % of the wall clock, so 58 %), EMA 0.997 (333 of 6,204 steps).
+    WD 0.04 on Muon, Adam and the embeddings (L1889-1895), bigram.proj and the VE projection in the
+    scalar AdamW (L1882-1886; optim.feature_proj_adam), grad clip 0.3, warm-down 4000 iterations
+    (wall-clock based: from 41.7 % of the wall clock, so 58 %; 4000 of 6,204 steps is the 65 % count
+    in steps), EMA 0.997 (333 of 6,204 steps).
     Export as published (L2144-2241): GPTQ int6 on attention and MLP from 64 self-generated
     sequences at T = 0.8, int8 embeddings, the PR's 5 clip percentiles, +-1 pruning to the target,
     LZMA-9 (compress/fit_gptq.py fit_gptq_fixed_clip: one bit fewer only when pruning every +-1 code
@@ -148,24 +157,23 @@ def seed_loop45() -> RunConfig:
     5642 = 90 % of the wall clock) fake-quantizes the block matrices (PR: only CastedLinear layers,
     not the banks, L557); RoPE follows data.seq_len (PR: 1024 hard-coded, L873).
 
-    Deviations from PR #1290 (fidelity.md 004): 6 skips once the loop runs (PR: 5, the physical
-    layers' count, L964-970; model code); bigram.proj in Muon (PR: Adam, L1882; the parameter
-    table); kaiming not orthogonal init of the banks (model code); per-row clip choice (PR: one
+    Deviations from PR #1290 (fidelity.md 004): per-row clip choice (PR: one
     percentile per matrix, L1336-1350); no scale floor (PR: scale >= 1/31 resp. 1/127, i.e. clip
     >= 1, inert on its trained weights: 16 % of its codes are +-1, L78 of the seed-42 log); the
     PR also collects SWA snapshots that its EMA then overrides (loopgolf: EMA only).
-    Count 27,067,995 vs the PR log's 27,067,484: +512 for the sixth skip weight, -1 for the VE's
-    global scale (the PR has one besides its 2 per-layer scales, L740).
     """
     return RunConfig(
         name="seed-loop45",
         model=ModelConfig(mlp="leaky_relu2", mlp_hidden=1536, plan="11:4-5x2", plan_stages="11@0.438",
                           xsa_last=-1, rope_dims=16, ln_scale=True, bigram_buckets=3072, bigram_dim=112,
-                          ve_dim=128, ve_layers="-2,-1", smear_gate=True),
+                          ve_dim=128, ve_layers="-2,-1", smear_gate=True, smear_init=0.0,
+                          smear_after_norm=True, bigram_table_std=0.0, bigram_proj_gain=1.0,
+                          ve_table_std=0.01, ve_scale_init=1.0, ve_global_scale=0.1, ve_proj_gain=1.0,
+                          unet_max_pairs=5, ortho_init=True),
         optim=OptimConfig(matrix_lr=0.025, tied_embed_lr=0.035, scalar_lr=0.025, momentum=0.99,
                           momentum_warmup_start=0.92, momentum_warmup_frac=0.218, muon_row_norm=True,
                           weight_decay=0.04, adam_weight_decay=0.04, embed_weight_decay=0.04,
-                          grad_clip=0.3, warmdown_frac=0.58, ema_horizon_frac=0.054),
+                          grad_clip=0.3, warmdown_frac=0.58, ema_horizon_frac=0.054, feature_proj_adam=True),
         train=TrainConfig(batch_tokens=786_432, micro_batch_seqs=32, budget_s=600.0),
         quant=QuantConfig(scheme="int6_row", bits_rules="attn|mlp=6,tok_emb|table=8", clip="search",
                           search_percentiles="99.9,99.95,99.99,99.999,100", row_scale_min=0.0,
@@ -179,8 +187,12 @@ def seed_recursive_4b() -> RunConfig:
     """Seed PR #927 (techniques.md 4f2): 4 shared blocks cycled over 7 virtual layers (0 1 2 3 0 1 2),
     d=1024, 32/8 heads, ReLU^2 MLP 2x, attention/MLP scales and resid_mix per virtual layer, U-Net
     skips across loops (3 encoder / 4 decoder), XSA on the last 4 virtual layers, VE128 injected into V
-    on virtual layers 5 and 6, SmearGate, BigramHash 10240x128, seq 2048. 29,950,083 parameters: one
-    more than published (29,950,082): BigramHash's `bigram.scale`, which the PR does not have.
+    on virtual layers 5 and 6, SmearGate, BigramHash 10240x128, seq 2048. 29,950,082 parameters, as
+    published (seed-42 log). The tricks in their PR forms (config_variants.py fields): BigramHash
+    (prev*92821 + cur) mod B, no scale, table std 0.01 (L656-672); SmearGate gate init 0 (sigma = 1/2),
+    after the embedding's rms_norm, no BOS mask (L649, L807-809); VE table std 0.01, scales start at 1
+    (L640-641); orthogonal init (L775-786) of c_q/c_k/c_v/fc and of the VE projection, the latter
+    x 1/sqrt(2 x 7) as the PR scales every `.proj` it does not zero.
     Recipe as published (README run command): Muon lr 0.02 momentum 0.99 (from 0.85 over 500 steps,
     8.4 % of the seed-42 log's wall clock), Adam 0.01 scalars / 0.02 tied embedding, WD 0.04 on Muon
     and both AdamWs, grad clip 0.3, warm-down 3500 iterations (wall-clock based: from 41.4 % of the
@@ -194,17 +206,15 @@ def seed_recursive_4b() -> RunConfig:
     QAT (absmax, no floor, L486-492) and its export (percentile search, scale >= 1/31, L318) use
     different grids; here QAT trains on exactly the exported grid, without the floor.
 
-    Deviations from PR #927 (fidelity.md 001): BigramHash uses record (a)'s XOR hash with a 0.05
-    scale and std-0.02 table (PR: (prev*92821 + cur) mod B, no scale, std 0.01, L656-672); SmearGate
-    init -3 before rms_norm with a BOS mask (PR: init 0 after rms_norm, no mask, L649, L807-809); VE
-    scales start at 0 and the table std 0.02 (PR: 1 and 0.01, L640-641); kaiming not orthogonal init
-    (L775-786) (all model code); the int6 grid is +-31 (PR: -32..31).
+    Deviations from PR #927 (fidelity.md 001): the int6 grid is +-31 (PR: -32..31).
     """
     return RunConfig(
         name="seed-recursive-4b",
         model=ModelConfig(dim=1024, n_heads=32, n_kv_heads=8, mlp_hidden=2048, plan="4c7",
                           per_layer_scales=True, xsa_last=4, ve_dim=128, ve_layers="5,6", smear_gate=True,
-                          bigram_buckets=10240, bigram_dim=128),
+                          bigram_buckets=10240, bigram_dim=128, bigram_hash="mul", bigram_scale=0.0,
+                          bigram_table_std=0.01, smear_init=0.0, smear_after_norm=True, ve_table_std=0.01,
+                          ve_scale_init=1.0, ve_proj_gain=(2 * 7) ** -0.5, ortho_init=True),
         optim=OptimConfig(matrix_lr=0.02, scalar_lr=0.01, tied_embed_lr=0.02, momentum=0.99,
                           momentum_warmup_frac=0.084, weight_decay=0.04, adam_weight_decay=0.04,
                           embed_weight_decay=0.04, grad_clip=0.3, warmdown_frac=0.59,
@@ -225,30 +235,34 @@ def record_loop345() -> RunConfig:
     skips, vocab 8192, MuonEq-R, Muon WD 0.095, EMA, warm-down 72%. 35,944,536 parameters, as
     published (35,943,512 for record (c)'s 15-layer loop: one skip pair fewer).
 
-    Export and eval as published: GPTQ int6 from 64 training batches (12 s of the budget kept for
-    them), SDClip k = 12.85, int8 embeddings, byte-shuffle + brotli-11, fitted under the cap;
-    sliding windows (stride 64) with score-first SGD TTT (eval/ttt.py defaults are PR #1493's).
+    Orthogonal init of c_q/c_k/c_v/fc, as published (#1493's _init_weights: every nn.Linear of
+    both dims >= 64 that is not zero-initialized).
 
-    Deviations from PR #1493 (fidelity.md): the embedding shares the matrices' k = 12.85 (PR:
-    k = 20) and is rounded to nearest (PR: GPTQ on the embedding too; loopgolf's GPTQ hooks
-    nn.Linear only); byte shuffle per part dtype (PR: stride 2 over the whole torch.save stream);
-    kaiming not orthogonal init; a sequential loader (PR: shuffled). The later frontier (PR #1855)
+    Export and eval as published: GPTQ int6 from 64 training batches (12 s of the budget kept for
+    them), SDClip k = 12.85; the tied embedding int8 by GPTQ too, with k = 20 and the Hessian of the
+    head's input, the final normed hidden state (#1493's final_norm output hook;
+    quant.gptq_embed, quant.sdclip_k_embed); byte-shuffle + brotli-11, fitted under the cap (the
+    fitter moves the matrices' k only); sliding windows (stride 64) with score-first SGD TTT
+    (eval/ttt.py defaults are PR #1493's).
+
+    Deviations from PR #1493 (fidelity.md): byte shuffle per part dtype (PR: stride 2 over the
+    whole torch.save stream); a sequential loader (PR: shuffled). The later frontier (PR #1855)
     additions are not in this preset (issue 14).
     """
     return RunConfig(
         name="record-loop345",
         model=ModelConfig(vocab_size=8192, mlp="leaky_relu2", mlp_hidden=2048, plan="11:3-5x3",
                           plan_stages="11@0.35", parallel_from=7, qk_gain_init=5.25, xsa_last=-1,
-                          rope_dims=16, ln_scale=True, skip_gated=True),
+                          rope_dims=16, ln_scale=True, skip_gated=True, ortho_init=True),
         optim=OptimConfig(matrix_lr=0.022, tied_embed_lr=0.03, scalar_lr=0.02, momentum=0.99,
                           momentum_warmup_start=0.92, momentum_warmup_frac=0.33, muon_row_norm=True,
                           weight_decay=0.095, adam_weight_decay=0.02, embed_weight_decay=0.085,
                           grad_clip=0.3, warmdown_frac=0.72, ema_horizon_frac=0.06),
         train=TrainConfig(batch_tokens=786_432, micro_batch_seqs=32, budget_s=600.0),
         quant=QuantConfig(scheme="int6_row", bits_rules="attn|mlp=6,tok_emb=8", clip="sdclip",
-                          sdclip_k=12.85, row_scale_min=0.0, codec="brotli", shuffle=True, gptq=True,
-                          gptq_calib="train", gptq_calib_batches=64, gptq_reserve_s=12.0,
-                          fit_target=FIT_TARGET),
+                          sdclip_k=12.85, sdclip_k_embed=20.0, row_scale_min=0.0, codec="brotli",
+                          shuffle=True, gptq=True, gptq_embed=True, gptq_calib="train", gptq_calib_batches=64,
+                          gptq_reserve_s=12.0, fit_target=FIT_TARGET),
         eval=EvalConfig(method="ttt_sgd", stride=64),
     ).override(["data.seq_len=2048"])
 

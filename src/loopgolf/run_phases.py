@@ -117,7 +117,7 @@ def calibrate(ctx: RunContext, model: torch.nn.Module, loader: BatchLoader, resu
     if reserve > 0:  # calibration on training data counts against the training budget
         batches = UntilDeadline(batches, t0 + reserve, device)
     with amp:
-        hess = collect_hessians(model, batches, device)
+        hess = collect_hessians(model, batches, device, embed=q.gptq_embed)
     if dist.info().enabled:
         for name, h in hess.items():
             hess[name] = dist.all_reduce_sum(h.to(device)).cpu()  # NCCL reduces device tensors

@@ -2,6 +2,7 @@
 summed over every visit of a shared layer, self-generated calibration."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -101,3 +102,33 @@ def test_gpt_hessians_and_self_calibration() -> None:
     assert set(parts) == set(hess)  # every hooked matrix is a row-grid tensor here
     back, _ = unpack(pack(state, {}, qcfg, precomputed=parts))
     assert set(back) == set(state)
+
+
+def test_tied_embedding_hessian_is_the_heads_input_and_gets_its_own_k() -> None:
+    """quant.gptq_embed (#1493 L239-243, L262): tok_emb.weight's Hessian is sum h^T h over the final
+    normed hidden states (the tied head computes h W^T); quant.sdclip_k_embed = 20 sets its scales."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, dim=16, n_heads=2, n_kv_heads=1, mlp_hidden=32, plan="2"))
+    x = [torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (1, 8))]
+    hess = collect_hessians(model, x, "cpu", embed=True)
+    assert "unembed" not in vars(model)  # the instance wrapper is gone again
+    with torch.no_grad():
+        hs = [model._hidden(b, model._stage_layers[-1]).reshape(-1, 16) for b in x]
+    want = sum(h.T @ h for h in hs)
+    assert torch.allclose(hess["tok_emb.weight"], want, rtol=1e-5, atol=1e-5)
+    assert "tok_emb.weight" not in collect_hessians(model, x, "cpu")  # off by default
+    qcfg = QuantConfig(scheme="int6_row", bits_rules="attn|mlp=6,tok_emb=8", clip="sdclip", sdclip_k=12.85,
+                       sdclip_k_embed=20.0, passthrough_max_numel=64, row_scale_min=0.0, gptq_embed=True)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    parts = gptq_quantize_state(state, hess, qcfg)
+    scheme, emb = parts["tok_emb.weight"]
+    w = state["tok_emb.weight"]
+    assert scheme == "int8_row"
+    assert torch.allclose(torch.from_numpy(emb["scale"]).float(), (20.0 * w.std(dim=1) / 127).half().float())
+    _, cq = parts["blocks.0.attn.c_q.weight"]
+    wq = state["blocks.0.attn.c_q.weight"]
+    assert torch.allclose(torch.from_numpy(cq["scale"]).float(), (12.85 * wq.std(dim=1) / 31).half().float())
+    untied = GPT(ModelConfig(vocab_size=64, dim=16, n_heads=2, n_kv_heads=1, mlp_hidden=32, plan="2",
+                             tie_embeddings=False))
+    with pytest.raises(ValueError, match="quant.gptq_embed"):
+        collect_hessians(untied, x, "cpu", embed=True)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loopgolf.compress.quant import QUANTIZERS, RowGridQuantizer, dtype_name
-from loopgolf.compress.rules import (assign_schemes, grid_quantizers, quantize_state, rule_scheme,
+from loopgolf.compress.rules import (assign_schemes, grid_quantizers, quantize_state, rule_scheme, tensor_qcfg,
                                      storage_scheme)
 from loopgolf.config import QuantConfig
 from loopgolf.model.params import PARAM_KINDS
@@ -145,3 +145,20 @@ def test_bits_rules_level_grids() -> None:
     for bad in ("mlp=q0", "mlp=q128", "mlp=q"):
         with pytest.raises(ValueError, match=r"PATTERN=qL \(L in 1..127\)"):
             assign_schemes(state, QuantConfig(bits_rules=bad))
+
+
+def test_sdclip_k_embed_applies_to_embedding_kinds_only():
+    """#1493: k = 20 for the int8 embedding, 12.85 for the int6 matrices (L262)."""
+    qcfg = QuantConfig(scheme="int6_row", bits_rules="attn=6,tok_emb=8", clip="sdclip", sdclip_k=12.85,
+                       sdclip_k_embed=20.0, row_scale_min=0.0, passthrough_max_numel=16)
+    g = torch.Generator().manual_seed(0)
+    state = {"tok_emb.weight": torch.randn(32, 16, generator=g), "blocks.0.attn.c_q.weight": torch.randn(16, 16, generator=g)}
+    assert tensor_qcfg("tok_emb.weight", state["tok_emb.weight"], qcfg).sdclip_k == 20.0
+    assert tensor_qcfg("blocks.0.attn.c_q.weight", state["blocks.0.attn.c_q.weight"], qcfg) is qcfg
+    off = dataclasses.replace(qcfg, sdclip_k_embed=0.0)
+    assert tensor_qcfg("tok_emb.weight", state["tok_emb.weight"], off) is off
+    out = quantize_state(state, qcfg)
+    emb_scale = torch.from_numpy(out["tok_emb.weight"][1]["scale"]).float()
+    assert torch.allclose(emb_scale, (20.0 * state["tok_emb.weight"].std(dim=1) / 127).half().float())
+    q_scale = torch.from_numpy(out["blocks.0.attn.c_q.weight"][1]["scale"]).float()
+    assert torch.allclose(q_scale, (12.85 * state["blocks.0.attn.c_q.weight"].std(dim=1) / 31).half().float())

@@ -159,3 +159,23 @@ def test_sparse_attn_gate_at_init_halves_attention_and_follows_xsa():
     assert all(isinstance(layer.attn_y[0], XSA) and len(layer.attn_y) == 2 for layer in layers)  # XSA first
     gated(idx, idx).mean().backward()
     assert gated.attn_gate.weight.grad.abs().sum() > 0  # one row per physical block, shared by loops
+
+
+def test_value_injection_published_inits_and_global_scale():
+    """PR #1290: table std 0.01, per-layer scales 1, a global scale 0.1, orthogonal projection;
+    PR #927: the projection orthogonal x 1/sqrt(14)."""
+    from loopgolf.model.attention_tricks import ValueInjection
+    torch.manual_seed(0)
+    ve = ValueInjection(4096, 32, 64, (-2, -1), table_std=0.01, scale_init=1.0, global_scale=0.1, proj_gain=1.0)
+    assert abs(ve.table.weight.std().item() - 0.01) < 3e-4
+    assert ve.scales.tolist() == [1.0, 1.0] and ve.scale.item() == pytest.approx(0.1)
+    w = ve.proj.weight  # (64, 32)
+    assert torch.allclose(w.T @ w, torch.eye(32), atol=1e-5)
+    idx = torch.tensor([[1, 2, 3]])
+    assert torch.allclose(ve(idx), 0.1 * ve.proj(ve.table(idx)))
+    g = 14 ** -0.5
+    w927 = ValueInjection(64, 32, 64, (5, 6), proj_gain=g).proj.weight
+    assert torch.allclose(w927.T @ w927, g * g * torch.eye(32), atol=1e-5)
+    default = ValueInjection(64, 32, 64, (5, 6))
+    assert not hasattr(default, "scale") and not default.scales.any()
+    assert {n for n, _ in default.named_parameters()} == {"table.weight", "proj.weight", "scales"}

@@ -84,3 +84,46 @@ def test_input_smear_gate_is_its_own_trick_beside_the_static_one():
                                                                                     "smear_in.lam"}
     with pytest.raises(ConfigError, match="two SmearGates"):
         _cfg(smear_gate=True, smear_window=12).validate()
+
+
+def test_bigram_hash_mul_is_pr_927s_formula():
+    """(92821 t_prev + t) mod B with t_prev = 0 at position 0; 92821 = 2 (mod 101), so the buckets of
+    3, 7, 9 are 3, 2*3 + 7, 2*7 + 9."""
+    bh = BigramHash(101, 8, 16, hash_="mul", scale=0.0, table_std=0.01)
+    assert bh.bucket(torch.tensor([[3, 7, 9]])).tolist() == [[3, 13, 23]]
+    assert bh.bucket(torch.tensor([[100, 100]])).tolist() == [[100, (100 * 92821 + 100) % 101]]
+    assert not hasattr(bh, "scale") and {n for n, _ in bh.named_parameters()} == {"table.weight", "proj.weight"}
+    with torch.no_grad():
+        bh.proj.weight.normal_()
+    idx = torch.tensor([[3, 7]])
+    assert torch.allclose(bh(idx), bh.proj(bh.table(bh.bucket(idx))))  # no scale factor
+
+
+def test_bigram_inits_zero_table_and_orthogonal_projection():
+    torch.manual_seed(0)
+    bh = BigramHash(64, 16, 32, table_std=0.0, proj_gain=1.0)
+    assert not bh.table.weight.any()
+    w = bh.proj.weight  # (32, 16): orthonormal columns
+    assert torch.allclose(w.T @ w, torch.eye(16), atol=1e-5)
+    assert abs(BigramHash(4096, 64, 32, table_std=0.01).table.weight.std().item() - 0.01) < 5e-4
+
+
+def test_pr927_smear_gate_runs_after_the_norm_without_bos_mask():
+    cfg = _cfg(plan="1", smear_gate=True, smear_init=0.0, smear_after_norm=True, unet_skips=False)
+    model = GPT(cfg)
+    assert model._stream == () and len(model._normed) == 1
+    assert bool((model.smear.gate == 0).all())
+    x = torch.randn(1, 3, 32)
+    idx = torch.tensor([[5, BOS_ID, 7]])
+    out = model._normed[0](x, idx)
+    assert torch.allclose(out[0, 0], 0.5 * x[0, 0])  # gate 0: s = 1/2, x_{-1} = 0
+    assert torch.allclose(out[0, 1], 0.5 * x[0, 1] + 0.5 * x[0, 0])  # BOS mixes too (no mask)
+    assert torch.allclose(out[0, 2], 0.5 * x[0, 2] + 0.5 * x[0, 1])
+
+
+def test_pr927_smear_changes_the_bos_logits_the_default_form_does_not():
+    torch.manual_seed(0)
+    model = GPT(_cfg(plan="1", smear_gate=True, smear_after_norm=True, unet_skips=False))
+    torch.nn.init.normal_(model.blocks[0].mlp.proj.weight, std=0.1)
+    a, b = torch.tensor([[5, 6, BOS_ID, 7]]), torch.tensor([[5, 9, BOS_ID, 7]])
+    assert not torch.allclose(model.logits(a)[0, 2], model.logits(b)[0, 2])

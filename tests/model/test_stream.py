@@ -119,3 +119,39 @@ def test_recurrence_scales_multiply_before_the_unet_skip():
     torch.testing.assert_close(seen[0], x0)  # s[0] = 1
     want = outs[0] * model.recurrence_scales[1] + model.skip_weights[0] * outs[0]
     torch.testing.assert_close(seen[1], want.detach())
+
+
+def test_value_embeds_std_sets_the_table_init():
+    """PR #1453 keeps nn.Embedding's N(0, 1) (L913): value_embeds_std=1; 0 follows embed_init_std."""
+    wide = dict(vocab_size=512, dim=64, n_heads=2, n_kv_heads=1, mlp_hidden=8, plan="2", value_embeds=2)
+    torch.manual_seed(0)
+    published = GPT(ModelConfig(**wide, value_embeds_std=1.0))
+    stds = [emb.weight.std().item() for emb in published.value_embeds]
+    assert all(abs(s - 1.0) < 0.02 for s in stds), stds  # 32,768 draws: std error ~0.004
+    default = GPT(ModelConfig(**wide))
+    assert all(abs(emb.weight.std().item() - 0.005) < 1e-4 for emb in default.value_embeds)
+
+
+def test_unet_max_pairs_keeps_five_plain_skips_when_the_loop_adds_layers():
+    """PR #1290 (L964-970): 11 layers, 4-5 looped -> 13 virtual layers, 6 encoder pushes, but only
+    its 5 skip weights: the first 5 decoder layers pop (latest first); the first push goes unused."""
+    cfg = _cfg(plan="11:4-5x2", plan_stages="11@0.5", unet_max_pairs=5)
+    model = GPT(cfg)
+    assert model.skip_weights.shape == (5, 4)
+    assert GPT(_cfg(plan="11:4-5x2", plan_stages="11@0.5")).skip_weights.shape == (6, 4)
+    trick = next(f for f in model._features if isinstance(f, UNetSkip))
+    layers = model.plan.layers()
+    assert [v for v, s in enumerate(layers) if "pre" in trick.at(s)] == [6, 7, 8, 9, 10]
+    assert [v for v, s in enumerate(layers) if "post" in trick.at(s)] == [0, 1, 2, 3, 4, 5]
+    with torch.no_grad():
+        model.skip_weights.copy_(torch.arange(1.0, 6.0).view(5, 1).expand(5, 4))
+    ctx = Context(model, None, None)
+    for v in range(6):
+        trick.at(layers[v])["post"](torch.full((1, 1, 4), float(10 ** v)), ctx)
+    got = [trick.at(layers[v])["pre"](torch.zeros(1, 1, 4), ctx)[0, 0, 0].item() for v in range(6, 11)]
+    assert got == [1 * 1e5, 2 * 1e4, 3 * 1e3, 4 * 1e2, 5 * 1e1]  # row j weighs encoder 5 - j
+    assert [t[0, 0, 0].item() for t in ctx.skips] == [1.0]  # encoder 0's output is never added
+    flat = GPT(cfg).at(model.stages[0].plan)  # the 11-layer stage: 5 pairs, all used
+    assert flat.model.shape.n_skip_rows == 5
+    x = torch.randint(0, 64, (1, 8))
+    assert model(x, x, stage=0).shape == (1, 8) and model(x, x).shape == (1, 8)

@@ -42,6 +42,22 @@ def test_lora_stacks_are_trained_by_muon_at_matrix_lr():
     assert len(lora) == 8 and not any("lora" in n for n, _ in groups[SCALAR])
 
 
+def test_feature_proj_adam_moves_bigram_and_ve_projections_to_the_scalar_adamw():
+    """PR #1290 L1882-1886: bigram.proj and the VE projection are in the scalar AdamW, not Muon."""
+    cfg = get_preset("tiny").override(["model.bigram_buckets=16", "model.bigram_dim=8", "model.ve_dim=8",
+                                       "model.ve_layers=-1", "optim.feature_proj_adam=true"])
+    moved = {"bigram.proj.weight", "ve_inject.proj.weight"}
+    opts = build_optimizers(GPT(cfg.model), cfg.optim, cfg.model)
+    muon = {id(p) for g in opts[0].param_groups for p in g["params"]}
+    model = GPT(cfg.model)
+    groups = assign_groups(model, to_scalar_adam=frozenset({"feature_matrix"}))
+    assert moved <= {n for n, _ in groups[SCALAR]} and not moved & {n for n, _ in groups[MUON]}
+    default = assign_groups(model)
+    assert moved <= {n for n, _ in default[MUON]}
+    assert sum(len(g["params"]) for g in opts[1].param_groups) == sum(len(v) for k, v in groups.items() if k[0] == "adam")
+    assert len(muon) == len(groups[MUON])
+
+
 def test_muon_orthogonalizes_each_matrix_of_a_stack():
     torch.manual_seed(0)
     grad = torch.randn(3, 12, 4)

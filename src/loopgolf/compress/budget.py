@@ -21,6 +21,7 @@ CORE_MODULES: tuple[str, ...] = (
     "config.py",
     "config_fields.py",
     "config_eval.py",
+    "config_variants.py",
     "dist.py",
     "metrics.py",
     "pipeline.py",

@@ -8,7 +8,7 @@ tensor is stored with the same scheme and parts and needs no new dequantizer.
 
 `collect_hessians` hooks every shipped nn.Linear of a model whose PARAM_KINDS storage is "matrix"
 (training-only heads are skipped), so a shared (looped) block accumulates its Hessian over every
-visit of the recurrence; `gptq_quantize_state` rounds exactly the tensors that compress/rules.py
+visit of the recurrence, and with quant.gptq_embed the tied embedding, from the head's inputs; `gptq_quantize_state` rounds exactly the tensors that compress/rules.py
 `grid_quantizers` puts on a row grid. Calibration batches come from the caller: training
 batches taken inside the training budget, or `sample_calibration` (the model samples its own text,
 record (a): 64 x 2048 tokens at T = 0.8; no data access).
@@ -22,31 +22,50 @@ from torch import nn
 
 from loopgolf.compress.diagnostics import progress
 from loopgolf.compress.quant import _float32_cpu
-from loopgolf.compress.rules import QTensor, grid_quantizers
+from loopgolf.compress.rules import QTensor, grid_quantizers, tensor_qcfg
 from loopgolf.config import QuantConfig
 from loopgolf.model.params import kind_of
 
 
+def _accumulate(hess: dict[str, torch.Tensor], key: str, x: torch.Tensor) -> None:
+    x = x.detach().reshape(-1, x.shape[-1]).float()
+    if key not in hess:
+        hess[key] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
+    hess[key].addmm_(x.T, x)
+
+
 @torch.no_grad()
 def collect_hessians(model: nn.Module, batches: Iterable[torch.Tensor],
-                     device: torch.device | str) -> dict[str, torch.Tensor]:
+                     device: torch.device | str, embed: bool = False) -> dict[str, torch.Tensor]:
     """{"<module>.weight": sum over calibration inputs of X^T X (float32, on CPU)} for every
     shipped matrix nn.Linear (PARAM_KINDS storage "matrix"). Each batch is a (B, T) token tensor; the model is called as model.logits(x) when it
-    has that method, else model(x). Under torch.distributed the caller all-reduces the sums."""
+    has that method, else model(x). Under torch.distributed the caller all-reduces the sums.
+    embed=True (quant.gptq_embed) adds "tok_emb.weight" for a GPT with tied embeddings: the tied
+    head computes h W^T, so its inputs X are the final normed hidden states h that `unembed`
+    receives (#1493 hooks final_norm's output, L239-243); `unembed` is wrapped on the instance for
+    the calibration and restored after."""
     hess: dict[str, torch.Tensor] = {}
     hooks = []
 
     def hook_for(key: str):
         def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
-            if key not in hess:
-                hess[key] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
-            hess[key].addmm_(x.T, x)
+            _accumulate(hess, key, inputs[0])
         return hook
 
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Linear) and _is_matrix(f"{name}.weight", mod.weight):
             hooks.append(mod.register_forward_hook(hook_for(f"{name}.weight")))
+    tied_head = embed and getattr(model, "lm_head", False) is None and hasattr(model, "unembed")
+    if embed and not tied_head:
+        raise ValueError("quant.gptq_embed needs a GPT with tied embeddings (model.tie_embeddings=true); "
+                         "set quant.gptq_embed=false")
+    if tied_head:
+        unembed = model.unembed
+
+        def recording_unembed(h: torch.Tensor) -> torch.Tensor:
+            _accumulate(hess, "tok_emb.weight", h)
+            return unembed(h)
+        model.unembed = recording_unembed
     was_training = model.training
     model.eval()
     try:
@@ -56,6 +75,8 @@ def collect_hessians(model: nn.Module, batches: Iterable[torch.Tensor],
     finally:
         for h in hooks:
             h.remove()
+        if tied_head:
+            del model.unembed
         model.train(was_training)
     return {k: v.cpu() for k, v in hess.items()}
 
@@ -135,7 +156,7 @@ def gptq_quantize_state(model_state: dict[str, torch.Tensor], hessians: dict[str
     for name in progress(sorted(n for n in hessians if n in grid), "gptq"):
         quantizer = grid[name]
         w = _float32_cpu(model_state[name], quantizer.name)
-        _, scale16 = quantizer.grid(w, qcfg)  # the round-to-nearest quantizer's scales
+        _, scale16 = quantizer.grid(w, tensor_qcfg(name, w, qcfg))  # the round-to-nearest quantizer's scales
         q = gptq_quantize_weight(w.to(device), hessians[name].to(device),
                                  scale16.float().to(device), quantizer.qmax, qcfg.gptq_damp,
                                  qcfg.gptq_block, qcfg.gptq_act_order).cpu()

@@ -11,6 +11,7 @@ the tensors stored on a per-row grid; QAT fake-quantizes, GPTQ rounds and LQER c
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -113,6 +114,15 @@ def grid_quantizers(state: dict[str, torch.Tensor], qcfg: QuantConfig
 QTensor = tuple[str, dict[str, np.ndarray]]  # (scheme, parts): one tensor as the artifact stores it
 
 
+def tensor_qcfg(name: str, t: torch.Tensor, qcfg: QuantConfig) -> QuantConfig:
+    """The quant config one tensor is rounded with: quant.sdclip_k_embed > 0 replaces
+    quant.sdclip_k for the PARAM_KINDS "embedding" tensors (#1493: k = 20 for the int8 embedding,
+    12.85 for the int6 matrices); every other tensor gets `qcfg` itself."""
+    if not qcfg.sdclip_k_embed or kinds_of([(name, t)])[name].kind != "embedding":
+        return qcfg
+    return dataclasses.replace(qcfg, sdclip_k=qcfg.sdclip_k_embed)
+
+
 def quantize_state(state: dict[str, torch.Tensor], qcfg: QuantConfig,
                    precomputed: dict[str, QTensor] | None = None) -> dict[str, QTensor]:
     """Every shipped tensor quantized per the rules; `precomputed` (e.g. GPTQ output) replaces the
@@ -135,7 +145,7 @@ def quantize_state(state: dict[str, torch.Tensor], qcfg: QuantConfig,
             out[name] = (scheme, parts)
             continue
         try:
-            out[name] = (scheme, QUANTIZERS[scheme].quantize(t, qcfg))
+            out[name] = (scheme, QUANTIZERS[scheme].quantize(t, tensor_qcfg(name, t, qcfg)))
         except ValueError as e:
             raise ValueError(f"tensor {name}: {e}") from None
     if qcfg.lqer_rank:

@@ -22,30 +22,48 @@ class ValueInjection(Feature, nn.Module):
     """VE128 (record (a) L318-326; model.ve_dim, model.ve_layers): a vocab x ve_dim token table,
     projected to the KV width and added to the attention values of the chosen virtual layers:
 
-        v += scales[j] * proj(table[idx])      at the j-th layer of ve_layers (negative = from the end)
+        v += scales[j] * g * proj(table[idx])   at the j-th layer of ve_layers (negative = from the end)
 
-    table ~ N(0, 0.02), proj nn.Linear's default, scales init 0 (transparent at initialization), one
-    per injected layer. Parameters: ve_inject.table.weight, ve_inject.proj.weight, ve_inject.scales."""
+    Inits (model.*): table ~ N(0, ve_table_std), scales = ve_scale_init (one per injected layer;
+    default 0: transparent), proj nn.Linear's default or orthogonal with gain ve_proj_gain > 0, and
+    g = 1, or with ve_global_scale > 0 a learned scalar starting there (PR #1290's 0.1, L737-740;
+    PR #927: std 0.01, scales 1, orthogonal proj x 1/sqrt(2 x 7), L640-641 and L775-786).
+    Parameters: ve_inject.table.weight, ve_inject.proj.weight, ve_inject.scales (and ve_inject.scale)."""
 
     field = "ve_dim"
 
-    def __init__(self, vocab: int, ve_dim: int, kv_dim: int, layers: tuple[int, ...]):
+    def __init__(self, vocab: int, ve_dim: int, kv_dim: int, layers: tuple[int, ...], table_std: float = 0.02,
+                 scale_init: float = 0.0, global_scale: float = 0.0, proj_gain: float = 0.0):
         super().__init__()
         self.layers = layers
         self.table = nn.Embedding(vocab, ve_dim)
         self.proj = nn.Linear(ve_dim, kv_dim, bias=False)
-        self.scales = nn.Parameter(torch.zeros(len(layers)))
-        nn.init.normal_(self.table.weight, std=0.02)
+        self.scales = nn.Parameter(torch.full((len(layers),), float(scale_init)))
+        if global_scale:
+            self.scale = nn.Parameter(torch.tensor(float(global_scale)))
+        self._out = self._scaled if global_scale else self._plain  # a bound method: no module alias
+        nn.init.normal_(self.table.weight, std=table_std)
+        if proj_gain:
+            nn.init.orthogonal_(self.proj.weight, gain=proj_gain)
 
     @classmethod
     def build(cls, cfg: ModelConfig, shape: ModelShape):
-        return cls(cfg.vocab_size, cfg.ve_dim, shape.kv_dim, shape.ve_layers) if cfg.ve_dim else None
+        if not cfg.ve_dim:
+            return None
+        return cls(cfg.vocab_size, cfg.ve_dim, shape.kv_dim, shape.ve_layers, cfg.ve_table_std,
+                   cfg.ve_scale_init, cfg.ve_global_scale, cfg.ve_proj_gain)
 
     def create(self):
         return {"ve_inject": self}
 
+    def _plain(self, h: torch.Tensor) -> torch.Tensor:
+        return self.proj(h)
+
+    def _scaled(self, h: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.proj(h)
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.table(idx))
+        return self._out(self.table(idx))
 
     def at(self, spec: LayerSpec):
         chosen = [v % spec.n_virtual for v in self.layers]

@@ -2,7 +2,8 @@
 decided at construction (model/wiring.py), so the forward pass is a plain loop:
 
     x = tok_emb[idx];  x = token tricks(x)  (BigramHash);  x = bf16 under autocast
-    x0 = x = in_norm(stream tricks(x))     (SmearGate; in_norm = rms_norm, or none: model.block)
+    x0 = x = normed tricks(in_norm(stream tricks(x)))     (SmearGate: before or after the norm;
+                                                            in_norm = rms_norm, or none: model.block)
     for layer in layers(stage):              # one per virtual layer: its block and its ops
         x = pre ops(x)                       (U-Net skip pop, loop embedding, value embeds, cross-repeat)
         x = layer.block(x, ctx, layer)       (per-layer controls, norm, residual, MLP, attention ops)
@@ -25,7 +26,7 @@ Parameter names (an API, matched by train/optim.py and compress/quant.py):
     blocks.{i}.attn_norm|mlp_norm.weight, final_norm.weight (model.block=plain_prenorm), recurrence_scales,
     loop_embed, cross_repeat_scales, value_embeds.{k}.weight, ve_scales, repeat_mlps.{k}.fc|proj.weight,
     bigram.table.weight, bigram.proj.weight, bigram.scale, smear.gate,
-    ve_inject.table.weight, ve_inject.proj.weight, ve_inject.scales,
+    ve_inject.table.weight, ve_inject.proj.weight, ve_inject.scales, ve_inject.scale,
     lora.{q,k,v,o}_{a,b}, mtp_heads.{k}.proj.weight (training-only),
     logit_cap.softcap_pos|softcap_neg (AsymLogit)
 `forward` returns per-token cross-entropy in nats (float32), the one quantity both training and the
@@ -76,7 +77,7 @@ class GPT(nn.Module):
                 self._training_only += [name] if f.training_only else []
             for hook, op in f.model_hooks().items():
                 hooks[hook].append(op)
-        self._token, self._stream, self._loss = (tuple(hooks[h]) for h in MODEL_HOOKS)
+        self._token, self._stream, self._normed, self._loss = (tuple(hooks[h]) for h in MODEL_HOOKS)
         self._stage_layers = tuple(self._wire(st.plan) for st in self.stages)
         self.init_weights()
 
@@ -145,6 +146,8 @@ class GPT(nn.Module):
         for op in self._stream:
             x = op(x, idx)
         x = self.in_norm(x)
+        for op in self._normed:
+            x = op(x, idx)
         ctx = Context(self, idx, x)
         for layer in layers:
             for op in layer.pre:

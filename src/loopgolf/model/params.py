@@ -58,7 +58,7 @@ class ParamKind:
 _PREFIX = r"(?:.*\.)?"  # any module path in front (blocks.3., repeat_mlps.0., ...)
 CONTROL_NAMES = (r"(?:layer_)?(?:attn_scale|mlp_scale|resid_mix)", r"q_gain", r"skip_weights",
                  r"skip_gates", r"loop_embed", r"cross_repeat_scales", r"ve_scales", r"bigram\.scale",
-                 r"smear\.gate", r"ve_inject\.scales", r"recurrence_scales")
+                 r"smear\.gate", r"ve_inject\.scales?", r"recurrence_scales")
 
 PARAM_KINDS: tuple[ParamKind, ...] = (
     ParamKind("embedding", r"(?:tok_emb|value_embeds\.\d+|bigram\.table|ve_inject\.table)\.weight",

@@ -52,12 +52,14 @@ class UNetSkip(Feature):
         x += skip_weights[row] * skips.pop()        (skip_weights (n_pairs, d), init 1)
 
     The plan (LayerSpec.skip_push / skip_row) decides the pairing and which row a deeper eval-time
-    plan reuses."""
+    plan reuses. model.unet_max_pairs = m > 0: only the first m decoder layers pop (PR #1290 keeps
+    its 11 physical layers' 5 pairs when the loop makes 13 virtual layers, L964-970: every encoder
+    layer still pushes, so the first encoder layer's output goes unused)."""
 
     field = "unet_skips"
 
     def __init__(self, cfg: ModelConfig, shape: ModelShape):
-        self.rows, self.dim = shape.n_skip_rows, cfg.dim
+        self.rows, self.dim, self.cap = shape.n_skip_rows, cfg.dim, shape.max_skip_pairs
 
     @classmethod
     def build(cls, cfg: ModelConfig, shape: ModelShape):
@@ -68,7 +70,7 @@ class UNetSkip(Feature):
 
     def at(self, spec: LayerSpec):
         ops = {}
-        if spec.skip_row >= 0:
+        if spec.skip_row >= 0 and (not self.cap or spec.v - spec.n_virtual // 2 < self.cap):
             ops["pre"] = partial(self.pop_into, j=spec.skip_row)
         if spec.skip_push:
             ops["post"] = push_skip
@@ -129,8 +131,10 @@ class ResidualValueEmbeds(Feature):
     """Residual-form value embeddings (PR #1453; model.value_embeds = K): K full-width token tables
     added to the stream before every virtual layer with per-layer, per-table scales:
 
-        x += sum_k ve_scales[slot, k] * value_embeds[k][idx]     (tables ~ N(0, embed_init_std),
-                                                                  ve_scales (n_slots, K, d), init 0)"""
+        x += sum_k ve_scales[slot, k] * value_embeds[k][idx]     (ve_scales (n_slots, K, d), init 0)
+
+    Tables ~ N(0, model.value_embeds_std), or N(0, model.embed_init_std) when it is 0 (PR #1453
+    keeps nn.Embedding's N(0, 1), L913: value_embeds_std=1)."""
 
     field = "value_embeds"
 
@@ -143,8 +147,9 @@ class ResidualValueEmbeds(Feature):
         return {"value_embeds": self.tables, "ve_scales": _param((self.n_slots, c.value_embeds, c.dim), 0.0)}
 
     def init_weights(self, model: nn.Module) -> None:
+        std = self.cfg.value_embeds_std or self.cfg.embed_init_std
         for emb in model.value_embeds:
-            nn.init.normal_(emb.weight, std=self.cfg.embed_init_std)
+            nn.init.normal_(emb.weight, std=std)
 
     def at(self, spec: LayerSpec):
         return {"pre": partial(self.add, slot=spec.slot)}

@@ -5,7 +5,8 @@ A trick is a `Feature` subclass. `build(cfg, shape)` returns it, or None when it
 parameters/modules it adds, registered on the GPT under their API names (gpt.py docstring). Then:
 
 - model hooks (`model_hooks`): "token" (x, idx) -> x before the residual dtype cast, "stream"
-  (x, idx) -> x after it, "loss" (nll, h, targets, model) -> nll;
+  (x, idx) -> x after it, "normed" (x, idx) -> x after the embedding's rms_norm (x0 is its result),
+  "loss" (nll, h, targets, model) -> nll;
 - per-virtual-layer ops (`at(spec)`, nanochat's has_ve(layer) predicate turned into a lookup):
   list hooks "pre"/"post" (x, ctx) -> x around the block, "qkv" (x, q, k, v) -> (q, k, v), "v" (v, ctx)
   -> v, "attn_y" (y, v, x) -> y after the attention kernel (x: the attention's normalized input),
@@ -31,7 +32,7 @@ from loopgolf.model.recurrence import LayerSpec, RecurrencePlan, parse_int_list
 
 LIST_HOOKS = ("pre", "post", "qkv", "v", "attn_y", "out")
 SINGLE_HOOKS = ("controls", "norm", "residual", "mlp", "attend")
-MODEL_HOOKS = ("token", "stream", "loss")
+MODEL_HOOKS = ("token", "stream", "normed", "loss")
 
 
 @dataclass(frozen=True)
@@ -46,16 +47,18 @@ class ModelShape:
     max_visits: int  # visits of the most-visited block (per-visit tensors have max_visits - 1)
     repeat_keys: tuple[tuple[int, int], ...]  # (block, visit slot > 0) pairs that run in training
     ve_layers: tuple[int, ...]  # virtual layers with V-injection (negative = from the end)
+    max_skip_pairs: int = 0  # model.unet_max_pairs: decoder layers that pop a skip; 0 = the plan's own
 
     @classmethod
     def of(cls, cfg: ModelConfig, plans: list[RecurrencePlan]) -> ModelShape:
         layers = [s for p in plans for s in p.layers()]
+        cap = cfg.unet_max_pairs
         return cls(dim=cfg.dim, kv_dim=cfg.n_kv_heads * (cfg.dim // cfg.n_heads),
                    n_blocks=plans[-1].n_blocks, n_slots=max(s.slot for s in layers) + 1,
-                   n_skip_rows=max((max(p.skip_rows) + 1 for p in plans if p.skip_rows), default=0),
+                   n_skip_rows=max((max(r) + 1 for p in plans if (r := used_skip_rows(p, cap))), default=0),
                    max_visits=max(s.visit_slot for s in layers) + 1,
                    repeat_keys=tuple(sorted({(s.block, s.visit_slot) for s in layers if s.visit_slot > 0})),
-                   ve_layers=parse_int_list(cfg.ve_layers))
+                   ve_layers=parse_int_list(cfg.ve_layers), max_skip_pairs=cap)
 
     def check(self, plan: RecurrencePlan) -> None:
         """Raise ValueError unless every slot `plan` asks for exists in a model of this shape."""
@@ -66,11 +69,17 @@ class ModelShape:
             problems.append(f"uses parameter slot {max(plan.slots)}; the model has {self.n_slots}")
         if max(plan.visit_slots) >= self.max_visits:
             problems.append(f"uses visit slot {max(plan.visit_slots)}; the model has {self.max_visits}")
-        if plan.skip_rows and self.n_skip_rows and max(plan.skip_rows) >= self.n_skip_rows:
-            problems.append(f"uses skip row {max(plan.skip_rows)}; the model has {self.n_skip_rows}")
+        rows = used_skip_rows(plan, self.max_skip_pairs)
+        if rows and self.n_skip_rows and max(rows) >= self.n_skip_rows:
+            problems.append(f"uses skip row {max(rows)}; the model has {self.n_skip_rows}")
         if problems:
             raise ValueError(f"plan {plan.spec!r} does not fit the model: {'; '.join(problems)}. Derive "
                              "it from the trained plan with plan.with_loops(k)")
+
+
+def used_skip_rows(plan: RecurrencePlan, cap: int) -> tuple[int, ...]:
+    """Skip-weight rows of the U-Net pairs that run: the first `cap` decoder layers' (0 = all)."""
+    return plan.skip_rows[:cap] if cap else plan.skip_rows
 
 
 class Context:

@@ -28,11 +28,15 @@ from loopgolf.model.params import kinds_of
 GroupKey = tuple[str, str, str]  # (optimizer, lr field, wd field)
 
 
-def assign_groups(model: nn.Module, tie_embeddings: bool = True
+ADAM_SCALAR: GroupKey = ("adam", "scalar_lr", "adam_weight_decay")
+
+
+def assign_groups(model: nn.Module, tie_embeddings: bool = True, to_scalar_adam: frozenset[str] = frozenset()
                   ) -> dict[GroupKey, list[tuple[str, nn.Parameter]]]:
     """(optimizer, lr field, wd field) -> the parameters it trains, in named_parameters order
     (shared, looped blocks appear once); ValueError if a parameter has no PARAM_KINDS row or
-    several, or its row says it is not trained."""
+    several, or its row says it is not trained. Kinds named in `to_scalar_adam` go to the scalar
+    AdamW group instead of their row's (optim.feature_proj_adam: PR #1290 L1882-1886)."""
     named = list(model.named_parameters())
     kinds = kinds_of(named)
     groups: dict[GroupKey, list[tuple[str, nn.Parameter]]] = {}
@@ -41,7 +45,8 @@ def assign_groups(model: nn.Module, tie_embeddings: bool = True
         raise ValueError(f"parameters whose PARAM_KINDS row trains nothing: {untrained[:5]}")
     for name, p in named:
         k = kinds[name]
-        groups.setdefault((k.optimizer, k.lr_field(tie_embeddings), k.wd), []).append((name, p))
+        key = ADAM_SCALAR if k.kind in to_scalar_adam else (k.optimizer, k.lr_field(tie_embeddings), k.wd)
+        groups.setdefault(key, []).append((name, p))
     return groups
 
 
@@ -212,9 +217,10 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig, mcfg: ModelConfig,
     """One Muon and one AdamW, each with a param group per (lr field, wd field) of the table.
     fused=True (CUDA): fused Adam and a compiled Newton-Schulz. Under torchrun Muon is sharded
     over the ranks (dist.info())."""
-    groups = assign_groups(model, mcfg.tie_embeddings)
     if cfg.kind == "adamw":
         return [single_adamw(model, cfg, fused)]
+    groups = assign_groups(model, mcfg.tie_embeddings,
+                           frozenset({"feature_matrix"}) if cfg.feature_proj_adam else frozenset())
     opts: list[torch.optim.Optimizer] = []
     by_opt: dict[str, list[dict]] = {"muon": [], "adam": []}
     for (opt_name, lr_field, wd_field), named in groups.items():

@@ -1,0 +1,51 @@
+"""Published variants of the model's tricks (`model.*` fields): inits, hash and wiring choices.
+
+The same trick appears in the seed PRs with small differences (BigramHash's hash, SmearGate's
+place, value-embedding inits, how many U-Net pairs a looped plan keeps). A seed preset reproduces
+its PR by setting these; every default keeps the behaviour loopgolf had before the field existed
+(record (a)'s forms), so other presets are unchanged. ModelConfig (config.py) inherits these
+fields, so they are ordinary `model.*` fields in JSON and `--set`; split from config.py so each
+config module stays small. Standard library only: it ships inside artifacts with config.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from loopgolf.config_fields import ConfigError
+
+BIGRAM_HASHES = ("xor", "mul")  # model/features.py BigramHash.bucket
+
+
+@dataclass
+class TrickVariants:
+    # residual value embeddings (model.value_embeds): table init std; 0 = model.embed_init_std
+    # (PR #1453 keeps nn.Embedding's N(0, 1), L913)
+    value_embeds_std: float = 0.0
+    # BigramHash (model.bigram_buckets): xor = record (a) (36313 t XOR 27191 t_prev) mod (B-1), BOS
+    # row B-1 at position 0; mul = PR #927 (92821 t_prev + t) mod B, t_prev = 0 at position 0
+    bigram_hash: str = "xor"
+    bigram_scale: float = 0.05  # init of the learned bigram.scale; 0 = no scale parameter (PR #927)
+    bigram_table_std: float = 0.02  # PR #927: 0.01; PR #1290: 0 (zeros, its proj orthogonal)
+    bigram_proj_gain: float = 0.0  # 0 = zero init; g > 0 = orthogonal with gain g (PR #1290: 1)
+    # SmearGate (model.smear_gate): gate init, and the PR #927 / #1290 form: after the embedding's
+    # rms_norm and without the BOS mask (default: before it, masked at BOS, record (e)'s fix)
+    smear_init: float = -3.0  # PR #927 / #1290: 0 (sigmoid = 1/2)
+    smear_after_norm: bool = False
+    # V-injection (model.ve_dim): table std, per-layer scale init, an optional global scale
+    # ve_inject.scale (PR #1290: 0.1, L737), projection init (0 = nn.Linear's default; g > 0 =
+    # orthogonal with gain g: PR #927 1/sqrt(2 x 7 virtual layers), PR #1290 1)
+    ve_table_std: float = 0.02  # PR #927 / #1290: 0.01
+    ve_scale_init: float = 0.0  # PR #927 / #1290: 1
+    ve_global_scale: float = 0.0  # 0 = no global scale parameter
+    ve_proj_gain: float = 0.0
+    # U-Net (model.unet_skips): at most this many decoder layers pop a skip; 0 = the plan's own
+    # min(encoder, decoder). PR #1290 keeps its 11 physical layers' 5 when the loop makes 13 (L964-970)
+    unet_max_pairs: int = 0
+
+    def validate_variants(self) -> None:
+        if self.bigram_hash not in BIGRAM_HASHES:
+            raise ConfigError(f"model.bigram_hash={self.bigram_hash!r}: choose xor (record (a)) or mul (PR #927)")
+        for name in ("value_embeds_std", "bigram_scale", "bigram_table_std", "bigram_proj_gain",
+                     "ve_table_std", "ve_global_scale", "ve_proj_gain", "unet_max_pairs"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 0 (0 = the default form)")
