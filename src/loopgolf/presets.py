@@ -103,10 +103,12 @@ def seed_shared_3x4() -> RunConfig:
     eta 0.1 as HEDGE_ETA; eval/mixture.py), whose plain sliding score the PR also logs.
     Differences from the published script: the depth ramp compiles all three graphs before the clock
     instead of recompiling mid-run, and SWA snapshots are spaced by run fraction.
-    Runs eager (train.compile=false): under torch.compile (torch 2.11, H200) this model diverges from
-    the first steps while the same run in eager mode trains, at d=880 only (d=768 compiles fine);
-    neither the SDPA head dim (110) nor inductor's mix-order reduction is the cause
-    (bench/results/2026-11-22_seed-shared-3x4_compile_divergence). Eager costs ~2-3x per step.
+    Runs compiled. It ran eager until 2026-12-02: under torch.compile (torch 2.11, H200) it diverged
+    (bench/results/2026-11-22_seed-shared-3x4_compile_divergence). The faulty graph was XSA at head
+    dim 110: compiled gradients were ~1e3x off on every attention weight. XSA now zero-pads the head
+    dim to 112, and the compiled gradients and 12 optimizer steps match eager
+    (bench/results/2026-12-02_seed-shared-3x4_compile_xsa_h200). A proxy-300 run of the compiled
+    preset is still to be measured.
 
     Value-embedding tables keep nn.Embedding's N(0, 1) init, as published (L913; model.value_embeds_std).
 
@@ -122,7 +124,7 @@ def seed_shared_3x4() -> RunConfig:
         optim=OptimConfig(matrix_lr=0.018, tied_embed_lr=0.021, scalar_lr=0.018, weight_decay=0.04,
                           momentum_warmup_frac=0.085, warmdown_frac=0.54, swa_start_frac=0.64,
                           swa_every_frac=0.0068, grad_clip=0.3),
-        train=TrainConfig(budget_s=600.0, compile=False),
+        train=TrainConfig(budget_s=600.0),
         quant=QuantConfig(scheme="int8_row", bits_rules="mlp=q16,attn|emb=q63", clip="search",
                           search_percentiles="99.99,99.995,99.999,99.9995,99.9999", row_scale_min=0.0,
                           codec="zstd", fit_target=FIT_TARGET),
