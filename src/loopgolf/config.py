@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from loopgolf.config_fields import ConfigError, at_least as _at_least, finite as _finite
 from loopgolf.config_fields import fractions as _fractions, from_dict as _from_dict, set_dotted
 from loopgolf.config_eval import EVAL_METHODS, EvalConfig
-from loopgolf.config_variants import TrickVariants
+from loopgolf.config_variants import OptimVariants, TrickVariants
 
 __all__ = ["BUDGET_BYTES", "ConfigError", "DataConfig", "EVAL_METHODS", "EvalConfig", "ModelConfig",
            "OptimConfig", "QuantConfig", "RunConfig", "TrainConfig", "set_dotted"]
@@ -30,9 +30,6 @@ class ModelConfig(TrickVariants):  # + the tricks' published variants (config_va
     n_kv_heads: int = 4
     mlp: str = "relu2"  # relu2 | leaky_relu2 | swiglu
     mlp_hidden: int = 1024  # hidden width of the MLP (SwiGLU: width of each of gate/up)
-    # baseline (resid_mix, QK-norm, q_gain, scales) | plain_prenorm (PR #29: x += attn(norm_w(x)); x += mlp(norm_w(x)))
-    block: str = "baseline"
-    init_std: float = 0.0  # > 0: PR #29's N(0, std) block init, output projections std/sqrt(2L); 0 = baseline's
     # Recurrence plan spec, parsed by model/recurrence.py: "9" (flat), "1x12" (1 block x 12 loops),
     # "3x4", "4c7" (4 blocks cycled over 7 layers), "11:4-5x2" (11 layers, 4..5 run twice), "0,1,0,1".
     plan: str = "9"
@@ -62,7 +59,6 @@ class ModelConfig(TrickVariants):  # + the tricks' published variants (config_va
     smear_window: int = 0  # input-dependent BOS-masked SmearGate reading x[:window] (#1855: 12); 0 = off
     lanes_from: int = -1  # two-lane parallel residual on the final blocks >= this (#1855: 8); -1 = off
     lora_rank: int = 0  # LoRA on attention q/k/v/o, one set per extra loop shared by the blocks (PR #21); 0 = off
-    recurrence_scales: bool = False  # x *= s[v] before each virtual layer v (PR #21 L759)
     mtp_heads: int = 0  # training-only heads predicting tokens t+2..t+1+n; never shipped
     mtp_weight: float = 0.3  # weight of the mean auxiliary loss
     rope_base: float = 10000.0
@@ -95,10 +91,6 @@ class ModelConfig(TrickVariants):  # + the tricks' published variants (config_va
                 f"model.n_heads={self.n_heads} is not a multiple of model.n_kv_heads={self.n_kv_heads}")
         if (self.dim // self.n_heads) % 2:
             raise ConfigError(f"head dim {self.dim // self.n_heads} must be even for RoPE")
-        if self.block not in ("baseline", "plain_prenorm") or self.block == "plain_prenorm" and (
-                self.per_layer_scales or self.ln_scale or max(self.parallel_from, self.lanes_from) >= 0):
-            raise ConfigError(f"model.block={self.block!r}: choose baseline or plain_prenorm (which has one residual "
-                              "form: no model.per_layer_scales, ln_scale, parallel_from or lanes_from)")
         if self.mlp not in ("relu2", "leaky_relu2", "swiglu"):
             raise ConfigError(f"model.mlp={self.mlp!r}: choose relu2, leaky_relu2 or swiglu")
         if not 2 <= self.vocab_size <= 65536:
@@ -139,7 +131,7 @@ class DataConfig:
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(OptimVariants):  # + the seeds' optimizer variants (config_variants.py)
     matrix_lr: float = 0.04  # Muon, 2-D block matrices
     scalar_lr: float = 0.04  # Adam, control tensors and skip weights
     tied_embed_lr: float = 0.05  # Adam, tied embedding
@@ -149,8 +141,6 @@ class OptimConfig:
     momentum_warmup_start: float = 0.85
     momentum_warmup_frac: float = 0.0  # fraction of the budget over which momentum ramps up
     momentum_warmup_steps: int = 0  # baseline-compatible alternative, in steps (baseline: 500)
-    kind: str = "muon"  # muon (the params table: Muon + AdamW) | adamw (one AdamW over every parameter, PR #29)
-    adamw_lr: float = 3e-3  # optim.kind=adamw: the base LR of every parameter (weight decay: adam_weight_decay)
     ns_steps: int = 5
     beta1: float = 0.9
     beta2: float = 0.95
@@ -166,29 +156,18 @@ class OptimConfig:
     swa_every_frac: float = 0.01  # snapshot spacing, fraction of the run
     warmup_frac: float = 0.0  # linear LR warm-up, fraction of the budget
     warmdown_frac: float = 0.0  # linear LR warm-down to 0 over the last fraction of the budget
-    # linear (warmup_frac / warmdown_* / min_lr_frac) | cosine: to min_lr_frac after the warm-up (PR #29 L304-315)
-    lr_schedule: str = "linear"
-    lr_warmup_steps: int = 0  # step-keyed warm-up, LR x (step+1)/N (PR #29: 100); 0 = warmup_frac
-    lr_cosine_steps: int = 0  # step-keyed cosine horizon, not clamped past it (PR #29: 285); 0 = the run's end
     asym_logit_lr: float = 0.0  # Adam, model.asym_logit's caps; 0 = frozen in training (PR #1923)
     # Baseline-compatible warm-down measured in wall clock: warmdown_iters x average step time
     # (baseline L924-933). 0 = off; when both are set the smaller multiplier wins.
     warmdown_iters: int = 0
     grad_clip: float = 0.0
-    feature_proj_adam: bool = False  # bigram.proj, ve_inject.proj in AdamW at scalar_lr (PR #1290 L1882)
 
     def validate(self) -> None:
         _finite("optim", self)
         _at_least("optim", self, 0, "matrix_lr", "scalar_lr", "tied_embed_lr", "embed_lr", "head_lr",
                   "asym_logit_lr", "weight_decay", "adam_weight_decay", "embed_weight_decay", "grad_clip",
                   "momentum_warmup_steps", "warmdown_iters", "adamw_lr", "lr_warmup_steps", "lr_cosine_steps")
-        if self.kind not in ("muon", "adamw") or self.lr_schedule not in ("linear", "cosine"):
-            raise ConfigError(f"optim.kind={self.kind!r} / optim.lr_schedule={self.lr_schedule!r}: choose "
-                              "kind muon or adamw, lr_schedule linear or cosine")
-        if self.lr_schedule == "cosine" and (self.warmdown_frac or self.warmdown_iters or 0 < self.lr_cosine_steps
-                                             <= self.lr_warmup_steps):
-            raise ConfigError("optim.lr_schedule=cosine decays on its own to optim.min_lr_frac: set optim.warmdown_frac"
-                              "=0, optim.warmdown_iters=0, optim.lr_cosine_steps > lr_warmup_steps (or 0)")
+        self.validate_optim_variants()
         for name in ("momentum", "momentum_warmup_start", "beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"optim.{name}={getattr(self, name)} must be in [0, 1)")

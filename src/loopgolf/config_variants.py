@@ -1,4 +1,5 @@
-"""Published variants of the model's tricks (`model.*` fields): inits, hash and wiring choices.
+"""Published variants of the model's tricks (`model.*` fields: inits, hash and wiring choices, the
+block form) and of the optimizer (`optim.*`: PR #29's AdamW and cosine, PR #1290's Adam projections).
 
 The same trick appears in the seed PRs with small differences (BigramHash's hash, SmearGate's
 place, value-embedding inits, how many U-Net pairs a looped plan keeps). A seed preset reproduces
@@ -18,6 +19,10 @@ BIGRAM_HASHES = ("xor", "mul")  # model/features.py BigramHash.bucket
 
 @dataclass
 class TrickVariants:
+    # baseline (resid_mix, QK-norm, q_gain, scales) | plain_prenorm (PR #29: x += attn(norm_w(x)); x += mlp(norm_w(x)))
+    block: str = "baseline"
+    init_std: float = 0.0  # > 0: PR #29's N(0, std) block init, output projections std/sqrt(2L); 0 = baseline's
+    recurrence_scales: bool = False  # x *= s[v] before each virtual layer v (PR #21 L759)
     # residual value embeddings (model.value_embeds): table init std; 0 = model.embed_init_std
     # (PR #1453 keeps nn.Embedding's N(0, 1), L913)
     value_embeds_std: float = 0.0
@@ -43,9 +48,35 @@ class TrickVariants:
     unet_max_pairs: int = 0
 
     def validate_variants(self) -> None:
+        if self.block not in ("baseline", "plain_prenorm") or self.block == "plain_prenorm" and (
+                self.per_layer_scales or self.ln_scale or max(self.parallel_from, self.lanes_from) >= 0):
+            raise ConfigError(f"model.block={self.block!r}: choose baseline or plain_prenorm (which has one residual "
+                              "form: no model.per_layer_scales, ln_scale, parallel_from or lanes_from)")
         if self.bigram_hash not in BIGRAM_HASHES:
             raise ConfigError(f"model.bigram_hash={self.bigram_hash!r}: choose xor (record (a)) or mul (PR #927)")
         for name in ("value_embeds_std", "bigram_scale", "bigram_table_std", "bigram_proj_gain",
                      "ve_table_std", "ve_global_scale", "ve_proj_gain", "unet_max_pairs"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 0 (0 = the default form)")
+
+
+@dataclass
+class OptimVariants:
+    """The seeds' optimizer forms: PR #29's single AdamW with a step-keyed cosine, PR #1290's feature
+    projections in AdamW. OptimConfig (config.py) inherits these as ordinary `optim.*` fields."""
+    kind: str = "muon"  # muon (the params table: Muon + AdamW) | adamw (one AdamW over every parameter, PR #29)
+    adamw_lr: float = 3e-3  # optim.kind=adamw: the base LR of every parameter (weight decay: adam_weight_decay)
+    # linear (warmup_frac / warmdown_* / min_lr_frac) | cosine: to min_lr_frac after the warm-up (PR #29 L304-315)
+    lr_schedule: str = "linear"
+    lr_warmup_steps: int = 0  # step-keyed warm-up, LR x (step+1)/N (PR #29: 100); 0 = warmup_frac
+    lr_cosine_steps: int = 0  # step-keyed cosine horizon, not clamped past it (PR #29: 285); 0 = the run's end
+    feature_proj_adam: bool = False  # bigram.proj, ve_inject.proj in AdamW at scalar_lr (PR #1290 L1882)
+
+    def validate_optim_variants(self) -> None:
+        if self.kind not in ("muon", "adamw") or self.lr_schedule not in ("linear", "cosine"):
+            raise ConfigError(f"optim.kind={self.kind!r} / optim.lr_schedule={self.lr_schedule!r}: choose "
+                              "kind muon or adamw, lr_schedule linear or cosine")
+        if self.lr_schedule == "cosine" and (self.warmdown_frac or self.warmdown_iters or 0 < self.lr_cosine_steps
+                                             <= self.lr_warmup_steps):
+            raise ConfigError("optim.lr_schedule=cosine decays on its own to optim.min_lr_frac: set optim.warmdown_frac"
+                              "=0, optim.warmdown_iters=0, optim.lr_cosine_steps > lr_warmup_steps (or 0)")

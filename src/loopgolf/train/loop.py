@@ -354,7 +354,8 @@ class Trainer:
         start_step, start_seconds = self._run_start
         run_s = now - start_seconds
         tok_s = (rec.step - start_step) * self.loader.batch_tokens / run_s if run_s > 0 else 0.0
-        self.progress.update(rec.frac, rec.step, rec.loss, tok_s)
+        done = self.table.fraction(Progress(rec.step, now, now / max(rec.step, 1)))  # after the step
+        self.progress.update(done, rec.step, rec.loss, tok_s)
         if rec.step % t.log_every == 0 or rec.step == 1 or rec.stop or final:
             self.logger.log("train", console=not self.progress.enabled, step=rec.step,
                             loss=round(rec.loss, 4), lr_mult=round(rec.lr_mult, 4),
