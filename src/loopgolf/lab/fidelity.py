@@ -251,6 +251,12 @@ def cmd_fidelity(args) -> int:
     extra = dict(kv.split("=", 1) for kv in args.script_env)
     script_runs = []
     for seed in args.script_seeds:
+        if args.dialect == "pr29":  # its own data paths, seed, log and no step limit (script_dialects.py)
+            from loopgolf.lab.script_dialects import run_pr29_script
+
+            script_runs.append(run_pr29_script(Path(args.script), args.train, args.val, args.tokenizer, seed,
+                                               args.steps, out / f"script_seed{seed}", out / f"script_seed{seed}.log"))
+            continue
         env = script_env(data, args.tokenizer, seed, args.steps, args.batch_tokens, args.seq_len,
                          f"fidelity_seed{seed}", extra)
         script_runs.append(run_script(Path(args.script), env, out / f"script_seed{seed}",
@@ -286,6 +292,8 @@ def register(sub) -> None:
     p.add_argument("--window", type=int, default=50)
     p.add_argument("--sdpa-standin", action="store_true",
                    help="give the script an SDPA flash_attn_interface (logged in the report)")
+    p.add_argument("--dialect", choices=("challenge", "pr29"), default="challenge",
+                   help="challenge: the env-driven train_gpt.py; pr29: PR #29's script (lab/script_dialects.py)")
     p.add_argument("--png", default="")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_fidelity)
