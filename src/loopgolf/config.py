@@ -201,10 +201,10 @@ class TrainConfig:
     val_tokens: int = 0  # tokens of val used by periodic validation; 0 = all
     log_every: int = 50
     compile: bool = True  # torch.compile on CUDA (ignored on CPU)
-    # Inductor's mix-order reduction (default on since torch 2.10) drops gradient writes for slices
-    # of one shared parameter (pytorch#193061, fixed by #193103): loop_embed[v], ve_scales[v, k],
-    # cross_repeat_scales[b, r]. It made seed-shared-3x4 diverge under compile only; off by default.
+    # Inductor's mix-order reduction (default on since torch 2.10) drops gradient writes for slices of
+    # one shared parameter (pytorch#193061, fixed by #193103): loop_embed[v], ve_scales[v, k], ...
     compile_mix_order_reduction: bool = False
+    compile_check: bool = True  # compiled vs eager gradients once per graph, before the clock (train/compile_verify.py)
     # compile-priming steps per graph (plan stage x QAT state); weights, optimizer and data position
     # are restored afterwards. 3 covers the first-step compile, the optimizer's first step (state
     # created) and one steady step; the trainer logs any recompile that still happens in the loop.

@@ -26,6 +26,7 @@ from loopgolf.metrics import Logger
 from loopgolf.train.averaging import WeightAverage
 from loopgolf.train.checkpoint import CheckpointStore, check_resumable
 from loopgolf.train.compile_cache import CompileStats, compile_model, configure_caches
+from loopgolf.train.compile_verify import check_trainer_graph
 from loopgolf.train.guards import DegenerateModelError, StallGuard, TrainingDiverged
 from loopgolf.train.optim import build_optimizers
 from loopgolf.train.progress import TrainProgress
@@ -167,6 +168,7 @@ class Trainer:
         # every plan stage and every row length (train.seq_len_schedule) the run meets is its own
         # graph: compile and warm each pair now, never in the timed loop
         qat_states = (False, True) if (self.qat_names and not self.qat_on) else (self.qat_on,)
+        checks = self.compile_stats["check"] = {}  # "stage/row length/qat" -> compiled vs eager gradients
         for self.stage, length in self.table.shapes():
             self.loader.set_seq_len(length)
             for qat in qat_states:  # a late QAT switch is another graph: warm it too
@@ -174,13 +176,14 @@ class Trainer:
                 for _ in range(n):
                     self._set_schedules(start)
                     self._train_step()
+                if self.cfg.train.compile_check:  # after the steps: zero-init projections have moved
+                    checks[f"{self.stage}/{length}/{int(qat)}"] = check_trainer_graph(self).summary()
         set_qat_enabled(self.raw_model, self.qat_on)
-        self.stage = stage
+        self.stage, self.loader.stream.position = stage, position
         self.loader.set_seq_len(seq_len)
         self.raw_model.load_state_dict(model_state)
         for o, s in zip(self.opts, opt_states):
             o.load_state_dict(s)
-        self.loader.stream.position = position
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.compile_stats["warmup"] = stats.stop()
@@ -334,8 +337,7 @@ class Trainer:
     def _drain(self, final: bool = False) -> bool:
         """Read every queued step (waiting for them); True when one of them voted to stop."""
         stop = False
-        while len(self._stats):
-            rec = self._stats.take()
+        while rec := self._stats.take():
             stop = self._after_step(rec, final=final and not len(self._stats)) or stop
         return stop
 
@@ -351,9 +353,8 @@ class Trainer:
         if not math.isfinite(rec.loss):
             raise self._diverged(rec.loss, rec.step)
         self.stall.check(rec.loss, rec.step, rec.frac)
-        start_step, start_seconds = self._run_start
-        run_s = now - start_seconds
-        tok_s = (rec.step - start_step) * self.loader.batch_tokens / run_s if run_s > 0 else 0.0
+        run_s = now - self._run_start[1]
+        tok_s = (rec.step - self._run_start[0]) * self.loader.batch_tokens / run_s if run_s > 0 else 0.0
         done = self.table.fraction(Progress(rec.step, now, now / max(rec.step, 1)))  # after the step
         self.progress.update(done, rec.step, rec.loss, tok_s)
         if rec.step % t.log_every == 0 or rec.step == 1 or rec.stop or final:
