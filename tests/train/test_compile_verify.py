@@ -73,3 +73,25 @@ def test_trainer_refuses_a_miscompiled_graph_with_the_fix(tiny_shards):
     tr.model = Scaled(model, -1.0)  # gradients of the wrong sign: relative error 2
     with pytest.raises(CompileMismatch, match="train.compile=false"):
         check_trainer_graph(tr)
+
+
+def test_noise_on_a_zero_gradient_is_not_a_mismatch_but_a_real_error_is():
+    """At init the zero-initialized output projections leave c_q with an exactly zero eager gradient.
+    Rounding-sized noise there is measured against FLOOR x c_q's share of the total norm and passes;
+    an error as large as a real gradient fails, naming the parameter."""
+    fresh = GPT(ModelConfig(dim=32, n_heads=4, n_kv_heads=2, mlp_hidden=64, vocab_size=64, plan="2"))
+    x, y = _batch()
+    name = "blocks.0.attn.c_q.weight"
+
+    class Noisy(torch.nn.Module):
+        def __init__(self, inner, size):
+            super().__init__()
+            self.inner, self.p, self.size = inner, dict(inner.named_parameters())[name], size
+
+        def forward(self, x, y, stage=-1):
+            return self.inner(x, y, stage=stage) + self.p.sum() * self.size
+
+    assert check_gradients(fresh, fresh, x, y, -1, nullcontext()).worst[0][1] == 0.0
+    assert check_gradients(fresh, Noisy(fresh, 1e-12), x, y, -1, nullcontext()).ok
+    big = check_gradients(fresh, Noisy(fresh, 1e-2), x, y, -1, nullcontext())
+    assert not big.ok and big.worst[0][0] == name
