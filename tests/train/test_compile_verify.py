@@ -95,3 +95,12 @@ def test_noise_on_a_zero_gradient_is_not_a_mismatch_but_a_real_error_is():
     assert check_gradients(fresh, Noisy(fresh, 1e-12), x, y, -1, nullcontext()).ok
     big = check_gradients(fresh, Noisy(fresh, 1e-2), x, y, -1, nullcontext())
     assert not big.ok and big.worst[0][0] == name
+
+
+def test_a_rank_without_sequences_skips_the_check(tiny_shards):
+    cfg = get_preset("tiny")
+    loader = BatchLoader(TokenStream(tiny_shards["train"]), cfg.data.seq_len, cfg.train.batch_tokens,
+                         cfg.train.micro_batch_seqs, 0, 1, torch.device("cpu"))
+    tr = Trainer(cfg, GPT(cfg.model), loader, torch.device("cpu"), Logger(None, echo=False))
+    tr.loader.next_step = lambda: []
+    assert check_trainer_graph(tr).ok and check_trainer_graph(tr).worst == []

@@ -98,7 +98,10 @@ def mismatch_error(check: GradCheck, stage: int) -> CompileMismatch:
 def check_trainer_graph(trainer) -> GradCheck:
     """check_gradients for the trainer's current plan stage and row length on its next micro-batch
     (the warm-up restores the data position afterwards); each rank checks its own micro-batch."""
-    x, y = trainer.loader.next_step()[0]
+    batches = trainer.loader.next_step()
+    if not batches:  # this rank holds no sequences of the step (world size > sequences)
+        return GradCheck()
+    x, y = batches[0]
     check = check_gradients(trainer.raw_model, trainer.model, x, y, trainer.stage, trainer.amp)
     if not check.ok:
         raise mismatch_error(check, trainer.stage)
