@@ -74,27 +74,24 @@ def stage_pr29_data(train: str, val: str, tokenizer: str, workdir: Path) -> Path
             np.asarray(load_shard(path), dtype=np.uint16).tofile(data / f"fineweb_{split}_{i:06d}.bin")
     tok = workdir / "data" / "tokenizers" / "fineweb_1024_bpe.model"
     tok.parent.mkdir(parents=True, exist_ok=True)
-    if tok.is_symlink() or tok.exists():
-        tok.unlink()
+    tok.unlink(missing_ok=True)
     tok.symlink_to(Path(tokenizer).resolve())
     return data
 
 
-def run_until_step(cmd: list[str], env: dict[str, str], workdir: Path, log_path: Path, steps: int,
-                   parse=parse_pr29_log) -> int:
+def run_until_step(cmd: list[str], env: dict[str, str], workdir: Path, log_path: Path, steps: int) -> int:
     """Run cmd, teeing its output to log_path, and stop it (SIGTERM to its process group, SIGKILL
-    10 s later) once `parse` of the log so far shows `steps`. Returns its exit code, 0 when it was
+    10 s later) once it logs step `steps` in PR #29's format. Returns its exit code, 0 when it was
     stopped here at the step count."""
     workdir.mkdir(parents=True, exist_ok=True)
+    stopped = False
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace", start_new_session=True)
-        text, stopped = [], False
         for line in proc.stdout:
             log.write(line)
             log.flush()
-            text.append(line)
-            if _PR29_STEP.search(line.strip()) and parse("".join(text)).steps >= steps:
+            if (m := _PR29_STEP.search(line.strip())) and int(m[1]) >= steps:
                 stopped = True
                 os.killpg(proc.pid, signal.SIGTERM)
                 break
@@ -103,8 +100,6 @@ def run_until_step(cmd: list[str], env: dict[str, str], workdir: Path, log_path:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        rest = proc.stdout.read() if not stopped else ""
-        log.write(rest)
     return 0 if stopped else proc.returncode
 
 
