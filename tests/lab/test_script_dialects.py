@@ -19,10 +19,24 @@ step    20 | loss 5.5000 | lr 6.00e-04 | grad_norm 0.900 | 2.2M tok/s | 5s elaps
 
 FAKE_PR29 = '''
 import time
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
-torch.manual_seed(42)
+
+
+@dataclass
+class Config:
+    batch_tokens: int = 524288
+    seed: int = 42
+
+
+print(f"batch {Config().batch_tokens}", flush=True)
+import torch._dynamo  # defines dataclasses named Config of its own, after the script's (seen on the GPU box)
+
+torch.manual_seed(Config().seed)
+# PR #29's loader yields int32 tokens; cross_entropy refuses them unless the shim casts
+torch.nn.functional.cross_entropy(torch.zeros(2, 4), torch.tensor([1, 2], dtype=torch.int32))
 tokens = np.concatenate([np.fromfile(p, dtype=np.uint16)
                          for p in sorted(Path("./data/datasets/fineweb10B_sp1024/").glob("*train*.bin"))])
 assert Path("./data/tokenizers/fineweb_1024_bpe.model").exists()
@@ -71,3 +85,18 @@ def test_run_stops_at_the_step_count_and_pins_the_seed(tmp_path):
     assert a.train_loss == b.train_loss and a.train_loss != c.train_loss  # the shim's seed decides
     assert "max token 1023 n 5000" in (tmp_path / "a.log").read_text()  # no header read as tokens
     assert "seed 1337" in a.command and sys.executable in a.command
+
+
+def test_batch_other_than_the_published_one_is_set_in_its_config(tmp_path):
+    tokens = np.arange(5000, dtype=np.int64) % 1024
+    write_shard(tmp_path / "s_train_000000.bin", tokens)
+    write_shard(tmp_path / "s_val_000000.bin", tokens[:500])
+    (tmp_path / "tok.model").write_bytes(b"x")
+    script = tmp_path / "fake_pr29.py"
+    script.write_text(FAKE_PR29)
+    args = (script, str(tmp_path / "s_train_*.bin"), str(tmp_path / "s_val_*.bin"), str(tmp_path / "tok.model"), 1337, 10)
+    half = run_pr29_script(*args, tmp_path / "h", tmp_path / "h.log", batch_tokens=262144)
+    full = run_pr29_script(*args, tmp_path / "f", tmp_path / "f.log")
+    assert "batch 262144" in (tmp_path / "h.log").read_text() and "batch_tokens=262144" in half.command
+    assert "batch 524288" in (tmp_path / "f.log").read_text() and "batch_tokens" not in full.command
+    assert half.exit_code == full.exit_code == 0

@@ -255,7 +255,8 @@ def cmd_fidelity(args) -> int:
             from loopgolf.lab.script_dialects import run_pr29_script
 
             script_runs.append(run_pr29_script(Path(args.script), args.train, args.val, args.tokenizer, seed,
-                                               args.steps, out / f"script_seed{seed}", out / f"script_seed{seed}.log"))
+                                               args.steps, out / f"script_seed{seed}", out / f"script_seed{seed}.log",
+                                               args.batch_tokens))
             continue
         env = script_env(data, args.tokenizer, seed, args.steps, args.batch_tokens, args.seq_len,
                          f"fidelity_seed{seed}", extra)

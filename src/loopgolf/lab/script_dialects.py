@@ -10,6 +10,13 @@ The challenge's scripts take DATA_PATH, SEED, ITERATIONS, ... from the environme
   header-free copies: the published bug, its intent implemented;
 - its seed is a constant (Config.seed = 42) passed to torch.manual_seed, so a second seed comes from
   a shim that runs the script with torch.manual_seed pinned to the seed asked for;
+- its batch is one forward of Config.batch_tokens = 524,288 tokens, with no accumulation: eager, that
+  needs more than the 139 GiB of one H200 (measured: OOM in its first step). The shim sets the
+  Config's defaults asked for (`batch_tokens=262144`) before the dataclass is made, so both codes run
+  the same smaller global batch on one GPU; the report's command line shows it;
+- its loader yields int32 tokens, and F.cross_entropy refuses int32 targets, so its first step fails
+  on real shards (its only log is a CPU smoke test on random int64 data: it never ran on shards).
+  The shim casts integer targets to int64 inside cross_entropy, the intent;
 - it trains for a wall clock (570 s) with no step limit, so the run is stopped once its log shows
   the step count asked for;
 - it logs `step N | loss X | ... | Es elapsed` every 10 steps, X being the mean of those 10 steps.
@@ -35,7 +42,9 @@ from loopgolf.lab.fidelity import RunLog
 DIALECTS = ("challenge", "pr29")
 _PR29_STEP = re.compile(r"^step\s+(\d+)\s*\|\s*loss\s+([0-9.]+(?:e-?\d+)?)\s*\|.*?\|\s*([0-9.]+)s elapsed")
 
-SEED_SHIM = '''"""Run a script with torch.manual_seed pinned to a seed: shim.py SEED SCRIPT [ARGS]; written by `loopgolf fidelity`."""
+SEED_SHIM = '''"""Run a script with torch.manual_seed pinned and Config defaults set: shim.py SEED SCRIPT [FIELD=VALUE ...];
+written by `loopgolf fidelity`."""
+import dataclasses
 import runpy
 import sys
 
@@ -43,8 +52,32 @@ import torch
 
 _seed, _orig = int(sys.argv[1]), torch.manual_seed
 torch.manual_seed = lambda s: _orig(_seed)
+_over = dict(kv.split("=", 1) for kv in sys.argv[3:])
+_make = dataclasses.dataclass
+
+
+def _dataclass(cls=None, /, **kw):
+    def wrap(c):
+        if c.__name__ == "Config" and c.__module__ == "__main__":  # the script's, not torch._dynamo's
+            for k, v in _over.items():
+                setattr(c, k, type(getattr(c, k))(v))  # AttributeError: the script has no such field
+        return _make(c, **kw)
+    return wrap if cls is None else wrap(cls)
+
+
+dataclasses.dataclass = _dataclass
+_ce = torch.nn.functional.cross_entropy
+
+
+def _cross_entropy(input, target, *a, **kw):
+    if not target.is_floating_point() and target.dtype not in (torch.int64, torch.uint8):
+        target = target.long()  # its loader yields int32 tokens, which cross_entropy refuses
+    return _ce(input, target, *a, **kw)
+
+
+torch.nn.functional.cross_entropy = _cross_entropy
 script = sys.argv[2]
-sys.argv = sys.argv[2:]
+sys.argv = [script]
 runpy.run_path(script, run_name="__main__")
 '''
 
@@ -103,13 +136,20 @@ def run_until_step(cmd: list[str], env: dict[str, str], workdir: Path, log_path:
     return 0 if stopped else proc.returncode
 
 
+PR29_BATCH_TOKENS = 524_288  # its Config.batch_tokens
+
+
 def run_pr29_script(script: Path, train: str, val: str, tokenizer: str, seed: int, steps: int,
-                    workdir: Path, log_path: Path) -> RunLog:
-    """PR #29's script on the staged shards with its seed pinned, stopped at `steps`."""
+                    workdir: Path, log_path: Path, batch_tokens: int = PR29_BATCH_TOKENS) -> RunLog:
+    """PR #29's script on the staged shards with its seed pinned, stopped at `steps`; a batch other
+    than its own is set through the shim (Config.batch_tokens)."""
+    workdir = Path(workdir).resolve()  # the script runs in it, so the shim's path must not be relative to it
     stage_pr29_data(train, val, tokenizer, workdir)
     shim = workdir / "loopgolf_seed_shim.py"
     shim.write_text(SEED_SHIM, encoding="utf-8")
     cmd = [sys.executable, str(shim), str(seed), str(Path(script).resolve())]
+    if batch_tokens != PR29_BATCH_TOKENS:
+        cmd.append(f"batch_tokens={batch_tokens}")
     env = {**dist.child_env(), "PYTHONUNBUFFERED": "1"}
     code = run_until_step(cmd, env, workdir, log_path, steps)
     out = parse_pr29_log(log_path.read_text(encoding="utf-8", errors="replace"))
