@@ -29,16 +29,22 @@ def baseline() -> RunConfig:
     vocab 1024, seq 1024, 524,288 tokens per step, Muon 0.04 + Adam, 17,059,912 parameters.
     Its schedules are kept in the baseline's own units for a faithful reproduction: momentum warm-up
     over 500 steps, warm-down over 1,200 steps' worth of wall clock (baseline L924-933, L1021-1024).
-    One deviation, in execution only: micro-batches of 256 sequences where the script accumulates 8 of
-    64 on one GPU (the same sums up to bf16 rounding order; on 8 GPUs each rank holds 64 either way):
-    on an H200, 128 instead of 64 took 4.9 % less time per step (bench/results/2026-12-01_profile_h200)
-    and 256 another 1.6 % (41 GiB peak; bench/results/2026-12-02_proxy300_baseline_m256_vs_reference_h200).
+    Deviations, in execution only:
+    - micro-batches of 512 sequences where the script accumulates 8 of 64 on one GPU (the same sums up
+      to bf16 rounding order; on 8 GPUs each rank holds 64 either way). On an H200, 128 instead of 64
+      took 4.9 % less time per step (bench/results/2026-12-01_profile_h200), 256 another 1.6 %
+      (bench/results/2026-12-02_proxy300_baseline_m256_vs_reference_h200) and 512 another 2.1 % (82 GiB
+      peak; bench/results/2026-12-02b_baseline_speed_sweep_h200). A card with less memory halves it in
+      the warm-up, before the clock (train/micro_fit.py);
+    - inductor's mix-order reduction on (0.8 % less time per step, same sweep). loopgolf keeps it off
+      by default for its bug with slices of a shared parameter (pytorch#193061), which this flat model
+      has none of; train.compile_check compares the compiled gradients with eager ones before the clock.
     """
     return RunConfig(
         name="baseline",
         model=ModelConfig(),
         optim=OptimConfig(momentum_warmup_steps=500, warmdown_iters=1200),
-        train=TrainConfig(budget_s=600.0, micro_batch_seqs=256),
+        train=TrainConfig(budget_s=600.0, micro_batch_seqs=512, compile_mix_order_reduction=True),
     )
 
 
@@ -107,8 +113,10 @@ def seed_shared_3x4() -> RunConfig:
     (bench/results/2026-11-22_seed-shared-3x4_compile_divergence). The faulty graph was XSA at head
     dim 110: compiled gradients were ~1e3x off on every attention weight. XSA now zero-pads the head
     dim to 112, and the compiled gradients and 12 optimizer steps match eager
-    (bench/results/2026-12-02_seed-shared-3x4_compile_xsa_h200). A proxy-300 run of the compiled
-    preset is still to be measured.
+    (bench/results/2026-12-02_seed-shared-3x4_compile_xsa_h200). Compiled, proxy-300 on one H200: 361
+    steps (eager: 138) at 597 / 857 / 1,072 ms/step in the 3x2 / 3x3 / 3x4 stages, val_bpb 1.4501 with
+    the mixture recipe (1.4679 plain before quantization; eager: 1.863), 15,426,493 bytes
+    (bench/results/2026-12-02b_proxy300_seed-shared-3x4_compiled_h200).
 
     Value-embedding tables keep nn.Embedding's N(0, 1) init, as published (L913; model.value_embeds_std).
 

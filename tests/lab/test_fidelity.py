@@ -97,7 +97,7 @@ def test_script_and_preset_side_by_side(tiny_shards, tmp_path):
     cmd = preset_command("tiny", train, val, tok, 1, 4, 1024, 32, tmp_path / "run", ["train.device=cpu"])
     lg = run_preset(cmd, tmp_path / "run", tmp_path / "preset.log")
     assert lg.exit_code == 0, (tmp_path / "preset.log").read_text()[-2000:]
-    assert sorted(lg.train_loss) == [1, 2, 3, 4]
+    assert sorted(lg.train_loss) == [1, 2, 3, 4] and lg.steps == 4
     report = fidelity_report(runs, lg, window=2, standin=False)
     assert report["preset_vs_script"]["common_steps"] == 4
     assert report["script_seed_spread"]["mean_abs_diff"] == pytest.approx(0.001)

@@ -78,6 +78,12 @@ class BatchLoader:
         self.micro = self.micro_tokens // seq_len
         self.lo, self.hi = rank_slice(self.n_seqs, self.rank, self.world)
 
+    def set_micro_tokens(self, n: int) -> None:
+        """Micro-batches of `n` tokens from the next step on (the step's tokens stay;
+        train/micro_fit.py halves them after an out-of-memory error)."""
+        self.micro_tokens = n
+        self.set_seq_len(self.seq_len)
+
     def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         chunk = self.stream.take(self.batch_tokens + 1)
         T = self.seq_len

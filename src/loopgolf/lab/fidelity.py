@@ -101,6 +101,7 @@ def parse_run_dir(run_dir: Path) -> RunLog:
     if result.is_file():
         res = json.loads(result.read_text(encoding="utf-8"))
         out.ms_per_step = res.get("ms_per_step")
+        out.steps = int(res.get("steps", 0))
         out.total_bytes = res.get("total_bytes")
         out.roundtrip_bpb = res.get("val_bpb", res.get("val_bpb_prequant"))
     return out

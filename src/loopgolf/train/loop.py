@@ -5,9 +5,8 @@ gradients are summed across ranks, so any split of the step's sequences over ran
 gives the same update. torch.compile's warm-up runs real steps before the clock starts and then
 restores weights, optimizer state and data position (baseline L937-970), so compilation never
 counts against the budget; it warms every (plan stage, row length) pair the run will meet. Every
-progress-dependent decision (plan stage, row length, QAT, LR, momentum, averaging, checkpoints) comes
-from one trigger-table row per step (train/triggers.py); the plan stage is passed to the model as an
-argument, never written into it.
+progress-dependent decision (plan stage, row length, QAT, LR, momentum, averaging, checkpoints) is one
+trigger-table row per step (train/triggers.py); the plan stage is a forward argument, never state.
 """
 from __future__ import annotations
 
@@ -28,6 +27,7 @@ from loopgolf.train.checkpoint import CheckpointStore, check_resumable
 from loopgolf.train.compile_cache import CompileStats, compile_model, configure_caches
 from loopgolf.train.compile_verify import check_trainer_graph
 from loopgolf.train.guards import DegenerateModelError, StallGuard, TrainingDiverged
+from loopgolf.train.micro_fit import warmup_step
 from loopgolf.train.optim import build_optimizers
 from loopgolf.train.progress import TrainProgress
 from loopgolf.train.schedule import Clock, Progress
@@ -175,7 +175,7 @@ class Trainer:
                 set_qat_enabled(self.raw_model, qat)
                 for _ in range(n):
                     self._set_schedules(start)
-                    self._train_step()
+                    warmup_step(self)  # the micro-batch halves here if it does not fit (train/micro_fit.py)
                 if self.cfg.train.compile_check:  # after the steps: zero-init projections have moved
                     checks[f"{self.stage}/{length}/{int(qat)}"] = check_trainer_graph(self).summary()
         set_qat_enabled(self.raw_model, self.qat_on)
