@@ -26,13 +26,16 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from loopgolf import dist
-from loopgolf.data.shards import list_shards
+from loopgolf.data.shards import list_shards, load_shard, write_shard
 
 _STEP = re.compile(r"step:\s*(\d+)(?:/\d+)?\b(.*)$")
 _TRAIN_LOSS = re.compile(r"train_loss:\s*([0-9.]+(?:e-?\d+)?)")
 _STEP_AVG = re.compile(r"step_avg:\s*([0-9.]+)ms")
-_ROUNDTRIP = re.compile(r"final_\w+?_roundtrip(_exact)?\s+val_loss:\s*([0-9.]+)\s+val_bpb:\s*([0-9.]+)")
+# final_int8_zlib_roundtrip (challenge), final_roundtrip (PR #1453), final_int6_roundtrip (PR #1290)
+_ROUNDTRIP = re.compile(r"final_(?:\w+?_)?roundtrip(_exact)?\s+val_loss:\s*([0-9.]+)\s+val_bpb:\s*([0-9.]+)")
 _TOTAL = re.compile(r"Total submission size[^:]*:\s*(\d+)\s*bytes")
 
 # The seed systems and the preset that reproduces each (README "Fidelity").
@@ -68,7 +71,9 @@ class RunLog:
 
 def parse_script_log(text: str) -> RunLog:
     """Parse the challenge's log lines (`step:N/M train_loss:X ... step_avg:Sms`,
-    `Total submission size ...: N bytes`, `final_*_roundtrip[_exact] val_loss:.. val_bpb:..`)."""
+    `Total submission size ...: N bytes`, `final_[*_]roundtrip[_exact] val_loss:.. val_bpb:..`).
+    The first `_exact` round-trip line wins: PR #1290 prints its sliding-window score again later as
+    `final_int8_zlib_roundtrip_exact`."""
     out = RunLog()
     exact_seen = False
     for line in text.splitlines():
@@ -82,9 +87,9 @@ def parse_script_log(text: str) -> RunLog:
                 out.train_loss[int(m[1])] = float(loss[1])
         if m := _TOTAL.search(line):
             out.total_bytes = int(m[1])
-        if (m := _ROUNDTRIP.search(line)) and (m[1] or not exact_seen):
-            out.roundtrip_bpb = float(m[3])  # the _exact line, when present, wins
-            exact_seen = exact_seen or bool(m[1])
+        if (m := _ROUNDTRIP.search(line)) and not exact_seen:
+            out.roundtrip_bpb = float(m[3])  # the first _exact line, when present, wins
+            exact_seen = bool(m[1])
     return out
 
 
@@ -107,14 +112,28 @@ def parse_run_dir(run_dir: Path) -> RunLog:
     return out
 
 
-def stage_challenge_data(train: str, val: str, out: Path) -> Path:
-    """Link shards as DATA_PATH/fineweb_{train,val}_NNNNNN.bin, the names the published scripts glob."""
+def stage_challenge_data(train: str, val: str, out: Path, val_tokens: int = 0) -> Path:
+    """Link shards as DATA_PATH/fineweb_{train,val}_NNNNNN.bin, the names the published scripts glob.
+    val_tokens > 0: one val shard holding the first val_tokens + 1 tokens instead (every eval pass of
+    the script scores val_tokens targets; the preset is pointed at the same file)."""
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("fineweb_*.bin"):
         old.unlink()
-    for split, pattern in (("train", train), ("val", val)):
-        for i, path in enumerate(list_shards(pattern)):
-            (out / f"fineweb_{split}_{i:06d}.bin").symlink_to(Path(path).resolve())
+    for i, path in enumerate(list_shards(train)):
+        (out / f"fineweb_train_{i:06d}.bin").symlink_to(Path(path).resolve())
+    if val_tokens <= 0:
+        for i, path in enumerate(list_shards(val)):
+            (out / f"fineweb_val_{i:06d}.bin").symlink_to(Path(path).resolve())
+        return out
+    parts, have = [], 0
+    for path in list_shards(val):
+        if have > val_tokens:
+            break
+        parts.append(np.asarray(load_shard(path))[: val_tokens + 1 - have])
+        have += parts[-1].size
+    if have < val_tokens + 1:
+        raise ValueError(f"--val-tokens {val_tokens}: the val shards {val!r} hold only {have} tokens")
+    write_shard(out / "fineweb_val_000000.bin", np.concatenate(parts))
     return out
 
 
@@ -218,6 +237,11 @@ def format_report(report: dict) -> str:
                      f"round-trip val_bpb {r['roundtrip_bpb']}, exit {r['exit_code']}")
     if report["sdpa_standin"]:
         lines.append("note: the script's flash_attn_interface was an SDPA stand-in")
+    if prof := report.get("script_profile"):
+        env = " ".join(f"{k}={v}" for k, v in sorted(prof["env"].items()))
+        lines.append(f"note: PR #{prof['pr']} profile; script env {env}; preset --set {prof['preset_sets']}")
+    if report.get("val_tokens"):
+        lines.append(f"note: both scored the first {report['val_tokens']:,} val tokens only")
     return "\n".join(lines)
 
 
@@ -241,15 +265,39 @@ def plot_report(report: dict, png: Path) -> None:
     plt.close(fig)
 
 
+def resolve_pr(args) -> dict | None:
+    """--pr N: fill the preset, sequence length, batch and stand-in from PR N's profile
+    (lab/script_profiles.py) where not given, and return the profile's script environment and
+    preset --sets; without --pr, the challenge defaults (1024 tokens per row, 524,288 per step)."""
+    prof = None
+    if args.pr:
+        from loopgolf.lab.script_profiles import profile_for
+
+        prof = profile_for(args.pr, args.preset)
+        args.preset = prof.preset
+        args.sdpa_standin = args.sdpa_standin or prof.standin
+    elif not args.preset:
+        raise SystemExit("loopgolf fidelity: --preset is required without --pr")
+    args.seq_len = args.seq_len or (prof.seq_len if prof else 1024)
+    args.batch_tokens = args.batch_tokens or (prof.batch_tokens if prof else 524_288)
+    if prof is None:
+        return None
+    return {"pr": prof.pr, "preset": prof.preset, "env": prof.env(args.steps, args.set),
+            "preset_sets": list(prof.preset_sets), "why": dict(prof.why)}
+
+
 def cmd_fidelity(args) -> int:
     out = Path(args.out)
-    data = stage_challenge_data(args.train, args.val, out / "challenge_data")
+    profile = resolve_pr(args)
+    data = stage_challenge_data(args.train, args.val, out / "challenge_data", args.val_tokens)
+    # with --val-tokens the preset scores the same truncated val file as the script
+    val = str(data / "fineweb_val_000000.bin") if args.val_tokens else args.val
     standin = None
     if args.sdpa_standin:
         standin = out / "standin"
         standin.mkdir(parents=True, exist_ok=True)
         (standin / "flash_attn_interface.py").write_text(SDPA_STANDIN)
-    extra = dict(kv.split("=", 1) for kv in args.script_env)
+    extra = {**(profile["env"] if profile else {}), **dict(kv.split("=", 1) for kv in args.script_env)}
     script_runs = []
     for seed in args.script_seeds:
         if args.dialect == "pr29":  # its own data paths, seed, log and no step limit (script_dialects.py)
@@ -263,10 +311,12 @@ def cmd_fidelity(args) -> int:
                          f"fidelity_seed{seed}", extra)
         script_runs.append(run_script(Path(args.script), env, out / f"script_seed{seed}",
                                       out / f"script_seed{seed}.log", args.nproc, standin))
-    cmd = preset_command(args.preset, args.train, args.val, args.tokenizer, args.script_seeds[0], args.steps,
-                         args.batch_tokens, args.seq_len, out / "preset_run", args.set)
+    sets = [*(profile["preset_sets"] if profile else []), *args.set]
+    cmd = preset_command(args.preset, args.train, val, args.tokenizer, args.script_seeds[0], args.steps,
+                         args.batch_tokens, args.seq_len, out / "preset_run", sets)
     preset_run = run_preset(cmd, out / "preset_run", out / "preset.log")
     report = fidelity_report(script_runs, preset_run, args.window, standin is not None)
+    report["script_profile"], report["val_tokens"] = profile, args.val_tokens
     (out / "fidelity.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     if args.png:
         plot_report(report, Path(args.png))
@@ -278,13 +328,19 @@ def cmd_fidelity(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("fidelity", help="a published train_gpt.py vs its preset: loss curves side by side")
     p.add_argument("--script", required=True, help="path of the published train_gpt.py (not stored here)")
-    p.add_argument("--preset", required=True, help=f"matching preset, e.g. {PRESET_OF_PR}")
+    p.add_argument("--preset", default="", help=f"matching preset, e.g. {PRESET_OF_PR} (default with --pr: the PR's)")
+    p.add_argument("--pr", type=int, default=0,
+                   help="the script's PR (927, 21, 1453, 1290): its README env, step knobs scaled to --steps from "
+                        "the preset's fractions, post-training shortcuts, the preset's matching --sets "
+                        "(lab/script_profiles.py); --script-env and --set still win")
     p.add_argument("--train", required=True, help="glob of training shards")
     p.add_argument("--val", required=True, help="glob of validation shards")
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-tokens", type=int, default=524_288)
-    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--batch-tokens", type=int, default=0, help="default: the PR's, else 524,288")
+    p.add_argument("--seq-len", type=int, default=0, help="default: the PR's, else 1024")
+    p.add_argument("--val-tokens", type=int, default=0,
+                   help="score only the first N val tokens, script and preset alike (0 = all of val)")
     p.add_argument("--script-seeds", type=int, nargs="+", default=[1337, 42],
                    help="seeds of the published script; the second measures the seed spread")
     p.add_argument("--script-env", nargs="*", default=[], metavar="KEY=VALUE",
