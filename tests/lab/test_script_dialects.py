@@ -69,13 +69,19 @@ def test_staged_shards_have_no_header(tmp_path):
     assert np.fromfile(data / "fineweb_val_000000.bin", dtype=np.uint16).size == 100
 
 
-def test_run_stops_at_the_step_count_and_pins_the_seed(tmp_path):
+def _fake_pr29(tmp_path):
+    """Shards of 5,000 / 500 tokens, a tokenizer file and the fake script, in tmp_path."""
     tokens = np.arange(5000, dtype=np.int64) % 1024
     write_shard(tmp_path / "s_train_000000.bin", tokens)
     write_shard(tmp_path / "s_val_000000.bin", tokens[:500])
     (tmp_path / "tok.model").write_bytes(b"x")
     script = tmp_path / "fake_pr29.py"
     script.write_text(FAKE_PR29)
+    return script
+
+
+def test_run_stops_at_the_step_count_and_pins_the_seed(tmp_path):
+    script = _fake_pr29(tmp_path)
     runs = {}
     for name, seed in (("a", 1337), ("b", 1337), ("c", 42)):
         runs[name] = run_pr29_script(script, str(tmp_path / "s_train_*.bin"), str(tmp_path / "s_val_*.bin"),
@@ -88,12 +94,7 @@ def test_run_stops_at_the_step_count_and_pins_the_seed(tmp_path):
 
 
 def test_batch_other_than_the_published_one_is_set_in_its_config(tmp_path):
-    tokens = np.arange(5000, dtype=np.int64) % 1024
-    write_shard(tmp_path / "s_train_000000.bin", tokens)
-    write_shard(tmp_path / "s_val_000000.bin", tokens[:500])
-    (tmp_path / "tok.model").write_bytes(b"x")
-    script = tmp_path / "fake_pr29.py"
-    script.write_text(FAKE_PR29)
+    script = _fake_pr29(tmp_path)
     args = (script, str(tmp_path / "s_train_*.bin"), str(tmp_path / "s_val_*.bin"), str(tmp_path / "tok.model"), 1337, 10)
     half = run_pr29_script(*args, tmp_path / "h", tmp_path / "h.log", batch_tokens=262144)
     full = run_pr29_script(*args, tmp_path / "f", tmp_path / "f.log")
