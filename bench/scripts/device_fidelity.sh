@@ -16,7 +16,7 @@ case $action in
     if [ "$pr" = 29 ]; then
       how=(--preset seed-universal-mqa --dialect pr29 --batch-tokens 262144)
     else
-      how=(--pr "$pr" --val-tokens 4194304)
+      how=(--pr "$pr" --val-tokens "${VAL_TOKENS:-3145728}")  # bench val holds 3,350,327 tokens
     fi
     mkdir -p $dir
     # shellcheck disable=SC2086

@@ -11,8 +11,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from loopgolf.config_fields import ConfigError, at_least as _at_least, finite as _finite
-from loopgolf.config_fields import fractions as _fractions, from_dict as _from_dict, set_dotted
+from loopgolf.config_fields import (ConfigError, at_least as _at_least, finite as _finite, fractions as _fractions,
+                                    from_dict as _from_dict, set_dotted)
 from loopgolf.config_eval import EVAL_METHODS, EvalConfig
 from loopgolf.config_variants import OptimVariants, TrickVariants
 
@@ -66,6 +66,7 @@ class ModelConfig(TrickVariants):  # + the tricks' published variants (config_va
     logit_softcap: float = 30.0
     asym_logit: bool = False  # learned caps for positive / negative logits (PR #1923 AsymLogit)
     fused_ce: bool = False  # chunked softcapped CE: no B*T*V logits in memory (model/fused_ce.py)
+    fused_qkv: bool = False  # one stacked q/k/v product (blocks.py project_qkv; measured slower there)
     fp8: bool = False  # training matmuls of block linears in float8 e4m3, row-wise scales (model/fp8.py)
     tie_embeddings: bool = True
     embed_init_std: float = 0.005
@@ -124,10 +125,15 @@ class DataConfig:
     val: str = ""  # glob of validation shards
     tokenizer: str = ""  # SentencePiece .model used for the byte tables
     seq_len: int = 1024
+    # sequential = contiguous chunks in shard order (the baseline); random_windows = rows at uniform
+    # random starts, drawn with replacement per step (PR #29 L288-295; data/loader.py RandomWindows)
+    sampling: str = "sequential"
 
     def validate(self) -> None:
         if self.seq_len < 2:
             raise ConfigError(f"data.seq_len={self.seq_len} must be >= 2")
+        if self.sampling not in ("sequential", "random_windows"):
+            raise ConfigError(f"data.sampling={self.sampling!r}: choose sequential or random_windows")
 
 
 @dataclass
@@ -193,28 +199,23 @@ SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient")
 class TrainConfig:
     batch_tokens: int = 524_288  # global tokens per optimizer step, fixed for any world size
     micro_batch_seqs: int = 64  # sequences per forward/backward on one rank
-    # Wall-clock training budget (compile warm-up excluded). 0 = explicitly no budget: the run is
-    # bounded by max_steps alone (the tiny test preset); negative, nan and inf are refused.
+    # wall-clock training budget (compile warm-up excluded); 0 = none, max_steps bounds the run (tiny)
     budget_s: float = 600.0
     max_steps: int = 20_000
     val_every: int = 0  # steps between periodic validations; 0 = only at the end
     val_tokens: int = 0  # tokens of val used by periodic validation; 0 = all
     log_every: int = 50
     compile: bool = True  # torch.compile on CUDA (ignored on CPU)
-    # Inductor's mix-order reduction (default on since torch 2.10) drops gradient writes for slices of
-    # one shared parameter (pytorch#193061, fixed by #193103): loop_embed[v], ve_scales[v, k], ...
+    # inductor's mix-order reduction drops gradient writes to slices of a shared parameter (pytorch#193061)
     compile_mix_order_reduction: bool = False
     compile_check: bool = True  # compiled vs eager gradients once per graph, before the clock (train/compile_verify.py)
-    # compile-priming steps per graph (plan stage x QAT state); weights, optimizer and data position
-    # are restored afterwards. 3 covers the first-step compile, the optimizer's first step (state
-    # created) and one steady step; the trainer logs any recompile that still happens in the loop.
+    # compile-priming steps per graph (plan stage x QAT state), undone afterwards: 3 = the first compile,
+    # the optimizer's first step (state created), one steady step; a recompile in the loop is logged
     warmup_steps: int = 3
     compile_mode: str = "default"  # torch.compile mode: default | max-autotune-no-cudagraphs | max-autotune
-    # persistent inductor / AOTAutograd / Triton caches: a second run of a preset warms up in seconds.
-    # "" = torch's own default (/tmp/torchinductor_$USER, which many machines wipe)
+    # persistent inductor / AOTAutograd / Triton caches ("" = torch's /tmp default, often wiped)
     compile_cache_dir: str = "~/.cache/loopgolf/compile"
-    # inductor's coordinate-descent tuning of its Triton kernels' launch configs (modded-nanogpt
-    # sets it): longer first compile, cached afterwards
+    # inductor's coordinate-descent tuning of Triton launch configs (modded-nanogpt): slow first compile
     compile_tuning: bool = False
     sdpa_backend: str = "auto"  # auto (torch's priority order) | flash | cudnn | efficient, on CUDA
     seed: int = 1337
@@ -223,9 +224,8 @@ class TrainConfig:
     checkpoint_auto: bool = True
     stall_frac: float = 0.25  # stop when the loss stays at ln(vocab) this share of the run; 0 = off
     device: str = "auto"  # auto | cpu | cuda
-    # Gradient sum across ranks under torchrun: ddp = DistributedDataParallel (bucketed all-reduces
-    # overlapped with backward, no_sync on all but a step's last micro-batch); allreduce = one
-    # bucketed all-reduce after backward. Ignored on one process.
+    # gradient sum across ranks: ddp = DistributedDataParallel (bucketed, overlapped with the last
+    # micro-batch's backward, no_sync before it); allreduce = one bucketed all-reduce after backward
     grad_sync: str = "ddp"
     seq_len_schedule: str = ""  # rows grow, tokens/step fixed: "1024@0.1,2048@0.7" (PR #2014; train/schedule.py)
 

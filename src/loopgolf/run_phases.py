@@ -29,7 +29,7 @@ from loopgolf.compress.gptq import collect_hessians, gptq_quantize_state, sample
 from loopgolf.config import QuantConfig, RunConfig
 from loopgolf.data.atomic import atomic_write_bytes
 from loopgolf.compress.budget import budget_report, format_budget
-from loopgolf.data.loader import BatchLoader, TokenStream
+from loopgolf.data.loader import BatchLoader, token_stream
 from loopgolf.eval.bpb import NonFiniteScoreError
 from loopgolf.eval.recipe import evaluate as evaluate_recipe
 from loopgolf.metrics import Logger
@@ -75,7 +75,7 @@ def build_trainer(ctx: RunContext, train_paths: list, store: CheckpointStore) ->
     logger.log("attention", backend=attention_backend(device.type))
     logger.log("model", params=model.num_params(), plan=" ".join(map(str, model.plan.schedule)),
                blocks=model.plan.n_blocks, virtual_layers=model.plan.n_virtual)
-    loader = BatchLoader(TokenStream(train_paths), cfg.data.seq_len, cfg.train.batch_tokens,
+    loader = BatchLoader(token_stream(train_paths, cfg.data.sampling, cfg.train.seed), cfg.data.seq_len, cfg.train.batch_tokens,
                          cfg.train.micro_batch_seqs, info.rank, info.world_size, device)
 
     def val_fn(m: torch.nn.Module, max_tokens: int) -> dict:

@@ -50,6 +50,21 @@ def test_compare_curves_known_answer():
     assert compare_curves(a, {9: 1.0}, 2)["mean_abs_diff"] is None
 
 
+def test_a_running_mean_log_is_compared_with_the_presets_means_over_the_same_steps():
+    """PR #29 logs the mean loss of the last 10 steps; the preset's per-step losses are averaged the
+    same way before the difference is taken (steps 1..4 here, windows of 2)."""
+    from loopgolf.lab.fidelity import RunLog, window_means
+
+    per_step = {1: 10.0, 2: 6.0, 3: 5.0, 4: 3.0}
+    assert window_means(per_step, [2, 4, 6], 2) == {2: 8.0, 4: 4.0}  # step 6's window is not logged
+    script = RunLog(train_loss={2: 8.5, 4: 4.0}, loss_window=2)
+    report = fidelity_report([script], RunLog(train_loss=per_step), window=10, standin=False)
+    assert report["preset_vs_script"]["mean_abs_diff"] == pytest.approx(0.25)  # (0.5 + 0) / 2
+    assert "2-step running means" in format_report(json.loads(json.dumps(report)))
+    per_step_script = fidelity_report([RunLog(train_loss={2: 8.5, 4: 4.0})], RunLog(train_loss=per_step), 10, False)
+    assert per_step_script["preset_vs_script"]["mean_abs_diff"] == pytest.approx((2.5 + 1.0) / 2)
+
+
 def test_stage_links_shards_under_challenge_names(tiny_shards, tmp_path):
     d = tiny_shards["dir"]
     out = stage_challenge_data(f"{d}/*_train_*.bin", f"{d}/*_val_*.bin", tmp_path / "stage")

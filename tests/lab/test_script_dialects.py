@@ -54,6 +54,7 @@ while True:  # a wall-clock loop with no step limit, as the PR's
 def test_parse_pr29_log():
     r = parse_pr29_log(LOG)
     assert r.train_loss == {10: 6.1234, 20: 5.5}  # the validation line is not a train loss
+    assert r.loss_window == 10  # its loss is running_loss / 10 (L475-481)
     assert r.steps == 20 and r.ms_per_step == 250.0  # 5 s / 20 steps
     assert r.roundtrip_bpb is None and r.total_bytes is None  # the PR prints no comparable figures
 

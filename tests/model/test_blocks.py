@@ -125,3 +125,72 @@ def test_rms_norm_module_is_the_pr29_formula():
     x = torch.randn(3, 8)
     want = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * torch.arange(8.0)
     torch.testing.assert_close(norm(x), want)
+
+
+def _loss_and_grads(model, idx):
+    model.zero_grad(set_to_none=True)
+    loss = model(idx[:, :-1], idx[:, 1:]).mean()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_fused_qkv_gives_the_same_loss_and_gradients_as_three_products():
+    """model.fused_qkv multiplies x by the stacked [W_q; W_k; W_v] once: same loss and the same
+    gradients for c_q, c_k, c_v (float64, so only summation order may differ), and it does run fused."""
+    from loopgolf.model import blocks
+    torch.manual_seed(0)
+    kw = dict(vocab_size=96, dim=32, n_heads=4, n_kv_heads=2, mlp_hidden=48, plan="2")
+    plain, fused = GPT(ModelConfig(**kw)).double(), GPT(ModelConfig(**kw, fused_qkv=True)).double()
+    fused.load_state_dict(plain.state_dict())
+    for m in plain.modules():  # the zero-initialized projections would leave q, k, v gradient-free
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=0.2)
+    fused.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 96, (3, 9))
+    calls = []
+    linear = blocks.F.linear
+    blocks.F.linear = lambda x, w, *a: calls.append(tuple(w.shape)) or linear(x, w, *a)
+    try:
+        l_f, g_f = _loss_and_grads(fused, idx)
+    finally:
+        blocks.F.linear = linear
+    l_p, g_p = _loss_and_grads(plain, idx)
+    assert calls.count((64, 32)) == 2  # one stacked product (32 + 16 + 16 rows) per block
+    assert (16, 32) not in calls  # no separate c_k / c_v product
+    torch.testing.assert_close(l_f, l_p, rtol=1e-12, atol=1e-12)
+    assert g_f.keys() == g_p.keys() and "blocks.0.attn.c_k.weight" in g_f
+    for name in g_p:
+        torch.testing.assert_close(g_f[name], g_p[name], rtol=1e-10, atol=1e-12)
+
+
+def test_fused_qkv_runs_the_three_modules_when_they_have_forward_hooks():
+    """GPTQ's Hessian hooks and LoRA TTT's adapters sit on c_q/c_k/c_v as forward hooks: they must
+    still see their module's call."""
+    model = GPT(ModelConfig(vocab_size=64, dim=32, n_heads=4, n_kv_heads=2, mlp_hidden=48, plan="1",
+                            fused_qkv=True))
+    seen = []
+    attn = model.blocks[0].attn
+    for name in ("c_q", "c_k", "c_v"):
+        getattr(attn, name).register_forward_hook(lambda m, i, o, name=name: seen.append(name))
+    idx = torch.randint(0, 64, (1, 5))
+    model(idx, idx)
+    assert seen == ["c_q", "c_k", "c_v"]
+
+
+def test_fp32_stream_keeps_the_residual_in_float32_under_autocast():
+    """model.fp32_stream: PR #29's fp32 model under autocast adds bf16 matmul outputs to a float32
+    residual; without it the stream runs in the autocast dtype (the baseline's bf16 model)."""
+    kw = dict(vocab_size=64, dim=32, n_heads=4, n_kv_heads=1, mlp="swiglu", mlp_hidden=48, plan="1x3",
+              block="plain_prenorm", unet_skips=False, logit_softcap=0.0)
+    idx = torch.randint(0, 64, (2, 6))
+    seen = {}
+    for flag in (False, True):
+        model = GPT(ModelConfig(**kw, fp32_stream=flag))
+        dtypes = []
+        model.blocks[0].register_forward_pre_hook(lambda m, args: dtypes.append(args[0].dtype))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(idx, idx).mean()
+        loss.backward()
+        seen[flag] = set(dtypes)
+        assert len(dtypes) == 3 and torch.isfinite(loss)
+    assert seen == {False: {torch.bfloat16}, True: {torch.float32}}

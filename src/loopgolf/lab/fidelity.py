@@ -65,6 +65,7 @@ class RunLog:
     total_bytes: int | None = None
     roundtrip_bpb: float | None = None
     steps: int = 0  # the last step number the log shows
+    loss_window: int = 1  # each logged loss is the mean over this many steps ending at its step
     exit_code: int = 0
     command: str = ""
 
@@ -201,12 +202,29 @@ def run_preset(cmd: list[str], run_dir: Path, log_path: Path) -> RunLog:
     return out
 
 
+def window_means(curve: dict[int, float], steps, width: int) -> dict[int, float]:
+    """For each step s in `steps`, the mean of `curve` over steps s-width+1..s (all must be logged):
+    a per-step curve seen the way a script that logs running means (PR #29: 10 steps) sees its own."""
+    out = {}
+    for s in steps:
+        inside = [curve[t] for t in range(s - width + 1, s + 1) if t in curve]
+        if len(inside) == width:
+            out[s] = sum(inside) / width
+    return out
+
+
 def fidelity_report(script_runs: list[RunLog], preset_run: RunLog, window: int, standin: bool) -> dict:
-    """Side-by-side curves: the preset against the first script seed, and the script's own spread."""
+    """Side-by-side curves: the preset against the first script seed, and the script's own spread.
+    Where the script logs running means, the preset's per-step losses are averaged over the same
+    steps before the comparison ("preset_compared": the curve that was compared)."""
     ref = script_runs[0]
-    report = {"window": window, "sdpa_standin": standin,
+    compared = preset_run.train_loss
+    if ref.loss_window > 1:
+        compared = window_means(preset_run.train_loss, ref.train_loss, ref.loss_window)
+    report = {"window": window, "sdpa_standin": standin, "loss_window": ref.loss_window,
               "script": [asdict(r) for r in script_runs], "preset": asdict(preset_run),
-              "preset_vs_script": compare_curves(preset_run.train_loss, ref.train_loss, window)}
+              "preset_compared": {str(k): v for k, v in compared.items()},
+              "preset_vs_script": compare_curves(compared, ref.train_loss, window)}
     if len(script_runs) > 1:
         report["script_seed_spread"] = compare_curves(script_runs[1].train_loss, ref.train_loss, window)
     if preset_run.ms_per_step and ref.ms_per_step:
@@ -220,7 +238,8 @@ def _curve(run: dict) -> dict[int, float]:
 
 def format_report(report: dict) -> str:
     ref, lg = report["script"][0], report["preset"]
-    ref_c, lg_c = _curve(ref), _curve(lg)
+    ref_c = _curve(ref)
+    lg_c = _curve({"train_loss": report["preset_compared"]}) if "preset_compared" in report else _curve(lg)
     steps = sorted(set(ref_c) & set(lg_c))
     lines = [f"{'step':>6} {'script':>9} {'loopgolf':>9} {'|diff|':>8}"]
     shown = steps if len(steps) <= 25 else steps[:: max(1, len(steps) // 25)] + [steps[-1]]
@@ -235,6 +254,9 @@ def format_report(report: dict) -> str:
     for name, r in (("script", ref), ("loopgolf", lg)):
         lines.append(f"{name}: ms/step {r['ms_per_step']}, total bytes {r['total_bytes']}, "
                      f"round-trip val_bpb {r['roundtrip_bpb']}, exit {r['exit_code']}")
+    if report.get("loss_window", 1) > 1:
+        lines.append(f"note: the script logs {report['loss_window']}-step running means; loopgolf's "
+                     "per-step losses were averaged over the same steps")
     if report["sdpa_standin"]:
         lines.append("note: the script's flash_attn_interface was an SDPA stand-in")
     if prof := report.get("script_profile"):
@@ -257,6 +279,10 @@ def plot_report(report: dict, png: Path) -> None:
         ax.plot(sorted(c), [c[s] for s in sorted(c)], label=f"published script (seed run {i + 1})", lw=1)
     c = _curve(report["preset"])
     ax.plot(sorted(c), [c[s] for s in sorted(c)], label="loopgolf preset", lw=1.5)
+    if (w := report.get("loss_window", 1)) > 1:
+        c = _curve({"train_loss": report["preset_compared"]})
+        ax.plot(sorted(c), [c[s] for s in sorted(c)], "k--", marker=".", lw=1,
+                label=f"loopgolf preset, {w}-step means (compared)")
     ax.set_xlabel("step")
     ax.set_ylabel("train loss (nats)")
     ax.legend()

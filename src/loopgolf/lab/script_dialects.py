@@ -85,7 +85,7 @@ runpy.run_path(script, run_name="__main__")
 def parse_pr29_log(text: str) -> RunLog:
     """PR #29's `step N | loss X | ... | Es elapsed` lines: X (a 10-step mean) at step N; ms/step
     from the last line's elapsed seconds (printed rounded to 1 s)."""
-    out = RunLog()
+    out = RunLog(loss_window=10)  # L475-481: running_loss / 10 every 10 steps
     for line in text.splitlines():
         if m := _PR29_STEP.search(line.strip()):
             step = int(m[1])

@@ -62,6 +62,12 @@ def to_stream_dtype(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def float32_stream(x: torch.Tensor) -> torch.Tensor:
+    """model.fp32_stream: the residual stream stays float32 under autocast (PR #29's fp32 model under
+    torch.autocast): only the matmuls run in bf16, and every residual add is a float32 add."""
+    return x.float()
+
+
 class Rotary(nn.Module):
     """RoPE over the first `dims` dims of each head; the rest pass through unrotated.
 
@@ -127,6 +133,23 @@ class Attention(nn.Module):
         self.c_v = nn.Linear(cfg.dim, kv_dim, bias=False)
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.rotary = Rotary(cfg.rope_dims or self.head_dim, cfg.rope_base)
+        self.qkv_sizes = (cfg.dim, kv_dim, kv_dim)
+        self.fused_qkv = cfg.fused_qkv and not cfg.fp8  # model.fp8 converts c_q/c_k/c_v one by one
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x's q, k, v. With model.fused_qkv one product with the three weights stacked,
+        x [W_q; W_k; W_v]^T, split into q, k, v: the same sums as three products, but x is read once
+        forward and once for the weight gradient, and its gradient is one product with K = dim + 2 kv
+        instead of three and two adds. The parameters stay three, so Muon, QAT's parametrizations,
+        GPTQ and the artifact see c_q, c_k, c_v as before. A Linear with forward hooks (GPTQ's
+        Hessians, LoRA TTT's adapters) makes the call run the three modules.
+        Measured slower, hence off everywhere: `baseline` on one H200 (torch 2.11, micro-batch 512),
+        243.74 ms/step fused against 237.07 (bench/results/2026-12-02c_baseline_speed_variants_h200)."""
+        lins = (self.c_q, self.c_k, self.c_v)
+        if self.fused_qkv and not any(m._forward_hooks or m._forward_pre_hooks for m in lins):
+            w = torch.cat([m.weight for m in lins])
+            return F.linear(x, w).split(self.qkv_sizes, dim=-1)
+        return self.c_q(x), self.c_k(x), self.c_v(x)
 
     def position(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """QK-norm, RoPE, q gain on (B, H, T, D) q and (B, KV, T, D) k."""
@@ -135,7 +158,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx, layer) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
+        q, k, v = self.project_qkv(x)
         for op in layer.qkv:
             q, k, v = op(x, q, k, v)
         for op in layer.v:

@@ -39,7 +39,7 @@ from torch import nn
 
 from loopgolf.config import ModelConfig
 from loopgolf.model import attention_tricks, features, fp8, heads, layer_tricks, logit_head, stream
-from loopgolf.model.blocks import BLOCKS, RMSNorm, WeightlessNorm, to_stream_dtype
+from loopgolf.model.blocks import BLOCKS, RMSNorm, WeightlessNorm, float32_stream, to_stream_dtype
 from loopgolf.model.recurrence import RecurrencePlan, Stage, parse_stages
 from loopgolf.model.wiring import MODEL_HOOKS, Context, Layer, ModelShape, wire
 
@@ -64,6 +64,7 @@ class GPT(nn.Module):
         self.in_norm = nn.Identity() if plain else WeightlessNorm()
         self.final_norm = RMSNorm(cfg.dim) if plain else WeightlessNorm()
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self._to_stream = float32_stream if cfg.fp32_stream else to_stream_dtype
         self.logit_cap, self._head = logit_head.build(cfg)
         self._features = [f for cls in TRICKS if (f := cls.build(cfg, self.shape)) is not None]
         self._training_only: list[str] = []
@@ -142,7 +143,7 @@ class GPT(nn.Module):
         x = self.tok_emb(idx)
         for op in self._token:
             x = op(x, idx)
-        x = to_stream_dtype(x)
+        x = self._to_stream(x)
         for op in self._stream:
             x = op(x, idx)
         x = self.in_norm(x)
