@@ -75,8 +75,9 @@ def build_trainer(ctx: RunContext, train_paths: list, store: CheckpointStore) ->
     logger.log("attention", backend=attention_backend(device.type))
     logger.log("model", params=model.num_params(), plan=" ".join(map(str, model.plan.schedule)),
                blocks=model.plan.n_blocks, virtual_layers=model.plan.n_virtual)
-    loader = BatchLoader(token_stream(train_paths, cfg.data.sampling, cfg.train.seed), cfg.data.seq_len, cfg.train.batch_tokens,
-                         cfg.train.micro_batch_seqs, info.rank, info.world_size, device)
+    stream = token_stream(train_paths, cfg.data.sampling, cfg.train.seed)
+    loader = BatchLoader(stream, cfg.data.seq_len, cfg.train.batch_tokens, cfg.train.micro_batch_seqs,
+                         info.rank, info.world_size, device)
 
     def val_fn(m: torch.nn.Module, max_tokens: int) -> dict:
         return score(m, ctx.valset, cfg, device, recipe=False, max_tokens=max_tokens)

@@ -210,8 +210,8 @@ def profile_run(cfg, out: Path, steps: int = 10, profile_steps: int = 3, shards:
     if not paths:
         raise FileNotFoundError(f"{pattern}: no shard matches; pass --shards 'DIR/*_train_*.bin'")
     model = GPT(cfg.model).to(device)
-    loader = BatchLoader(token_stream(paths, cfg.data.sampling, cfg.train.seed), cfg.data.seq_len, cfg.train.batch_tokens,
-                         cfg.train.micro_batch_seqs, 0, 1, device)
+    loader = BatchLoader(token_stream(paths, cfg.data.sampling, cfg.train.seed), cfg.data.seq_len,
+                         cfg.train.batch_tokens, cfg.train.micro_batch_seqs, 0, 1, device)
     trainer = Trainer(cfg, model, loader, device, Logger(None, enabled=False))
     warm_s = trainer.warmup()
     peak = measured_matmul_tflops(device)
