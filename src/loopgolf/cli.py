@@ -257,9 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     from loopgolf.lab import data_commands
 
     data_commands.register(sub)
-    from loopgolf.lab import ablate, compress_commands, depth, eval_suite, fidelity, profile, seeds, submission
+    from loopgolf.lab import ablate, compress_commands, depth, eval_suite, fidelity_command, profile, seeds, submission
 
-    for module in (depth, compress_commands, eval_suite, seeds, submission, fidelity, ablate, profile):
+    for module in (depth, compress_commands, eval_suite, seeds, submission, fidelity_command, ablate, profile):
         module.register(sub)
     bench = sub.add_parser("bench", help="the proxy benchmark").add_subparsers(dest="bench_command", required=True)
     p = bench.add_parser("prepare", help="tokenize bench .jsonl.zst files into shards")

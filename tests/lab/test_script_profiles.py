@@ -14,12 +14,11 @@ from loopgolf.data.shards import load_shard, read_header
 from loopgolf.lab.fidelity import (
     format_report,
     parse_script_log,
-    register,
-    resolve_pr,
     run_script,
     script_env,
     stage_challenge_data,
 )
+from loopgolf.lab.fidelity_command import register, resolve_pr
 from loopgolf.lab.script_profiles import PROFILES, profile_for
 from loopgolf.presets import get_preset
 from loopgolf.train.schedule import Progress, lr_multiplier, momentum_at

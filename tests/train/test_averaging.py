@@ -74,3 +74,29 @@ def test_state_round_trip_continues_exactly():
     full.swap_in()
     resumed.swap_in()
     assert torch.equal(a.q_gain, b.q_gain) and resumed.count == 4
+
+
+def test_qat_applied_after_construction_keeps_plain_names():
+    """seed-recursive-4b (QAT from step 0 + SWA) failed its first step on one H200 with
+    KeyError 'blocks.0.attn.c_q.weight': the QAT parametrization renamed the weights the average
+    had listed. The average follows the raw weight under its plain name."""
+    from torch.nn.utils import parametrize
+
+    class Quarter(torch.nn.Module):
+        def forward(self, w):
+            return w * 0.25
+
+    block = torch.nn.Module()
+    block.mlp = torch.nn.Module()
+    block.mlp.fc = fc = torch.nn.Linear(2, 2, bias=False)
+    m = torch.nn.Module()
+    m.blocks = torch.nn.ModuleList([block])
+    avg = WeightAverage(m, swa_start_frac=0.1, swa_every_frac=0.1)
+    assert avg.names == ["blocks.0.mlp.fc.weight"]
+    parametrize.register_parametrization(fc, "weight", Quarter())
+    for v, f in zip([2.0, 4.0], [0.1, 0.2]):
+        with torch.no_grad():
+            fc.parametrizations.weight.original.fill_(v)
+        avg.update(f, 10.0)
+    assert avg.swap_in() == 2 and sorted(avg.state_dict()["avg"]) == ["blocks.0.mlp.fc.weight"]
+    assert fc.parametrizations.weight.original.tolist() == [[3.0, 3.0], [3.0, 3.0]]  # the raw mean

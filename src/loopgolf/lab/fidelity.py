@@ -213,10 +213,12 @@ def window_means(curve: dict[int, float], steps, width: int) -> dict[int, float]
     return out
 
 
-def fidelity_report(script_runs: list[RunLog], preset_run: RunLog, window: int, standin: bool) -> dict:
+def fidelity_report(script_runs: list[RunLog], preset_run: RunLog, window: int, standin: bool,
+                    more_presets: list[RunLog] = ()) -> dict:
     """Side-by-side curves: the preset against the first script seed, and the script's own spread.
     Where the script logs running means, the preset's per-step losses are averaged over the same
-    steps before the comparison ("preset_compared": the curve that was compared)."""
+    steps before the comparison ("preset_compared": the curve that was compared). A second preset
+    seed (more_presets) gives loopgolf's own seed-to-seed spread ("preset_seed_spread")."""
     ref = script_runs[0]
     compared = preset_run.train_loss
     if ref.loss_window > 1:
@@ -227,6 +229,9 @@ def fidelity_report(script_runs: list[RunLog], preset_run: RunLog, window: int, 
               "preset_vs_script": compare_curves(compared, ref.train_loss, window)}
     if len(script_runs) > 1:
         report["script_seed_spread"] = compare_curves(script_runs[1].train_loss, ref.train_loss, window)
+    if more_presets:
+        report["preset_more_seeds"] = [asdict(r) for r in more_presets]
+        report["preset_seed_spread"] = compare_curves(more_presets[0].train_loss, preset_run.train_loss, window)
     if preset_run.ms_per_step and ref.ms_per_step:
         report["ms_per_step_ratio"] = preset_run.ms_per_step / ref.ms_per_step
     return report
@@ -249,8 +254,9 @@ def format_report(report: dict) -> str:
     cmp = report["preset_vs_script"]
     if cmp["mean_abs_diff"] is not None:
         lines.append(f"mean |diff| over {cmp['common_steps']} steps: {cmp['mean_abs_diff']:.4f}")
-    if (spread := report.get("script_seed_spread")) and spread["mean_abs_diff"] is not None:
-        lines.append(f"script seed-to-seed mean |diff|: {spread['mean_abs_diff']:.4f}")
+    for key, who in (("script_seed_spread", "script"), ("preset_seed_spread", "loopgolf")):
+        if (spread := report.get(key)) and spread["mean_abs_diff"] is not None:
+            lines.append(f"{who} seed-to-seed mean |diff|: {spread['mean_abs_diff']:.4f}")
     for name, r in (("script", ref), ("loopgolf", lg)):
         lines.append(f"{name}: ms/step {r['ms_per_step']}, total bytes {r['total_bytes']}, "
                      f"round-trip val_bpb {r['roundtrip_bpb']}, exit {r['exit_code']}")
@@ -279,6 +285,9 @@ def plot_report(report: dict, png: Path) -> None:
         ax.plot(sorted(c), [c[s] for s in sorted(c)], label=f"published script (seed run {i + 1})", lw=1)
     c = _curve(report["preset"])
     ax.plot(sorted(c), [c[s] for s in sorted(c)], label="loopgolf preset", lw=1.5)
+    for i, r in enumerate(report.get("preset_more_seeds", [])):
+        c = _curve(r)
+        ax.plot(sorted(c), [c[s] for s in sorted(c)], label=f"loopgolf preset (seed run {i + 2})", lw=1)
     if (w := report.get("loss_window", 1)) > 1:
         c = _curve({"train_loss": report["preset_compared"]})
         ax.plot(sorted(c), [c[s] for s in sorted(c)], "k--", marker=".", lw=1,
@@ -289,95 +298,3 @@ def plot_report(report: dict, png: Path) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
-
-
-def resolve_pr(args) -> dict | None:
-    """--pr N: fill the preset, sequence length, batch and stand-in from PR N's profile
-    (lab/script_profiles.py) where not given, and return the profile's script environment and
-    preset --sets; without --pr, the challenge defaults (1024 tokens per row, 524,288 per step)."""
-    prof = None
-    if args.pr:
-        from loopgolf.lab.script_profiles import profile_for
-
-        prof = profile_for(args.pr, args.preset)
-        args.preset = prof.preset
-        args.sdpa_standin = args.sdpa_standin or prof.standin
-    elif not args.preset:
-        raise SystemExit("loopgolf fidelity: --preset is required without --pr")
-    args.seq_len = args.seq_len or (prof.seq_len if prof else 1024)
-    args.batch_tokens = args.batch_tokens or (prof.batch_tokens if prof else 524_288)
-    if prof is None:
-        return None
-    return {"pr": prof.pr, "preset": prof.preset, "env": prof.env(args.steps, args.set),
-            "preset_sets": list(prof.preset_sets), "why": dict(prof.why)}
-
-
-def cmd_fidelity(args) -> int:
-    out = Path(args.out)
-    profile = resolve_pr(args)
-    data = stage_challenge_data(args.train, args.val, out / "challenge_data", args.val_tokens)
-    # with --val-tokens the preset scores the same truncated val file as the script
-    val = str(data / "fineweb_val_000000.bin") if args.val_tokens else args.val
-    standin = None
-    if args.sdpa_standin:
-        standin = out / "standin"
-        standin.mkdir(parents=True, exist_ok=True)
-        (standin / "flash_attn_interface.py").write_text(SDPA_STANDIN)
-    extra = {**(profile["env"] if profile else {}), **dict(kv.split("=", 1) for kv in args.script_env)}
-    script_runs = []
-    for seed in args.script_seeds:
-        if args.dialect == "pr29":  # its own data paths, seed, log and no step limit (script_dialects.py)
-            from loopgolf.lab.script_dialects import run_pr29_script
-
-            script_runs.append(run_pr29_script(Path(args.script), args.train, args.val, args.tokenizer, seed,
-                                               args.steps, out / f"script_seed{seed}", out / f"script_seed{seed}.log",
-                                               args.batch_tokens))
-            continue
-        env = script_env(data, args.tokenizer, seed, args.steps, args.batch_tokens, args.seq_len,
-                         f"fidelity_seed{seed}", extra)
-        script_runs.append(run_script(Path(args.script), env, out / f"script_seed{seed}",
-                                      out / f"script_seed{seed}.log", args.nproc, standin))
-    sets = [*(profile["preset_sets"] if profile else []), *args.set]
-    cmd = preset_command(args.preset, args.train, val, args.tokenizer, args.script_seeds[0], args.steps,
-                         args.batch_tokens, args.seq_len, out / "preset_run", sets)
-    preset_run = run_preset(cmd, out / "preset_run", out / "preset.log")
-    report = fidelity_report(script_runs, preset_run, args.window, standin is not None)
-    report["script_profile"], report["val_tokens"] = profile, args.val_tokens
-    (out / "fidelity.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    if args.png:
-        plot_report(report, Path(args.png))
-    print(format_report(report), flush=True)
-    failed = [r for r in (*script_runs, preset_run) if r.exit_code]
-    return 2 if failed else 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("fidelity", help="a published train_gpt.py vs its preset: loss curves side by side")
-    p.add_argument("--script", required=True, help="path of the published train_gpt.py (not stored here)")
-    p.add_argument("--preset", default="", help=f"matching preset, e.g. {PRESET_OF_PR} (default with --pr: the PR's)")
-    p.add_argument("--pr", type=int, default=0,
-                   help="the script's PR (927, 21, 1453, 1290): its README env, step knobs scaled to --steps from "
-                        "the preset's fractions, post-training shortcuts, the preset's matching --sets "
-                        "(lab/script_profiles.py); --script-env and --set still win")
-    p.add_argument("--train", required=True, help="glob of training shards")
-    p.add_argument("--val", required=True, help="glob of validation shards")
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-tokens", type=int, default=0, help="default: the PR's, else 524,288")
-    p.add_argument("--seq-len", type=int, default=0, help="default: the PR's, else 1024")
-    p.add_argument("--val-tokens", type=int, default=0,
-                   help="score only the first N val tokens, script and preset alike (0 = all of val)")
-    p.add_argument("--script-seeds", type=int, nargs="+", default=[1337, 42],
-                   help="seeds of the published script; the second measures the seed spread")
-    p.add_argument("--script-env", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="extra environment for the script (its own knobs)")
-    p.add_argument("--set", action="append", default=[], help="extra --set for the preset")
-    p.add_argument("--nproc", type=int, default=1)
-    p.add_argument("--window", type=int, default=50)
-    p.add_argument("--sdpa-standin", action="store_true",
-                   help="give the script an SDPA flash_attn_interface (logged in the report)")
-    p.add_argument("--dialect", choices=("challenge", "pr29"), default="challenge",
-                   help="challenge: the env-driven train_gpt.py; pr29: PR #29's script (lab/script_dialects.py)")
-    p.add_argument("--png", default="")
-    p.add_argument("--out", required=True)
-    p.set_defaults(fn=cmd_fidelity)

@@ -16,11 +16,18 @@ import torch
 from loopgolf.model.params import kinds_of
 
 
+def plain_named_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Parameters under their plain names: QAT's parametrization (compress/qat.py), applied after this
+    class is built, renames `x.weight` to `x.parametrizations.weight.original`, and the averages,
+    their checkpoints and swap_in keep the plain name (the raw weight is the one averaged)."""
+    return {n.replace("parametrizations.weight.original", "weight"): p for n, p in model.named_parameters()}
+
+
 class WeightAverage:
     def __init__(self, model: torch.nn.Module, ema_horizon_frac: float = 0.0, swa_start_frac: float = 0.0,
                  swa_every_frac: float = 0.01):
         self.model = model
-        named = list(model.named_parameters())
+        named = list(plain_named_parameters(model).items())
         kinds = kinds_of(named)
         self.names = [n for n, _ in named if kinds[n].averaged]  # the parameter table decides
         self.ema_horizon = ema_horizon_frac
@@ -37,7 +44,7 @@ class WeightAverage:
     def update(self, frac: float, expected_steps: float) -> None:
         """Call after each optimizer step with run progress in [0, 1] and the expected total steps
         (both from the step's trigger row)."""
-        named = dict(self.model.named_parameters())
+        named = plain_named_parameters(self.model)
         params = {n: named[n].detach() for n in self.names}
         if self.ema_horizon > 0:
             tau = max(1.0, self.ema_horizon * expected_steps)
@@ -63,7 +70,7 @@ class WeightAverage:
         number of averaged snapshots (0 = nothing to swap)."""
         if self.avg is None:
             return 0
-        for n, p in self.model.named_parameters():
+        for n, p in plain_named_parameters(self.model).items():
             if n in self.avg:
                 p.copy_(self.avg[n].to(p.dtype))
         return self.count
