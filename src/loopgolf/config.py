@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from loopgolf.config_fields import (ConfigError, at_least as _at_least, finite as _finite, fractions as _fractions,
                                     from_dict as _from_dict, set_dotted)
 from loopgolf.config_eval import EVAL_METHODS, EvalConfig
-from loopgolf.config_variants import OptimVariants, TrickVariants
+from loopgolf.config_variants import OptimVariants, QuantVariants, TrickVariants
 
 __all__ = ["BUDGET_BYTES", "ConfigError", "DataConfig", "EVAL_METHODS", "EvalConfig", "ModelConfig",
            "OptimConfig", "QuantConfig", "RunConfig", "TrainConfig", "set_dotted"]
@@ -265,7 +265,7 @@ class TrainConfig:
 
 
 @dataclass
-class QuantConfig:
+class QuantConfig(QuantVariants):  # + the published exporter forms (config_variants.py)
     scheme: str = "int8_row"  # per-row int8 with fp16 scales (baseline L321-334)
     codec: str = "zlib"  # zlib | zstd | lzma | brotli
     level: int = -1  # codec level; -1 = the codec's strongest (zlib 9, zstd 22, lzma 9, brotli 11)

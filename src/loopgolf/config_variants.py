@@ -81,3 +81,13 @@ class OptimVariants:
                                              <= self.lr_warmup_steps):
             raise ConfigError("optim.lr_schedule=cosine decays on its own to optim.min_lr_frac: set optim.warmdown_frac"
                               "=0, optim.warmdown_iters=0, optim.lr_cosine_steps > lr_warmup_steps (or 0)")
+
+
+@dataclass
+class QuantVariants:
+    """Published forms of the exporter. QuantConfig (config.py) inherits these as `quant.*` fields."""
+    # per-row intN scales floored at 1/qmax of each tensor's own grid (1/31 at int6, 1/127 at int8), as
+    # the challenge quantizer's clamp_min(1/max_val) does at every width (PR #927 L318); the export only:
+    # QAT keeps its grid without it, as PR #927's absmax QAT (L486-492). quant.row_scale_min still applies.
+    row_scale_min_qmax: bool = False
+

@@ -236,3 +236,36 @@ def test_search_percentiles_replace_the_candidates() -> None:
     for bad in ("99.9,abc", "40,99", "99.9,101"):
         with pytest.raises(ValueError, match="quant.search_percentiles"):
             QuantConfig(search_percentiles=bad).validate()
+
+
+@pytest.mark.parametrize("bits", [6, 8])
+def test_row_scale_min_qmax_floors_each_grid_at_one_over_its_qmax(bits: int) -> None:
+    """PR #927's quantizer (L318): scale = clamp_min(clip / qmax, 1 / qmax) at every width, so a row
+    of small weights gets step 1/31 at int6 and 1/127 at int8; a row of large weights is untouched."""
+    qmax = 2 ** (bits - 1) - 1
+    w = torch.cat([weights(seed=3)[:4] * 1e-3, weights(seed=4)[:4] * 30.0])
+    qcfg = QuantConfig(row_scale_min=0.0, row_scale_min_qmax=True)
+    parts = QUANTIZERS[f"int{bits}_row"].quantize(w, qcfg)
+    scale = torch.from_numpy(parts["scale"].astype(np.float32))
+    assert torch.equal(scale[:4], torch.full((4,), 1.0 / qmax).half().float())
+    plain = QUANTIZERS[f"int{bits}_row"].quantize(w, QuantConfig(row_scale_min=0.0))
+    assert np.array_equal(parts["scale"][4:], plain["scale"][4:]) and (plain["scale"][:4] < 1.0 / qmax).all()
+
+
+def test_qat_trains_without_the_export_only_qmax_floor() -> None:
+    from loopgolf.compress.qat import FakeQuant, apply_qat
+
+    block = torch.nn.Module()
+    block.mlp = torch.nn.Module()
+    block.mlp.fc = torch.nn.Linear(64, 64, bias=False)
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList([block])
+    with torch.no_grad():
+        block.mlp.fc.weight.mul_(1e-2)  # rows far below the 1/31 floor
+    qcfg = QuantConfig(scheme="int6_row", qat="ste", row_scale_min=0.0, row_scale_min_qmax=True,
+                       passthrough_max_numel=0)
+    assert apply_qat(model, qcfg) == ["blocks.0.mlp.fc.weight"]
+    fake = next(m for m in model.modules() if isinstance(m, FakeQuant))
+    assert fake.qcfg.row_scale_min_qmax is False and qcfg.row_scale_min_qmax is True
+    raw = block.mlp.fc.parametrizations.weight.original
+    assert (block.mlp.fc.weight - raw).abs().max() < raw.abs().max() / 31  # a fine grid, not step 1/31

@@ -172,3 +172,21 @@ def test_a_second_seed_reuses_the_first_calls_runs(tiny_shards, tmp_path, monkey
     assert report["preset_seed_spread"]["common_steps"] == 4
     with pytest.raises(SystemExit, match=r"seed\(s\) \['7'\] not in --script-seeds"):
         main([*common, "--script-seeds", "1", "--script-log", f"7={one / 'script_seed1.log'}", "--out", str(two)])
+
+
+def test_seed_verdict_compares_cross_code_pairs_with_within_code_spread():
+    from loopgolf.lab.fidelity import RunLog, seed_verdict
+
+    def run(v):
+        return RunLog(train_loss={1: v, 2: v})
+    v = seed_verdict([run(1.0), run(1.2)], [run(1.1), run(1.3)])
+    assert v["cross_pairs"] == pytest.approx([0.1, 0.3, 0.1, 0.1])
+    assert v["within"] == {"script": pytest.approx(0.2), "preset": pytest.approx(0.2)}
+    assert (v["cross_mean"], v["verdict"]) == (pytest.approx(0.15), "within")
+    v = seed_verdict([run(1.0), run(1.2)], [run(2.0)])
+    assert (v["cross_mean"], v["within_mean"], v["verdict"]) == (pytest.approx(0.9), pytest.approx(0.2), "outside")
+    assert seed_verdict([run(1.0)], [run(1.1)]) is None  # no second seed of either code: no spread to judge by
+    script = RunLog(train_loss={2: 9.0, 4: 5.0}, loss_window=2)  # running means: the presets are averaged too
+    v = seed_verdict([script], [RunLog(train_loss={1: 10.0, 2: 8.0, 3: 6.0, 4: 4.0}),
+                                RunLog(train_loss={1: 10.0, 2: 8.0, 3: 6.0, 4: 6.0})])
+    assert v["cross_pairs"] == pytest.approx([0.0, 0.5]) and v["within"] == {"preset": pytest.approx(0.5)}

@@ -5,8 +5,8 @@
 quant.bits_rules) with a FakeQuant parametrization, so the model code is untouched:
   - "ste": the forward sees exactly the weights the exporter will write, dequantize(quantize(w)),
     computed by the exporter's own code path (RowGridQuantizer.grid: percentile / search / SDClip
-    clip, ternary absmean, the row_scale_min floor, fp16-rounded scales); the backward passes the
-    gradient straight through (PR #927: int6 STE from step 0);
+    clip, ternary absmean, the row_scale_min floor but not the export-only 1/qmax one, fp16-rounded
+    scales); the backward passes the gradient straight through (PR #927: int6 STE from step 0);
   - "noise": in training mode the forward adds uniform noise of one quantization step of that same
     per-row (fp16) scale (PR #363: "noisy QAT" on shared blocks cut the quantization gap from 0.37
     to 0.002); eval is the raw weight.
@@ -16,6 +16,8 @@ built earlier keeps working; state_dict names change, so `remove_qat` (or `plain
 run before saving. `set_qat_enabled` switches the fake quantization on late (quant.qat_start_frac).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import nn
@@ -51,6 +53,7 @@ def apply_qat(model: nn.Module, qcfg: QuantConfig, mode: str | None = None,
     """Parametrize the row-grid nn.Linear weights of `model`; returns their names."""
     mode = qcfg.qat if mode is None else mode
     grid = grid_quantizers(plain_state_dict(model), qcfg)
+    qcfg = dataclasses.replace(qcfg, row_scale_min_qmax=False)  # an export-only floor (config_variants.py)
     done = []
     for name, mod in model.named_modules():
         key = f"{name}.weight"

@@ -260,7 +260,7 @@ class IntRowQuantizer(RowGridQuantizer):
         self.name = f"int{bits}_row"
 
     def _scale_of(self, clip: torch.Tensor, qcfg: QuantConfig) -> torch.Tensor:
-        floor = max(qcfg.row_scale_min, _FP16_MIN_NORMAL)
+        floor = max(qcfg.row_scale_min, 1.0 / self.qmax if qcfg.row_scale_min_qmax else 0.0, _FP16_MIN_NORMAL)
         return (clip / self.qmax).clamp(min=floor, max=_FP16_MAX)
 
     def row_scale(self, w: torch.Tensor, qcfg: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:

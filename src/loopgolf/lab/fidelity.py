@@ -213,6 +213,31 @@ def window_means(curve: dict[int, float], steps, width: int) -> dict[int, float]
     return out
 
 
+def seed_verdict(script_runs: list[RunLog], preset_runs: list[RunLog]) -> dict | None:
+    """Is the preset's curve within the two codes' seed-to-seed spread? Every (script seed, preset
+    seed) pair's mean |diff| against the mean |diff| between seeds of one code. "within" when the
+    mean cross-code distance is at most the mean within-code distance: two seeds of one code then
+    differ as much as the two codes do (an energy-distance test; with two seeds a side it is
+    coarse, and the report keeps every pair). None without a second seed of either code."""
+    width = script_runs[0].loss_window
+    def curve(run: RunLog, on: RunLog) -> dict[int, float]:
+        return window_means(run.train_loss, on.train_loss, width) if width > 1 else run.train_loss
+    cross = [compare_curves(curve(p, s), s.train_loss, 1)["mean_abs_diff"] for s in script_runs for p in preset_runs]
+    within = {}
+    if len(script_runs) > 1:
+        within["script"] = compare_curves(script_runs[1].train_loss, script_runs[0].train_loss, 1)["mean_abs_diff"]
+    if len(preset_runs) > 1:
+        within["preset"] = compare_curves(curve(preset_runs[1], script_runs[0]), curve(preset_runs[0], script_runs[0]),
+                                          1)["mean_abs_diff"]
+    cross = [c for c in cross if c is not None]
+    within = {k: v for k, v in within.items() if v is not None}
+    if not cross or not within:
+        return None
+    cross_mean, within_mean = sum(cross) / len(cross), sum(within.values()) / len(within)
+    return {"cross_pairs": cross, "cross_mean": cross_mean, "within": within, "within_mean": within_mean,
+            "verdict": "within" if cross_mean <= within_mean else "outside"}
+
+
 def fidelity_report(script_runs: list[RunLog], preset_run: RunLog, window: int, standin: bool,
                     more_presets: list[RunLog] = ()) -> dict:
     """Side-by-side curves: the preset against the first script seed, and the script's own spread.
@@ -231,7 +256,12 @@ def fidelity_report(script_runs: list[RunLog], preset_run: RunLog, window: int, 
         report["script_seed_spread"] = compare_curves(script_runs[1].train_loss, ref.train_loss, window)
     if more_presets:
         report["preset_more_seeds"] = [asdict(r) for r in more_presets]
-        report["preset_seed_spread"] = compare_curves(more_presets[0].train_loss, preset_run.train_loss, window)
+        other = more_presets[0].train_loss
+        if ref.loss_window > 1:
+            other = window_means(other, ref.train_loss, ref.loss_window)
+        report["preset_seed_spread"] = compare_curves(other, compared, window)
+    if verdict := seed_verdict(script_runs, [preset_run, *more_presets]):
+        report["seed_verdict"] = verdict
     if preset_run.ms_per_step and ref.ms_per_step:
         report["ms_per_step_ratio"] = preset_run.ms_per_step / ref.ms_per_step
     return report
@@ -257,6 +287,10 @@ def format_report(report: dict) -> str:
     for key, who in (("script_seed_spread", "script"), ("preset_seed_spread", "loopgolf")):
         if (spread := report.get(key)) and spread["mean_abs_diff"] is not None:
             lines.append(f"{who} seed-to-seed mean |diff|: {spread['mean_abs_diff']:.4f}")
+    if v := report.get("seed_verdict"):
+        within = ", ".join(f"{k} {x:.4f}" for k, x in v["within"].items())
+        lines.append(f"seed verdict: {v['verdict']} (cross-code pairs mean {v['cross_mean']:.4f} over "
+                     f"{len(v['cross_pairs'])}; within-code mean {v['within_mean']:.4f}: {within})")
     for name, r in (("script", ref), ("loopgolf", lg)):
         lines.append(f"{name}: ms/step {r['ms_per_step']}, total bytes {r['total_bytes']}, "
                      f"round-trip val_bpb {r['roundtrip_bpb']}, exit {r['exit_code']}")
