@@ -126,54 +126,6 @@ def test_script_and_preset_side_by_side(tiny_shards, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_reused_script_logs_parse_by_seed_and_refuse_bad_input(tmp_path):
-    from loopgolf.lab.fidelity_command import reused_preset_run, reused_script_logs
-
-    log = tmp_path / "old.log"
-    log.write_text(LOG)
-    runs = reused_script_logs([f"42={log}"], "challenge")
-    assert list(runs) == [42] and runs[42].train_loss[3] == 6.1 and runs[42].command == f"reused log {log}"
-    for bad, says in ((f"x={log}", "give SEED=PATH"), (str(log), "give SEED=PATH"),
-                      (f"1={tmp_path / 'none.log'}", "is not a file")):
-        with pytest.raises(SystemExit, match=says):
-            reused_script_logs([bad], "challenge")
-    (tmp_path / "empty.log").write_text("no steps here\n")
-    with pytest.raises(SystemExit, match="no train_loss lines"):
-        reused_script_logs([f"1={tmp_path / 'empty.log'}"], "challenge")
-    with pytest.raises(SystemExit, match="no train losses"):
-        reused_preset_run(str(tmp_path))
-
-
-@pytest.mark.slow
-def test_a_second_seed_reuses_the_first_calls_runs(tiny_shards, tmp_path, monkeypatch):
-    """Call 1 runs script seed 1 and the preset; call 2 adds script seed 2 and preset seed 2 and
-    reuses call 1's script log and preset run instead of repeating them."""
-    from loopgolf.cli import main
-
-    monkeypatch.setattr("loopgolf.lab.fidelity.run_script.__defaults__", (1, None, [sys.executable]))
-    d = tiny_shards["dir"]
-    script = tmp_path / "train_gpt.py"
-    script.write_text(FAKE_SCRIPT)
-    common = ["fidelity", "--script", str(script), "--preset", "tiny", "--train", f"{d}/*_train_*.bin",
-              "--val", f"{d}/*_val_*.bin", "--tokenizer", str(tiny_shards["tokenizer"]), "--steps", "4",
-              "--batch-tokens", "1024", "--seq-len", "32", "--window", "2", "--set", "train.device=cpu"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert main([*common, "--script-seeds", "1", "--out", str(one)]) == 0
-    assert main([*common, "--script-seeds", "1", "2", "--script-log", f"1={one / 'script_seed1.log'}",
-                 "--preset-seeds", "1", "2", "--preset-run", str(one / "preset_run"), "--out", str(two)]) == 0
-    assert not (two / "script_seed1.log").exists() and (two / "script_seed2.log").is_file()
-    assert not (two / "preset_run").exists() and (two / "preset_run_seed2" / "metrics.jsonl").is_file()
-    report = json.loads((two / "fidelity.json").read_text())
-    first = json.loads((one / "fidelity.json").read_text())
-    assert report["script"][0]["train_loss"] == first["script"][0]["train_loss"]
-    assert report["script"][0]["command"].startswith("reused log")
-    assert report["preset"]["train_loss"] == first["preset"]["train_loss"]
-    assert report["script_seed_spread"]["mean_abs_diff"] == pytest.approx(0.001)
-    assert report["preset_seed_spread"]["common_steps"] == 4
-    with pytest.raises(SystemExit, match=r"seed\(s\) \['7'\] not in --script-seeds"):
-        main([*common, "--script-seeds", "1", "--script-log", f"7={one / 'script_seed1.log'}", "--out", str(two)])
-
-
 def test_seed_verdict_compares_cross_code_pairs_with_within_code_spread():
     from loopgolf.lab.fidelity import RunLog, seed_verdict
 
