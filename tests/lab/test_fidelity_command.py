@@ -8,6 +8,7 @@ import pytest
 
 from tests.lab.test_fidelity import FAKE_SCRIPT, LOG
 
+
 def test_reused_script_logs_parse_by_seed_and_refuse_bad_input(tmp_path):
     from loopgolf.lab.fidelity_command import reused_preset_run, reused_script_logs
 
@@ -54,4 +55,3 @@ def test_a_second_seed_reuses_the_first_calls_runs(tiny_shards, tmp_path, monkey
     assert report["preset_seed_spread"]["common_steps"] == 4
     with pytest.raises(SystemExit, match=r"seed\(s\) \['7'\] not in --script-seeds"):
         main([*common, "--script-seeds", "1", "--script-log", f"7={one / 'script_seed1.log'}", "--out", str(two)])
-

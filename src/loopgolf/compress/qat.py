@@ -79,9 +79,11 @@ def remove_qat(model: nn.Module) -> None:
             parametrize.remove_parametrizations(mod, "weight", leave_parametrized=False)
 
 
+def plain_name(name: str) -> str:
+    """A parameter's name without QAT's parametrization: x.parametrizations.weight.original -> x.weight."""
+    return name.replace("parametrizations.weight.original", "weight")
+
+
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """state_dict with the raw weights under their usual names (QAT applied or not)."""
-    out = {}
-    for k, v in model.state_dict().items():
-        out[k.replace("parametrizations.weight.original", "weight")] = v
-    return out
+    return {plain_name(k): v for k, v in model.state_dict().items()}

@@ -213,22 +213,28 @@ def window_means(curve: dict[int, float], steps, width: int) -> dict[int, float]
     return out
 
 
+def as_logged(preset_run: RunLog, script_run: RunLog) -> dict[int, float]:
+    """The preset's per-step losses as the script logs its own: running means where it logs them."""
+    if script_run.loss_window > 1:
+        return window_means(preset_run.train_loss, script_run.train_loss, script_run.loss_window)
+    return preset_run.train_loss
+
+
 def seed_verdict(script_runs: list[RunLog], preset_runs: list[RunLog]) -> dict | None:
     """Is the preset's curve within the two codes' seed-to-seed spread? Every (script seed, preset
     seed) pair's mean |diff| against the mean |diff| between seeds of one code. "within" when the
     mean cross-code distance is at most the mean within-code distance: two seeds of one code then
     differ as much as the two codes do (an energy-distance test; with two seeds a side it is
     coarse, and the report keeps every pair). None without a second seed of either code."""
-    width = script_runs[0].loss_window
-    def curve(run: RunLog, on: RunLog) -> dict[int, float]:
-        return window_means(run.train_loss, on.train_loss, width) if width > 1 else run.train_loss
-    cross = [compare_curves(curve(p, s), s.train_loss, 1)["mean_abs_diff"] for s in script_runs for p in preset_runs]
+    cross = [compare_curves(as_logged(p, s), s.train_loss, 1)["mean_abs_diff"]
+             for s in script_runs for p in preset_runs]
     within = {}
     if len(script_runs) > 1:
         within["script"] = compare_curves(script_runs[1].train_loss, script_runs[0].train_loss, 1)["mean_abs_diff"]
     if len(preset_runs) > 1:
-        within["preset"] = compare_curves(curve(preset_runs[1], script_runs[0]), curve(preset_runs[0], script_runs[0]),
-                                          1)["mean_abs_diff"]
+        ref = script_runs[0]
+        pair = (as_logged(preset_runs[1], ref), as_logged(preset_runs[0], ref))
+        within["preset"] = compare_curves(*pair, 1)["mean_abs_diff"]
     cross = [c for c in cross if c is not None]
     within = {k: v for k, v in within.items() if v is not None}
     if not cross or not within:
@@ -245,9 +251,7 @@ def fidelity_report(script_runs: list[RunLog], preset_run: RunLog, window: int, 
     steps before the comparison ("preset_compared": the curve that was compared). A second preset
     seed (more_presets) gives loopgolf's own seed-to-seed spread ("preset_seed_spread")."""
     ref = script_runs[0]
-    compared = preset_run.train_loss
-    if ref.loss_window > 1:
-        compared = window_means(preset_run.train_loss, ref.train_loss, ref.loss_window)
+    compared = as_logged(preset_run, ref)
     report = {"window": window, "sdpa_standin": standin, "loss_window": ref.loss_window,
               "script": [asdict(r) for r in script_runs], "preset": asdict(preset_run),
               "preset_compared": {str(k): v for k, v in compared.items()},
@@ -256,10 +260,7 @@ def fidelity_report(script_runs: list[RunLog], preset_run: RunLog, window: int, 
         report["script_seed_spread"] = compare_curves(script_runs[1].train_loss, ref.train_loss, window)
     if more_presets:
         report["preset_more_seeds"] = [asdict(r) for r in more_presets]
-        other = more_presets[0].train_loss
-        if ref.loss_window > 1:
-            other = window_means(other, ref.train_loss, ref.loss_window)
-        report["preset_seed_spread"] = compare_curves(other, compared, window)
+        report["preset_seed_spread"] = compare_curves(as_logged(more_presets[0], ref), compared, window)
     if verdict := seed_verdict(script_runs, [preset_run, *more_presets]):
         report["seed_verdict"] = verdict
     if preset_run.ms_per_step and ref.ms_per_step:

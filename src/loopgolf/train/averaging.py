@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from loopgolf.compress.qat import plain_name
 from loopgolf.model.params import kinds_of
 
 
@@ -20,7 +21,7 @@ def plain_named_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Paramet
     """Parameters under their plain names: QAT's parametrization (compress/qat.py), applied after this
     class is built, renames `x.weight` to `x.parametrizations.weight.original`, and the averages,
     their checkpoints and swap_in keep the plain name (the raw weight is the one averaged)."""
-    return {n.replace("parametrizations.weight.original", "weight"): p for n, p in model.named_parameters()}
+    return {plain_name(n): p for n, p in model.named_parameters()}
 
 
 class WeightAverage:
