@@ -194,3 +194,55 @@ def test_fp32_stream_keeps_the_residual_in_float32_under_autocast():
         seen[flag] = set(dtypes)
         assert len(dtypes) == 3 and torch.isfinite(loss)
     assert seen == {False: {torch.bfloat16}, True: {torch.float32}}
+
+
+def _random_copy_pair(kw, **flag):
+    torch.manual_seed(0)
+    plain, folded = GPT(ModelConfig(**kw)).double(), GPT(ModelConfig(**kw, **flag)).double()
+    with torch.no_grad():
+        for p in plain.parameters():  # zero projections and unit scales would hide a wrong fold
+            p.copy_(torch.randn_like(p) * 0.3)
+    folded.load_state_dict(plain.state_dict())
+    return plain, folded
+
+
+def test_fold_scales_gives_the_same_loss_and_gradients():
+    """model.fold_scales multiplies attn_scale / mlp_scale into the output projections' weights:
+    float64 loss and every gradient (projections and the scales themselves) equal the unfolded
+    block's, for the baseline, per-virtual-layer scales (PR #927) and LoRA's "out" adapters (PR #21,
+    where the attention scale stays on the adapted sum), and the MLP product is the folded one."""
+    from loopgolf.model import blocks
+    base = dict(vocab_size=96, dim=32, n_heads=4, n_kv_heads=2, mlp_hidden=48)
+    cases = [dict(plan="2"), dict(plan="1x3", per_layer_scales=True), dict(plan="1x3", lora_rank=2),
+             dict(plan="1x2", mlp="swiglu")]
+    idx = torch.randint(0, 96, (3, 9), generator=torch.Generator().manual_seed(1))
+    for case in cases:
+        plain, folded = _random_copy_pair({**base, **case}, fold_scales=True)
+        weights = []
+        linear = blocks.F.linear
+        blocks.F.linear = lambda x, w, *a: weights.append(w) or linear(x, w, *a)
+        try:
+            l_f, g_f = _loss_and_grads(folded, idx)
+        finally:
+            blocks.F.linear = linear
+        l_p, g_p = _loss_and_grads(plain, idx)
+        proj = folded.blocks[0].mlp.proj.weight
+        assert any(w.shape == proj.shape and not torch.equal(w, proj) for w in weights), case
+        torch.testing.assert_close(l_f, l_p, rtol=1e-12, atol=1e-12)
+        assert g_f.keys() == g_p.keys(), case
+        assert any("scale" in n for n in g_p), case
+        for name in g_p:
+            torch.testing.assert_close(g_f[name], g_p[name], rtol=1e-9, atol=1e-11, msg=f"{case} {name}")
+
+
+def test_fold_scales_runs_a_hooked_projection_as_itself():
+    """GPTQ's Hessian hooks must see the projection's real input and output: a hooked Linear is
+    called, then scaled, and the model's output is unchanged."""
+    kw = dict(vocab_size=64, dim=32, n_heads=4, n_kv_heads=2, mlp_hidden=48, plan="2")
+    plain, folded = _random_copy_pair(kw, fold_scales=True)
+    seen = []
+    folded.blocks[1].mlp.proj.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    idx = torch.randint(0, 64, (2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(idx, idx), plain(idx, idx), rtol=1e-12, atol=1e-12)
+    assert seen == [torch.Size([2, 5, 32])]

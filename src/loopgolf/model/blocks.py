@@ -68,6 +68,19 @@ def float32_stream(x: torch.Tensor) -> torch.Tensor:
     return x.float()
 
 
+def scaled_linear(lin: nn.Linear, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """lin(x) * scale (a per-output-channel scale; None = 1). model.fold_scales folds the scale into the
+    weight, F.linear(x, diag(scale) W): the same function and the same gradients (dL/dW =
+    diag(scale) dL/dW_eff in both), but the scale's gradient becomes a reduction over W's d x k
+    entries instead of over the B*T x d output, and the output is not saved for it. A Linear with its
+    own forward (model.fp8's Fp8Linear) or with hooks (GPTQ's Hessians, LoRA TTT) runs as itself."""
+    if scale is None:
+        return lin(x)
+    if type(lin).forward is nn.Linear.forward and not (lin._forward_hooks or lin._forward_pre_hooks):
+        return F.linear(x, lin.weight * scale[:, None])
+    return lin(x) * scale.to(x.dtype)
+
+
 class Rotary(nn.Module):
     """RoPE over the first `dims` dims of each head; the rest pass through unrotated.
 
@@ -156,7 +169,9 @@ class Attention(nn.Module):
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
         return q * self.q_gain.to(q.dtype)[None, :, None, None], k
 
-    def forward(self, x: torch.Tensor, ctx, layer) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx, layer, out_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """out_scale: Block's attn_scale folded into the output projection (model.fold_scales; only
+        where the layer has no "out" op, whose adapters add after the projection)."""
         B, T, C = x.shape
         q, k, v = self.project_qkv(x)
         for op in layer.qkv:
@@ -171,7 +186,7 @@ class Attention(nn.Module):
         for op in layer.attn_y:
             y = op(y, v, x)
         y = y.transpose(1, 2).reshape(B, T, C)
-        out = self.proj(y)
+        out = scaled_linear(self.proj, y, out_scale)
         for op in layer.out:
             out = op(y, out)
         return out
@@ -197,10 +212,10 @@ class ReluSquaredMLP(nn.Module):
         self.proj = nn.Linear(cfg.mlp_hidden, cfg.dim, bias=False)
         self.negative_slope = negative_slope
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
         h = self.fc(x)
         h = F.leaky_relu(h, self.negative_slope) if self.negative_slope else F.relu(h)
-        return self.proj(h.square())
+        return scaled_linear(self.proj, h.square(), out_scale)
 
 
 class SwiGLUMLP(nn.Module):
@@ -209,9 +224,9 @@ class SwiGLUMLP(nn.Module):
         self.fc = nn.Linear(cfg.dim, 2 * cfg.mlp_hidden, bias=False)  # gate and up, fused
         self.proj = nn.Linear(cfg.mlp_hidden, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
         gate, up = self.fc(x).chunk(2, dim=-1)
-        return self.proj(F.silu(gate) * up)
+        return scaled_linear(self.proj, F.silu(gate) * up, out_scale)
 
 
 MLPS = {
@@ -240,10 +255,13 @@ def sequential_residual(x: torch.Tensor, mix: torch.Tensor, ctx, attn, mlp, norm
 
 class Block(nn.Module):
     """One physical block. Its residual controls (attn_scale, mlp_scale, resid_mix) live here unless
-    model.per_layer_scales moves them to one set per virtual layer (PR #927, model/layer_tricks.py)."""
+    model.per_layer_scales moves them to one set per virtual layer (PR #927, model/layer_tricks.py).
+    model.fold_scales multiplies attn_scale and mlp_scale into the output projections' weights
+    (scaled_linear) instead of into their B x T x d outputs."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self._branches = self._folded_branches if cfg.fold_scales else self._scaled_branches
         self.attn = Attention(cfg)
         self.mlp = MLPS[cfg.mlp](cfg)
         if not cfg.per_layer_scales:
@@ -260,6 +278,10 @@ class Block(nn.Module):
         return self.attn_scale, self.mlp_scale, self.resid_mix
 
     def forward(self, x: torch.Tensor, ctx, layer) -> torch.Tensor:
+        attn, mlp, mix = self._branches(x, ctx, layer)
+        return layer.residual(x, mix, ctx, attn, mlp, layer.norm)
+
+    def _scaled_branches(self, x: torch.Tensor, ctx, layer):
         attn_scale, mlp_scale, mix = (c.to(x.dtype) for c in layer.controls(ctx))
 
         def attn(h):
@@ -268,7 +290,21 @@ class Block(nn.Module):
         def mlp(h):
             return mlp_scale * layer.mlp(h)
 
-        return layer.residual(x, mix, ctx, attn, mlp, layer.norm)
+        return attn, mlp, mix
+
+    def _folded_branches(self, x: torch.Tensor, ctx, layer):
+        attn_scale, mlp_scale, mix = layer.controls(ctx)
+
+        def attn(h):
+            return self.attn(h, ctx, layer, out_scale=attn_scale)
+
+        def attn_with_adapters(h):  # "out" adapters add after the projection: scale their sum
+            return attn_scale.to(h.dtype) * self.attn(h, ctx, layer)
+
+        def mlp(h):
+            return layer.mlp(h, out_scale=mlp_scale)
+
+        return (attn_with_adapters if layer.out else attn), mlp, mix.to(x.dtype)
 
 
 class PlainBlock(nn.Module):
