@@ -17,6 +17,8 @@ case $cmd in
     echo "started $name (pid $!): $*";;
   wait)
     limit=$1; dir=${2:-}; t0=$(date +%s)
+    # a machine that went cold between calls is a fresh one: no log, nothing to wait for
+    [ -f $BG/$name.log ] || { echo "device_bg: no job $name on this machine (it went cold: start it again)"; exit 3; }
     while [ ! -f $BG/$name.rc ] && [ $(( $(date +%s) - t0 )) -lt "$limit" ]; do sleep 5; done
     tail -n 25 $BG/$name.log
     if [ -n "${OUT:-}" ]; then
