@@ -38,6 +38,22 @@ def test_parse_the_challenge_log():
     assert r.ms_per_step == 315.70
     assert r.total_bytes == 15181061
     assert r.roundtrip_bpb == 1.33101597  # the _exact line wins over the rounded one
+    assert r.steady_ms_per_step == 315.5  # (946 - 315) ms over steps 1 -> 3: step 1's own time left out
+
+
+def test_steady_speed_leaves_out_the_first_steps_compile(tmp_path):
+    """PR #1453's script spends 18 s of compile in its step 1, which its step_avg keeps; the steady
+    figure runs from the first logged step's clock to the last's (also for a loopgolf run dir)."""
+    from loopgolf.lab.fidelity import parse_run_dir, steady_ms
+
+    assert steady_ms({1: 18.0, 2: 19.0, 201: 218.0}) == 1000.0 and steady_ms({5: 1.0}) is None
+    log = "\n".join(f"step:{s}/3 train_loss:5.0 train_time:{t}ms step_avg:{t / s:.2f}ms"
+                     for s, t in ((1, 18000), (2, 19000), (3, 20000)))
+    r = parse_script_log(log)
+    assert r.ms_per_step == 6666.67 and r.steady_ms_per_step == 1000.0
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(
+        {"event": "train", "step": s, "loss": 5.0, "train_s": t}) for s, t in ((1, 2.0), (2, 3.04), (3, 4.06))))
+    assert parse_run_dir(tmp_path).steady_ms_per_step == 1030.0
 
 
 def test_compare_curves_known_answer():

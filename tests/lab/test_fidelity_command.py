@@ -55,3 +55,18 @@ def test_a_second_seed_reuses_the_first_calls_runs(tiny_shards, tmp_path, monkey
     assert report["preset_seed_spread"]["common_steps"] == 4
     with pytest.raises(SystemExit, match=r"seed\(s\) \['7'\] not in --script-seeds"):
         main([*common, "--script-seeds", "1", "--script-log", f"7={one / 'script_seed1.log'}", "--out", str(two)])
+
+
+def test_the_report_names_the_environment_and_sets_that_ran():
+    """--script-env and --set override the PR profile's defaults; the report's note must show what
+    ran (PR #1453's run of 2026-12-03b printed the profile's XSA_LAST_N=4 though the script ran 0)."""
+    from loopgolf.lab.fidelity import format_report
+    from loopgolf.lab.fidelity_command import as_run
+
+    prof = {"pr": 1453, "env": {"XSA_LAST_N": "4", "PROG_DEPTH": "1.0:4"}, "preset_sets": ["eval.method=plain"]}
+    ran = as_run(prof, {**prof["env"], "XSA_LAST_N": "0"}, [*prof["preset_sets"], "model.xsa_last=0"])
+    assert prof["env"]["XSA_LAST_N"] == "4" and as_run(None, {}, []) is None
+    run = {"train_loss": {"1": 5.0}, "ms_per_step": 1.0, "total_bytes": 1, "roundtrip_bpb": 2.0, "exit_code": 0}
+    text = format_report({"script": [run], "preset": run, "sdpa_standin": False, "script_profile": ran,
+                          "preset_vs_script": {"mean_abs_diff": 0.0, "common_steps": 1}})
+    assert "script env PROG_DEPTH=1.0:4 XSA_LAST_N=0;" in text and "'model.xsa_last=0'" in text

@@ -34,6 +34,7 @@ from loopgolf.data.shards import list_shards, load_shard, write_shard
 _STEP = re.compile(r"step:\s*(\d+)(?:/\d+)?\b(.*)$")
 _TRAIN_LOSS = re.compile(r"train_loss:\s*([0-9.]+(?:e-?\d+)?)")
 _STEP_AVG = re.compile(r"step_avg:\s*([0-9.]+)ms")
+_TRAIN_TIME = re.compile(r"train_time:\s*([0-9.]+)ms")
 # final_int8_zlib_roundtrip (challenge), final_roundtrip (PR #1453), final_int6_roundtrip (PR #1290)
 _ROUNDTRIP = re.compile(r"final_(?:\w+?_)?roundtrip(_exact)?\s+val_loss:\s*([0-9.]+)\s+val_bpb:\s*([0-9.]+)")
 _TOTAL = re.compile(r"Total submission size[^:]*:\s*(\d+)\s*bytes")
@@ -62,6 +63,9 @@ class RunLog:
 
     train_loss: dict[int, float] = field(default_factory=dict)
     ms_per_step: float | None = None
+    # from the first logged step's clock to the last's: without step 1, where the published scripts
+    # still compile (PR #1453: 18 s of its 231 s), so two codes compare at their steady speed
+    steady_ms_per_step: float | None = None
     total_bytes: int | None = None
     roundtrip_bpb: float | None = None
     steps: int = 0  # the last step number the log shows
@@ -77,6 +81,7 @@ def parse_script_log(text: str) -> RunLog:
     `final_int8_zlib_roundtrip_exact`."""
     out = RunLog()
     exact_seen = False
+    clock: dict[int, float] = {}
     for line in text.splitlines():
         if m := _STEP.search(line):
             # step_avg from every step line, the final val line too: a wall-clock run logs train loss
@@ -86,23 +91,38 @@ def parse_script_log(text: str) -> RunLog:
                 out.ms_per_step = float(avg[1])
             if loss := _TRAIN_LOSS.search(m[2]):
                 out.train_loss[int(m[1])] = float(loss[1])
+                if t := _TRAIN_TIME.search(m[2]):
+                    clock[int(m[1])] = float(t[1]) / 1000
         if m := _TOTAL.search(line):
             out.total_bytes = int(m[1])
         if (m := _ROUNDTRIP.search(line)) and not exact_seen:
             out.roundtrip_bpb = float(m[3])  # the first _exact line, when present, wins
             exact_seen = bool(m[1])
+    out.steady_ms_per_step = steady_ms(clock)
     return out
+
+
+def steady_ms(clock: dict[int, float]) -> float | None:
+    """ms/step between the first and the last step of {step: seconds on the train clock at its end}."""
+    if len(clock) < 2:
+        return None
+    first, last = min(clock), max(clock)
+    return round(1000 * (clock[last] - clock[first]) / (last - first), 2)
 
 
 def parse_run_dir(run_dir: Path) -> RunLog:
     """A loopgolf run's train losses (metrics.jsonl) and its result.json figures."""
     out = RunLog()
     metrics = run_dir / "metrics.jsonl"
+    clock: dict[int, float] = {}
     if metrics.is_file():
         for line in metrics.read_text(encoding="utf-8").splitlines():
             rec = json.loads(line)
             if rec.get("event") == "train" and "loss" in rec:
                 out.train_loss[int(rec["step"])] = float(rec["loss"])
+                if "train_s" in rec:
+                    clock[int(rec["step"])] = float(rec["train_s"])
+    out.steady_ms_per_step = steady_ms(clock)
     result = run_dir / "result.json"
     if result.is_file():
         res = json.loads(result.read_text(encoding="utf-8"))
@@ -265,6 +285,8 @@ def fidelity_report(script_runs: list[RunLog], preset_run: RunLog, window: int, 
         report["seed_verdict"] = verdict
     if preset_run.ms_per_step and ref.ms_per_step:
         report["ms_per_step_ratio"] = preset_run.ms_per_step / ref.ms_per_step
+    if preset_run.steady_ms_per_step and ref.steady_ms_per_step:
+        report["steady_ms_per_step_ratio"] = preset_run.steady_ms_per_step / ref.steady_ms_per_step
     return report
 
 
@@ -293,7 +315,8 @@ def format_report(report: dict) -> str:
         lines.append(f"seed verdict: {v['verdict']} (cross-code pairs mean {v['cross_mean']:.4f} over "
                      f"{len(v['cross_pairs'])}; within-code mean {v['within_mean']:.4f}: {within})")
     for name, r in (("script", ref), ("loopgolf", lg)):
-        lines.append(f"{name}: ms/step {r['ms_per_step']}, total bytes {r['total_bytes']}, "
+        steady = f" (steady, first to last logged step: {r['steady_ms_per_step']})" if r.get("steady_ms_per_step") else ""
+        lines.append(f"{name}: ms/step {r['ms_per_step']}{steady}, total bytes {r['total_bytes']}, "
                      f"round-trip val_bpb {r['roundtrip_bpb']}, exit {r['exit_code']}")
     if report.get("loss_window", 1) > 1:
         lines.append(f"note: the script logs {report['loss_window']}-step running means; loopgolf's "

@@ -104,6 +104,12 @@ def _script_runs(args, data: Path, extra: dict[str, str], standin: Path | None, 
     return runs
 
 
+def as_run(profile: dict | None, env: dict, sets: list) -> dict | None:
+    """The profile as the runs used it: its script environment with --script-env on top and its
+    preset --sets followed by the user's, so the report names what ran, not the profile's defaults."""
+    return None if profile is None else {**profile, "env": dict(env), "preset_sets": list(sets)}
+
+
 def cmd_fidelity(args) -> int:
     out = Path(args.out)
     profile = resolve_pr(args)
@@ -132,7 +138,7 @@ def cmd_fidelity(args) -> int:
                              args.batch_tokens, args.seq_len, out / name, sets)
         preset_runs.append(run_preset(cmd, out / name, out / f"{name.replace('_run', '')}.log"))
     report = fidelity_report(script_runs, preset_runs[0], args.window, standin is not None, preset_runs[1:])
-    report["script_profile"], report["val_tokens"] = profile, args.val_tokens
+    report["script_profile"], report["val_tokens"] = as_run(profile, extra, sets), args.val_tokens
     (out / "fidelity.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     if args.png:
         plot_report(report, Path(args.png))
