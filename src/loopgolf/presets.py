@@ -38,11 +38,15 @@ def baseline() -> RunConfig:
       the warm-up, before the clock (train/micro_fit.py);
     - inductor's mix-order reduction on (0.8 % less time per step, same sweep). loopgolf keeps it off
       by default for its bug with slices of a shared parameter (pytorch#193061), which this flat model
-      has none of; train.compile_check compares the compiled gradients with eager ones before the clock.
+      has none of; train.compile_check compares the compiled gradients with eager ones before the clock;
+    - attn_scale / mlp_scale multiplied into the output projections' weights instead of the branch
+      outputs (model.fold_scales: the same function and gradients, tests/model/test_blocks.py), 1.8 %
+      less time per step (226.61 vs 231.02 / 230.66 ms/step, bench/results/2026-12-03_baseline_fold_
+      scales_h200). Parameters and artifact are unchanged; not yet run through proxy-300.
     """
     return RunConfig(
         name="baseline",
-        model=ModelConfig(),
+        model=ModelConfig(fold_scales=True),
         optim=OptimConfig(momentum_warmup_steps=500, warmdown_iters=1200),
         train=TrainConfig(budget_s=600.0, micro_batch_seqs=512, compile_mix_order_reduction=True),
     )
