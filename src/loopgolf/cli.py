@@ -83,7 +83,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from loopgolf.data.prepare import prepare_demo
+    from loopgolf.data.demo_cache import prepare_demo
     from loopgolf.lab.runs import new_run_dir, run_with_reload
     from loopgolf.presets import demo
 

@@ -112,9 +112,9 @@ def test_tokenize_an_empty_file_is_one_line(tmp_path, tiny_sp_model):
 
 
 def test_info_finds_the_demo_tokenizer_in_the_cache(tmp_path, monkeypatch, make_docs, capsys):
-    from loopgolf.data import prepare
+    from loopgolf.data import demo_cache
 
-    monkeypatch.setattr(prepare, "demo_documents", lambda: (make_docs(300, seed=7), "test docs"))
+    monkeypatch.setattr(demo_cache, "demo_documents", lambda: (make_docs(300, seed=7), "test docs"))
     assert _run(["data", "demo", "--cache-dir", str(tmp_path)]) == 0
     capsys.readouterr()
     assert _run(["data", "info", str(tmp_path)]) == 0  # the cache's stamp is its manifest

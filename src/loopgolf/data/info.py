@@ -41,7 +41,7 @@ def find_shards(path: str | os.PathLike) -> dict[str, list[Path]]:
     return groups
 
 
-_DEMO_STAMP = "demo_stamp.json"  # data/prepare.py's demo cache record, written last like a manifest
+_DEMO_STAMP = "demo_stamp.json"  # data/demo_cache.py's record, written last like a manifest
 
 
 def completion_record(folder: Path) -> Path | None:

@@ -1,4 +1,4 @@
-"""Turn documents into challenge-format token shards; build the cached demo corpus.
+"""Turn documents into challenge-format token shards (the cached demo corpus: data/demo_cache.py).
 
 Each document becomes [BOS] + its SentencePiece ids (no EOS), packed back to back; shards are cut
 at exactly shard_tokens tokens, so a document may continue in the next shard, as in the challenge's
@@ -14,7 +14,6 @@ no manifest, never a manifest that lies.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -36,18 +35,14 @@ import sentencepiece as spm
 from tqdm import tqdm
 
 from .atomic import atomic_write_text
-from .corpus import CorpusError, demo_documents, iter_documents, overlap, split_documents
-from .shards import list_shards, read_header, write_shard
-from .tokenizer import BOS_ID, TokenizerError, check_tokenizer, load_tokenizer, train_tokenizer
+from .corpus import CorpusError, iter_documents, overlap, split_documents
+from .shards import read_header, write_shard
+from .tokenizer import BOS_ID, TokenizerError, load_tokenizer
 from .transform import TextTransform, get_transform, piece_bytes_table, sidecar_path, token_byte_counts
 
 _CHUNK_DOCS = 512  # documents per worker task
 _CHUNK_CHARS = 1 << 20  # ...or fewer, when documents are long, to bound task size
 _WINDOW_PER_WORKER = 4  # tasks in flight per worker: keeps workers busy, bounds memory
-_DEMO_FORMAT = 1  # bump when the demo layout or recipe changes, to invalidate old caches
-_DEMO_SEED = 0
-_DEMO_TOKENIZER_MAX_DOCS = 20_000  # all 10k ovos docs train in ~1 s; the cap guards larger corpora
-_DEMO_PREFIX = "demo"
 _STAGING = ".staging-"  # prefix of prepare_corpus's work folder; hidden, so no glob sees its shards
 _PARENT_POLL_S = 0.5
 
@@ -329,104 +324,3 @@ def _remove_abandoned_staging(out_dir: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
         except (ValueError, PermissionError, OSError):
             pass  # not ours, or alive under another user
-
-
-def prepare_demo(cache_dir: str | os.PathLike, vocab_size: int = 1024, val_fraction: float = 0.05,
-                 progress: bool = False) -> dict:
-    """Build (once) the offline demo corpus: a tokenizer plus train and val shards in cache_dir.
-
-    The cache is reused only if its stamp (written last) matches the settings and the documents,
-    and every file it lists is present and valid; otherwise everything is rebuilt.
-    """
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    docs, source = demo_documents()
-    settings = {"format": _DEMO_FORMAT, "vocab_size": vocab_size, "val_fraction": val_fraction,
-                "seed": _DEMO_SEED, "docs_sha256": _docs_digest(docs), "source": source}
-    stamp_path = cache_dir / "demo_stamp.json"
-    with _locked(cache_dir / ".demo.lock"):
-        stamp = _read_json(stamp_path)
-        if stamp is None or stamp.get("settings") != settings or not _cache_valid(cache_dir, stamp):
-            stamp_path.unlink(missing_ok=True)  # an interrupted rebuild must not look complete
-            stamp = _build_demo(cache_dir, docs, settings, progress)
-            atomic_write_text(stamp_path, json.dumps(stamp, indent=2) + "\n")
-    return {
-        "train": str(cache_dir / f"{_DEMO_PREFIX}_train_*.bin"),
-        "val": str(cache_dir / f"{_DEMO_PREFIX}_val_*.bin"),
-        "tokenizer": str(cache_dir / stamp["tokenizer"]),
-        "source": source,
-        **stamp["counts"],
-    }
-
-
-def _build_demo(cache_dir: Path, docs: list[str], settings: dict, progress: bool) -> dict:
-    for old in cache_dir.glob(f"{_DEMO_PREFIX}_*.bin"):
-        old.unlink()
-    train, val = split_documents(docs, settings["val_fraction"], settings["seed"])
-    if not train or not val:
-        raise ValueError(f"demo split gave {len(train)} train / {len(val)} val documents; "
-                         "choose val_fraction in (0, 1)")
-    prefix = cache_dir / f"tokenizer_{settings['vocab_size']}"
-    model = train_tokenizer(train, settings["vocab_size"], prefix, max_docs=_DEMO_TOKENIZER_MAX_DOCS)
-    problems = check_tokenizer(load_tokenizer(model), val[:64])
-    if problems:
-        raise TokenizerError(f"{model}: demo tokenizer failed its self-test: {'; '.join(problems)}")
-    counts = {"n_train_docs": len(train), "n_val_docs": len(val)}
-    files = {}
-    for split, split_docs in (("train", train), ("val", val)):
-        paths = tokenize_documents(split_docs, model, cache_dir, split, workers=1,
-                                   progress=progress, prefix=_DEMO_PREFIX)
-        counts[f"{split}_tokens"] = sum(read_header(p) for p in paths)
-        files.update({p.name: p.stat().st_size for p in paths})
-    files[model.name] = model.stat().st_size
-    return {"settings": settings, "tokenizer": model.name, "files": files, "counts": counts}
-
-
-def _cache_valid(cache_dir: Path, stamp: dict) -> bool:
-    try:
-        files = stamp["files"]
-        for name, size in files.items():
-            path = cache_dir / name
-            if not path.is_file() or path.stat().st_size != size:
-                return False
-            if name.endswith(".bin"):
-                read_header(path)
-        for split in ("train", "val"):
-            found = {p.name for p in list_shards(str(cache_dir / f"{_DEMO_PREFIX}_{split}_*.bin"))}
-            if found != {n for n in files if n.startswith(f"{_DEMO_PREFIX}_{split}_")}:
-                return False
-        return isinstance(stamp["tokenizer"], str) and isinstance(stamp["counts"], dict)
-    except (KeyError, TypeError, AttributeError, ValueError):  # ShardError is a ValueError
-        return False
-
-
-def _docs_digest(docs: list[str]) -> str:
-    h = hashlib.sha256()
-    for d in docs:
-        h.update(d.encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    # Several processes (e.g. torchrun ranks) may ask for the demo at once: one builds, others wait.
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; concurrent builds are still atomic per file
-        yield
-        return
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)

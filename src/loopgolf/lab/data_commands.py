@@ -75,7 +75,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 @_fails_cleanly
 def cmd_demo(args: argparse.Namespace) -> int:
-    from loopgolf.data.prepare import prepare_demo
+    from loopgolf.data.demo_cache import prepare_demo
 
     print(json.dumps(prepare_demo(Path(args.cache_dir), progress=True), indent=2, default=str))
     return 0
