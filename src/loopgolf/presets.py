@@ -314,7 +314,9 @@ def seed_lora_mtp() -> RunConfig:
     projections. The PR body's shape (5 x 2, d=704, rank 16) is seed-lora-mtp-5x2.
 
     Deviations from PR #21 (fidelity.md 002): the EMA averages from step 0 (PR: from step 100;
-    train/averaging.py).
+    train/averaging.py). SwiGLU's gate and up are one fused Linear here, but Muon orthogonalizes
+    them as the PR's two matrices (muon_row_blocks, train/optim.py); until 2026-12-03 they were
+    one (2048, 768) matrix, which is how the fidelity run below was made.
 
     Fidelity, 200 steps on one H200 (`loopgolf fidelity --pr 21`, one script seed): mean |train loss
     difference| 0.0253 (0.0065-0.0083 per 50 steps after step 100), 0.881x the script's ms/step,

@@ -76,6 +76,37 @@ def test_muon_orthogonalizes_each_matrix_of_a_stack():
     assert torch.allclose(stack[0].detach(), expect, atol=1e-6)
 
 
+def test_a_row_blocked_parameter_is_orthogonalized_block_by_block():
+    """SwiGLU's fused gate|up weight (muon_row_blocks = 2) gets the update of PR #21's two separate
+    (hidden, dim) Linears: each half orthogonalized and scaled sqrt(hidden / dim) on its own, not the
+    (2 hidden, dim) matrix's NS and its sqrt(2 hidden / dim)."""
+    torch.manual_seed(0)
+    grad = torch.randn(2, 24, 8)
+    fused = torch.nn.Parameter(torch.zeros(48, 8))
+    fused.muon_row_blocks = 2
+    halves = [torch.nn.Parameter(torch.zeros(24, 8)) for _ in range(2)]
+    opts = Muon([fused], lr=0.1, momentum=0.5), Muon(halves, lr=0.1, momentum=0.5)
+    for _ in range(2):  # twice: the momentum buffer keeps the fused shape
+        fused.grad = grad.reshape(48, 8).clone()
+        for p, g in zip(halves, grad):
+            p.grad = g.clone()
+        for o in opts:
+            o.step()
+    assert torch.allclose(fused.detach(), torch.cat([p.detach() for p in halves]), atol=1e-6)
+    joint = -0.1 * 6 ** 0.5 * newton_schulz5(grad.reshape(48, 8), 5).float()  # what it used to be
+    one = torch.nn.Parameter(torch.zeros(48, 8))
+    one.grad = grad.reshape(48, 8).clone()
+    Muon([one], lr=0.1, momentum=0.0, nesterov=False).step()
+    assert torch.allclose(one.detach(), joint, atol=1e-6) and not torch.allclose(one.detach(), fused.detach())
+    from loopgolf.config import ModelConfig
+    from loopgolf.model.blocks import SwiGLUMLP
+    assert SwiGLUMLP(ModelConfig(dim=8, mlp_hidden=24)).fc.weight.muon_row_blocks == 2
+    bad = torch.nn.Parameter(torch.zeros(5, 8))
+    bad.muon_row_blocks, bad.grad = 2, torch.ones(5, 8)
+    with pytest.raises(ValueError, match="muon_row_blocks=2 does not divide"):
+        Muon([bad], lr=0.1, momentum=0.0).step()
+
+
 def test_newton_schulz_orthogonalizes():
     torch.manual_seed(0)
     g = torch.randn(64, 32)
@@ -142,12 +173,14 @@ from loopgolf.train.optim import Muon
 info = dist.init("cpu")
 torch.manual_seed(0)
 shapes = [(16, 8)] * 5 + [(8, 16)] * 3 + [(3, 12, 4)] + [(32, 32)] * 2 + [(6, 6)]
-init = [torch.randn(s) for s in shapes]
+init = [torch.randn(s) for s in shapes] + [torch.randn(24, 8)]  # the last: SwiGLU-like, 2 row blocks
+shapes = shapes + [(24, 8)]
 worst = 0.0
 for kw in (dict(), dict(row_norm=True, coeffs="polar", nesterov=False)):
     made = []
     for world in (1, info.world_size):
         ps = [torch.nn.Parameter(t.clone()) for t in init]
+        ps[-1].muon_row_blocks = 2
         groups = [dict(params=ps[:6], weight_decay=0.1), dict(params=ps[6:], lr=0.05)]
         made.append((ps, Muon(groups, lr=0.02, momentum=0.9, rank=info.rank if world > 1 else 0,
                               world=world, **kw)))

@@ -219,9 +219,14 @@ class ReluSquaredMLP(nn.Module):
 
 
 class SwiGLUMLP(nn.Module):
+    """proj(silu(gate x) * up x) (PR #21 L623-635, PR #29): gate and up are one fused Linear, one
+    matmul; Muon still orthogonalizes them as the two matrices the published code has
+    (`muon_row_blocks`, train/optim.py), not as one (2 hidden, dim) matrix."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.fc = nn.Linear(cfg.dim, 2 * cfg.mlp_hidden, bias=False)  # gate and up, fused
+        self.fc.weight.muon_row_blocks = 2
         self.proj = nn.Linear(cfg.mlp_hidden, cfg.dim, bias=False)
 
     def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:

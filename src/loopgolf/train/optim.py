@@ -8,6 +8,9 @@ Muon follows the baseline (techniques.md 2.2): Nesterov momentum, a 5-step Newto
 orthogonalization with coefficients (3.4445, -4.7750, 2.0315) in bf16 after Frobenius normalization,
 update scaled by sqrt(max(1, rows/cols)). A 3-D parameter (a stack such as LoRA's
 (n_virtual, rows, cols)) is orthogonalized matrix by matrix, with the scale of its last two dims.
+A parameter whose rows are several matrices stored together says so with a `muon_row_blocks`
+attribute set at construction (SwiGLU's fused gate|up weight: 2): each block of rows is then
+orthogonalized and scaled as its own matrix, as the published code with separate Linears does.
 
 Sharded Muon (world > 1, as modded-nanogpt and the records do): momentum stays replicated (every
 rank keeps every buffer, so checkpoints are the same as one process's), but Newton-Schulz, the
@@ -121,6 +124,14 @@ def shard_matrices(costs: list[int], world: int) -> list[int]:
     return owner
 
 
+def row_blocks(p: torch.Tensor) -> int:
+    """How many matrices the rows of p hold (module docstring); 1 unless its module said otherwise."""
+    blocks = getattr(p, "muon_row_blocks", 1)
+    if p.ndim < 2 or p.shape[-2] % blocks:
+        raise ValueError(f"muon_row_blocks={blocks} does not divide the rows of a {tuple(p.shape)} parameter")
+    return blocks
+
+
 class Muon(torch.optim.Optimizer):
     """Muon with Nesterov momentum. Parameters of one shape are orthogonalized together in one
     batched Newton-Schulz call: a few large kernels instead of thousands of tiny launches. A 3-D
@@ -182,8 +193,9 @@ class Muon(torch.optim.Optimizer):
             by_shape: dict[tuple, list[torch.Tensor]] = {}
             for p in group["params"]:
                 if p.grad is not None:
-                    by_shape.setdefault(tuple(p.shape), []).append(p)
-            for shape, ps in by_shape.items():
+                    by_shape.setdefault((*p.shape, row_blocks(p)), []).append(p)
+            for (*shape, blocks), ps in by_shape.items():
+                shape = tuple(shape)
                 grads = [p.grad for p in ps]
                 bufs = []
                 for p in ps:
@@ -194,6 +206,8 @@ class Muon(torch.optim.Optimizer):
                 torch._foreach_add_(bufs, grads)
                 upd = torch._foreach_add(grads, bufs, alpha=mom) if group["nesterov"] else bufs
                 g = torch.stack(upd)
+                if blocks > 1:  # (n, R, C) -> (n, blocks, R / blocks, C): each block its own matrix
+                    g = g.view(len(ps), *shape[:-2], blocks, shape[-2] // blocks, shape[-1])
                 if self.world == 1:  # one process: orthogonalize and apply shape by shape
                     self._apply(group, shape, ps, self._orthogonalize(g, group["ns_steps"]))
                 else:
@@ -206,7 +220,8 @@ class Muon(torch.optim.Optimizer):
     @staticmethod
     def _apply(group: dict, shape: tuple, ps: list[torch.Tensor], ortho: torch.Tensor) -> None:
         lr = group["lr"]
-        scale = max(1.0, shape[-2] / shape[-1]) ** 0.5
+        scale = max(1.0, ortho.shape[-2] / ortho.shape[-1]) ** 0.5  # of one matrix (a row block)
+        ortho = ortho.reshape(len(ps), *shape)
         if group["weight_decay"]:
             torch._foreach_mul_(ps, 1 - lr * group["weight_decay"])
         torch._foreach_add_(ps, [u.to(p.dtype) for u, p in zip(ortho.unbind(0), ps)], alpha=-lr * scale)
