@@ -185,7 +185,10 @@ def seed_loop45() -> RunConfig:
     Deviations from PR #1290 (fidelity.md 004): per-row clip choice (PR: one
     percentile per matrix, L1336-1350); no scale floor (PR: scale >= 1/31 resp. 1/127, i.e. clip
     >= 1, inert on its trained weights: 16 % of its codes are +-1, L78 of the seed-42 log); the
-    PR also collects SWA snapshots that its EMA then overrides (loopgolf: EMA only).
+    PR also collects SWA snapshots that its EMA then overrides (loopgolf: EMA only); Muon's gradient
+    copy and momentum buffer are float32 (PR: bf16, L240-243: 1.6e-04 relative after 25 CPU steps
+    from the same weights, bench/results/2026-12-03b_cross_check_pr1290_cpu, where the maths
+    otherwise agree to 1e-06).
     """
     return RunConfig(
         name="seed-loop45",
