@@ -38,6 +38,8 @@ import tempfile
 
 import torch
 
+from cross_check_pr21 import markov_batches  # this folder: the same batches for every check
+
 V, D, HEADS, KV, LAYERS, HIDDEN, T, B = 256, 64, 4, 2, 11, 192, 64, 8
 BIGRAM_BUCKETS, BIGRAM_DIM, VE_DIM, ROPE_DIMS = 128, 24, 16, 8  # head_dim 16: partial RoPE on 8
 ROPE_TRAIN_SEQ = None  # --rope-train-seq
@@ -197,22 +199,11 @@ def trace(s_model, l_model, stage: int, x, y) -> str:
     return f"all {len(rec['s'])} / {len(rec['l'])} block calls equal: the difference is after the last block"
 
 
-def markov_batches(steps: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    nxt = torch.randint(0, V, (V, 4), generator=g)  # each token has 4 possible successors
-    for _ in range(steps):
-        tok = torch.empty(B, T + 1, dtype=torch.long)
-        tok[:, 0] = torch.randint(0, V, (B,), generator=g)
-        for t in range(T):
-            tok[:, t + 1] = nxt[tok[:, t], torch.randint(0, 4, (B,), generator=g)]
-        yield tok[:, :-1], tok[:, 1:]
-
-
 def forward_check(mod, seed: int, extra: list[str]) -> float:
     s_model = script_model(mod, seed)
     perturb(s_model, seed + 1)
     l_model, _ = loopgolf_model(s_model, extra)
-    x, y = next(markov_batches(1, seed=7))
+    x, y = next(markov_batches(1, V, B, T, seed=7))
     worst = 0.0
     for stage, looped in ((0, False), (1, True)):
         s_model.set_recurrence_active(looped)
@@ -269,7 +260,7 @@ def main() -> int:
           f"grad clip {clip}")
     print(f"{'step':>4} {'stage':>6} {'script':>10} {'loopgolf':>10} {'|diff|':>9} {'rel':>9}")
     worst = 0.0
-    for step, (x, y) in enumerate(markov_batches(args.steps)):
+    for step, (x, y) in enumerate(markov_batches(args.steps, V, B, T)):
         looped = step >= recur_at
         s_model.set_recurrence_active(looped)
         frac = min(step / warm, 1.0)  # the script's L2052-2055

@@ -114,14 +114,16 @@ def loopgolf_side(script_model, heads, joint_swiglu: bool = False):
     return model, build_optimizers(model, cfg.optim, cfg.model)
 
 
-def markov_batches(steps: int, seed: int = 0):
+def markov_batches(steps: int, vocab: int = V, batch: int = B, seq: int = T, seed: int = 0):
+    """`steps` batches (inputs, targets) of `batch` rows of `seq` tokens from a Markov chain in which
+    every token has 4 possible successors: a language both codes can learn in a few steps."""
     g = torch.Generator().manual_seed(seed)
-    nxt = torch.randint(0, V, (V, 4), generator=g)  # each token has 4 possible successors
+    nxt = torch.randint(0, vocab, (vocab, 4), generator=g)
     for _ in range(steps):
-        tok = torch.empty(B, T + 1, dtype=torch.long)
-        tok[:, 0] = torch.randint(0, V, (B,), generator=g)
-        for t in range(T):
-            tok[:, t + 1] = nxt[tok[:, t], torch.randint(0, 4, (B,), generator=g)]
+        tok = torch.empty(batch, seq + 1, dtype=torch.long)
+        tok[:, 0] = torch.randint(0, vocab, (batch,), generator=g)
+        for t in range(seq):
+            tok[:, t + 1] = nxt[tok[:, t], torch.randint(0, 4, (batch,), generator=g)]
         yield tok[:, :-1], tok[:, 1:]
 
 
