@@ -127,7 +127,7 @@ def shard_matrices(costs: list[int], world: int) -> list[int]:
 def row_blocks(p: torch.Tensor) -> int:
     """How many matrices the rows of p hold (module docstring); 1 unless its module said otherwise."""
     blocks = getattr(p, "muon_row_blocks", 1)
-    if p.ndim < 2 or p.shape[-2] % blocks:
+    if blocks != 1 and (p.ndim < 2 or p.shape[-2] % blocks):
         raise ValueError(f"muon_row_blocks={blocks} does not divide the rows of a {tuple(p.shape)} parameter")
     return blocks
 
@@ -190,12 +190,11 @@ class Muon(torch.optim.Optimizer):
         todo = []  # (group, shape, params, stacked update); the same order on every rank
         for group in self.param_groups:
             mom = group["momentum"]
-            by_shape: dict[tuple, list[torch.Tensor]] = {}
+            by_shape: dict[tuple[tuple, int], list[torch.Tensor]] = {}  # (shape, row blocks)
             for p in group["params"]:
                 if p.grad is not None:
-                    by_shape.setdefault((*p.shape, row_blocks(p)), []).append(p)
-            for (*shape, blocks), ps in by_shape.items():
-                shape = tuple(shape)
+                    by_shape.setdefault((tuple(p.shape), row_blocks(p)), []).append(p)
+            for (shape, blocks), ps in by_shape.items():
                 grads = [p.grad for p in ps]
                 bufs = []
                 for p in ps:
