@@ -1,7 +1,7 @@
 #!/bin/bash
 # On the GPU box: a preset's compile warm-up, cold and then a second run on the same machine with the
 # same persistent compile cache (issue 15: a second run of seed-loop45 warms up in <= 30 s). Each run
-# trains briefly on the staged shards and scores a small exact slice; only its warm-up matters here.
+# trains briefly on the staged shards and scores a small plain slice; only its warm-up matters here.
 #   bash bench/scripts/device_warm2.sh [PRESET] [TRAIN_S]     (after device_stage.sh has staged train-00)
 # Prints each run's warm-up seconds and compile counters; copies the logs and result.json to $OUT/warm2.
 set -u
@@ -13,7 +13,7 @@ for run in cold warm; do
   t=$(date +%s)
   # shellcheck disable=SC2086
   timeout 280 python3 -m loopgolf train --preset $preset $D --set train.budget_s=$train_s \
-    --set train.compile_cache_dir=/root/cc_warm2 --set eval.method=exact --set eval.max_tokens=131072 \
+    --set train.compile_cache_dir=/root/cc_warm2 --set eval.method=plain --set eval.max_tokens=131072 \
     --set quant.gptq=false --set quant.fit_target=0 --run-dir $R/$run > $R/$run.log 2>&1
   echo "$run rc=$? wall $(( $(date +%s)-t )) s"
   python3 - "$R/$run" <<'PY'
