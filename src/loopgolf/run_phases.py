@@ -90,7 +90,8 @@ def train(ctx: RunContext, trainer: Trainer) -> dict:
     with ctx.timed("compile_warmup_s"):
         warm_s = trainer.warmup()
     if warm_s:
-        ctx.logger.log("compile_warmup", seconds=round(warm_s, 1), steps=ctx.cfg.train.warmup_steps)
+        ctx.logger.log("compile_warmup", seconds=round(warm_s, 1), steps=ctx.cfg.train.warmup_steps,
+                       by_shape=trainer.compile_stats.get("warmup_s_by_shape"))
     result = trainer.run()
     ctx.phases["train_loop_s"] = result["train_seconds"]
     ctx.logger.log("train_done", **result)

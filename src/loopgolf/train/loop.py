@@ -10,9 +10,7 @@ trigger-table row per step (train/triggers.py); the plan stage is a forward argu
 """
 from __future__ import annotations
 
-import copy
 import math
-import time
 from contextlib import nullcontext
 
 import torch
@@ -25,14 +23,13 @@ from loopgolf.metrics import Logger
 from loopgolf.train.averaging import WeightAverage
 from loopgolf.train.checkpoint import CheckpointStore, check_resumable
 from loopgolf.train.compile_cache import CompileStats, compile_model, configure_caches
-from loopgolf.train.compile_verify import check_trainer_graph
 from loopgolf.train.guards import DegenerateModelError, StallGuard, TrainingDiverged
-from loopgolf.train.micro_fit import warmup_step
 from loopgolf.train.optim import build_optimizers
 from loopgolf.train.progress import TrainProgress
 from loopgolf.train.schedule import Clock, Progress
 from loopgolf.train.step_stats import LaggedStats, StepRecord
 from loopgolf.train.triggers import Triggers, TriggerTable
+from loopgolf.train.warmup import warm_up
 
 __all__ = ["Trainer", "TrainingDiverged", "DegenerateModelError"]
 
@@ -156,38 +153,8 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
 
     def warmup(self) -> float:
-        n = self.cfg.train.warmup_steps if self.model is not self.raw_model else 0
-        if n <= 0:
-            return 0.0
-        t0 = time.perf_counter()
-        stats = CompileStats().start()
-        model_state = copy.deepcopy(self.raw_model.state_dict())
-        opt_states = [copy.deepcopy(o.state_dict()) for o in self.opts]
-        position, stage, seq_len = self.loader.stream.position, self.stage, self.loader.seq_len
-        start = self.table.at(Progress(0, 0.0, 0.0))
-        # every plan stage and every row length (train.seq_len_schedule) the run meets is its own
-        # graph: compile and warm each pair now, never in the timed loop
-        qat_states = (False, True) if (self.qat_names and not self.qat_on) else (self.qat_on,)
-        checks = self.compile_stats["check"] = {}  # "stage/row length/qat" -> compiled vs eager gradients
-        for self.stage, length in self.table.shapes():
-            self.loader.set_seq_len(length)
-            for qat in qat_states:  # a late QAT switch is another graph: warm it too
-                set_qat_enabled(self.raw_model, qat)
-                for _ in range(n):
-                    self._set_schedules(start)
-                    warmup_step(self)  # the micro-batch halves here if it does not fit (train/micro_fit.py)
-                if self.cfg.train.compile_check:  # after the steps: zero-init projections have moved
-                    checks[f"{self.stage}/{length}/{int(qat)}"] = check_trainer_graph(self).summary()
-        set_qat_enabled(self.raw_model, self.qat_on)
-        self.stage, self.loader.stream.position = stage, position
-        self.loader.set_seq_len(seq_len)
-        self.raw_model.load_state_dict(model_state)
-        for o, s in zip(self.opts, opt_states):
-            o.load_state_dict(s)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.compile_stats["warmup"] = stats.stop()
-        return time.perf_counter() - t0
+        """Every graph the run needs compiled and warmed before the clock (train/warmup.py); seconds."""
+        return warm_up(self)
 
     def state(self, finished: bool = False) -> dict:
         """Everything a resumed run needs to continue bit for bit."""
