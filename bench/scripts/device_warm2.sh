@@ -3,6 +3,9 @@
 # same persistent compile cache (issue 15: a second run of seed-loop45 warms up in <= 30 s). Each run
 # trains briefly on the staged shards and scores a small plain slice; only its warm-up matters here.
 #   bash bench/scripts/device_warm2.sh [PRESET] [TRAIN_S]     (after device_stage.sh has staged train-00)
+# A cold seed-loop45 warm-up took over 280 s (2026-12-03c), so run it as a background job across calls:
+#   bash bench/scripts/device_bg.sh start warm2 bash bench/scripts/device_warm2.sh seed-loop45 15
+#   bash bench/scripts/device_bg.sh wait warm2 560 /root/warm2      (again until it ends)
 # Prints each run's warm-up seconds and compile counters; copies the logs and result.json to $OUT/warm2.
 set -u
 preset=${1:-seed-loop45}; train_s=${2:-15}
@@ -12,7 +15,7 @@ D="--set data.train=$ST/shards/bench00_train_*.bin --set data.val=$ST/shards/ben
 for run in cold warm; do
   t=$(date +%s)
   # shellcheck disable=SC2086
-  timeout 280 python3 -m loopgolf train --preset $preset $D --set train.budget_s=$train_s \
+  timeout "${WARM2_TIMEOUT_S:-900}" python3 -m loopgolf train --preset $preset $D --set train.budget_s=$train_s \
     --set train.compile_cache_dir=/root/cc_warm2 --set eval.method=plain --set eval.max_tokens=131072 \
     --set quant.gptq=false --set quant.fit_target=0 --run-dir $R/$run > $R/$run.log 2>&1
   echo "$run rc=$? wall $(( $(date +%s)-t )) s"
@@ -25,7 +28,7 @@ c = d.get("compile", {})
 print("  warm-up s:", d.get("phases", {}).get("compile_warmup_s"), "| warmup counters:", json.dumps(c.get("warmup")),
       "| loop:", json.dumps(c.get("loop")), "| steps", d.get("steps"), "ms/step", d.get("ms_per_step"))
 PY
-  grep -m3 -i "warmup\|warm-up" $R/$run.log | cut -c1-240
+  grep -m3 -i "warmup\|warm-up" $R/$run.log | cut -c1-600
 done
 mkdir -p "${OUT:-/tmp}/warm2"; cp $R/*.log "${OUT:-/tmp}/warm2/"
 for run in cold warm; do [ -f $R/$run/result.json ] && cp $R/$run/result.json "${OUT:-/tmp}/warm2/$run.result.json"; done
