@@ -24,6 +24,8 @@ class TrickVariants:
     init_std: float = 0.0  # > 0: PR #29's N(0, std) block init, output projections std/sqrt(2L); 0 = baseline's
     fp32_stream: bool = False  # float32 residual stream under autocast, as PR #29's fp32 model (GPT._hidden)
     fold_scales: bool = False  # attn/mlp scales multiplied into the output projections' weights (blocks.py scaled_linear)
+    # QK-norm, RoPE and q gain in (B, T, H, D), attention fed transposed views (blocks.py Attention.heads_bthd)
+    attn_bthd: bool = False
     recurrence_scales: bool = False  # x *= s[v] before each virtual layer v (PR #21 L759)
     # residual value embeddings (model.value_embeds): table init std; 0 = model.embed_init_std
     # (PR #1453 keeps nn.Embedding's N(0, 1), L913)

@@ -235,6 +235,29 @@ def test_fold_scales_gives_the_same_loss_and_gradients():
             torch.testing.assert_close(g_f[name], g_p[name], rtol=1e-9, atol=1e-11, msg=f"{case} {name}")
 
 
+def test_attn_bthd_gives_the_same_loss_and_gradients():
+    """model.attn_bthd runs QK-norm, RoPE and the q gain on (B, T, H, D) memory and hands attention
+    transposed views: float64 loss and every gradient equal the (B, H, T, D) path's, with full and
+    partial RoPE, XSA on the attention output, document-isolated attention and PR #29's plain block
+    (no QK-norm, no gain); and the q fed to attention is a view of (B, T, H, D) memory."""
+    base = dict(vocab_size=96, dim=32, n_heads=4, n_kv_heads=2, mlp_hidden=48)
+    cases = [dict(plan="2"), dict(plan="1x3", rope_dims=4), dict(plan="2", xsa_last=1),
+             dict(plan="2", doc_isolated_attn=True),
+             dict(plan="2", block="plain_prenorm", unet_skips=False, logit_softcap=0.0)]
+    idx = torch.randint(0, 96, (3, 9), generator=torch.Generator().manual_seed(2))
+    for case in cases:
+        plain, bthd = _random_copy_pair({**base, **case}, attn_bthd=True)
+        l_b, g_b = _loss_and_grads(bthd, idx)
+        l_p, g_p = _loss_and_grads(plain, idx)
+        torch.testing.assert_close(l_b, l_p, rtol=1e-12, atol=1e-12)
+        assert g_b.keys() == g_p.keys(), case
+        for name in g_p:
+            torch.testing.assert_close(g_b[name], g_p[name], rtol=1e-9, atol=1e-11, msg=f"{case} {name}")
+    attn = bthd.blocks[0].attn
+    q, k, v = attn.heads(*(torch.randn(3, 9, n, dtype=torch.float64) for n in attn.qkv_sizes), 3, 9)
+    assert q.shape == (3, 4, 9, 8) and q.transpose(1, 2).is_contiguous() and not q.is_contiguous()
+
+
 def test_fold_scales_runs_a_hooked_projection_as_itself():
     """GPTQ's Hessian hooks must see the projection's real input and output: a hooked Linear is
     called, then scaled, and the model's output is unchanged."""

@@ -94,12 +94,15 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.dims = dims
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seq_dim: int = -2) -> torch.Tensor:
+        """x: (..., T, D) with seq_dim=-2, or (B, T, H, D) with seq_dim=-3."""
         # cos/sin recomputed per call: a T x D/2 outer product is free next to attention, and
         # stateless code keeps torch.compile free of guards on a Python-side cache.
-        T = x.size(-2)
+        T = x.size(seq_dim)
         freqs = torch.outer(torch.arange(T, device=x.device, dtype=torch.float32), self.inv_freq)
         cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)  # (T, dims/2)
+        if seq_dim == -3:
+            cos, sin = cos[:, None, :], sin[:, None, :]  # (T, 1, dims/2): broadcast over the heads
         rot, rest = x[..., :self.dims], x[..., self.dims:]
         d = self.dims // 2
         x1, x2 = rot[..., :d], rot[..., d:]
@@ -148,6 +151,7 @@ class Attention(nn.Module):
         self.rotary = Rotary(cfg.rope_dims or self.head_dim, cfg.rope_base)
         self.qkv_sizes = (cfg.dim, kv_dim, kv_dim)
         self.fused_qkv = cfg.fused_qkv and not cfg.fp8  # model.fp8 converts c_q/c_k/c_v one by one
+        self.heads = self.heads_bthd if cfg.attn_bthd else self.heads_bhtd
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x's q, k, v. With model.fused_qkv one product with the three weights stacked,
@@ -164,10 +168,33 @@ class Attention(nn.Module):
             return F.linear(x, w).split(self.qkv_sizes, dim=-1)
         return self.c_q(x), self.c_k(x), self.c_v(x)
 
-    def position(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """QK-norm, RoPE, q gain on (B, H, T, D) q and (B, KV, T, D) k."""
-        q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
-        return q * self.q_gain.to(q.dtype)[None, :, None, None], k
+    def position(self, q: torch.Tensor, k: torch.Tensor, seq_dim: int = -2) -> tuple[torch.Tensor, torch.Tensor]:
+        """QK-norm, RoPE, q gain on (B, H, T, D) q and (B, KV, T, D) k (seq_dim=-2), or on
+        (B, T, H, D) and (B, T, KV, D) (seq_dim=-3)."""
+        q, k = self.rotary(rms_norm(q), seq_dim), self.rotary(rms_norm(k), seq_dim)
+        gain = self.q_gain.to(q.dtype)
+        return q * (gain[:, None, None] if seq_dim == -2 else gain[:, None]), k
+
+    def heads_bhtd(self, q, k, v, B: int, T: int):
+        """(B, T, C) projections -> attention's (B, H, T, D) q/k/v, QK-norm, RoPE and gain applied there."""
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B,H,T,D)
+        k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B,KV,T,D)
+        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = self.position(q, k)
+        return q, k, v
+
+    def heads_bthd(self, q, k, v, B: int, T: int):
+        """model.attn_bthd: the same values, but QK-norm, RoPE and gain run on (B, T, H, D) and
+        attention gets transposed views of that memory. cuDNN attention allocates its output in
+        q's memory layout, so the output comes back as (B, T, H, D) memory and the output
+        projection reads it with no copy; the gradient reaching attention then has the layout
+        of its output, also with no copy. The arithmetic is the same op for op
+        (tests/model/test_blocks.py); only the memory layout differs."""
+        q = q.view(B, T, self.n_heads, self.head_dim)
+        k = k.view(B, T, self.n_kv, self.head_dim)
+        v = v.view(B, T, self.n_kv, self.head_dim)
+        q, k = self.position(q, k, seq_dim=-3)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def forward(self, x: torch.Tensor, ctx, layer, out_scale: torch.Tensor | None = None) -> torch.Tensor:
         """out_scale: Block's attn_scale folded into the output projection (model.fold_scales; only
@@ -178,10 +205,7 @@ class Attention(nn.Module):
             q, k, v = op(x, q, k, v)
         for op in layer.v:
             v = op(v, ctx)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B,H,T,D)
-        k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B,KV,T,D)
-        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = self.position(q, k)
+        q, k, v = self.heads(q, k, v, B, T)
         y = layer.attend(q, k, v, ctx)
         for op in layer.attn_y:
             y = op(y, v, x)
@@ -201,8 +225,8 @@ class PlainAttention(Attention):
         nn.Module.__init__(self)
         self._projections(cfg)
 
-    def position(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.rotary(q), self.rotary(k)
+    def position(self, q: torch.Tensor, k: torch.Tensor, seq_dim: int = -2) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rotary(q, seq_dim), self.rotary(k, seq_dim)
 
 
 class ReluSquaredMLP(nn.Module):
