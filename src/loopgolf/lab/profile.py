@@ -32,6 +32,7 @@ from loopgolf.data.shards import write_shard
 from loopgolf.metrics import Logger
 from loopgolf.model.gpt import GPT
 from loopgolf.train.loop import Trainer
+from loopgolf.train.warmup import synced_clock
 
 DATASHEET_BF16_TFLOPS = 989.0  # H100 SXM / H200 dense bf16 (lab/bench.py uses the same peak)
 
@@ -116,21 +117,14 @@ def _step_with_phases(trainer: Trainer) -> dict[str, float]:
     return ev.spans_ms()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_steps(trainer: Trainer, steps: int) -> dict:
     """ms/step end to end (host clock around synchronized steps) and the per-phase GPU split."""
     phases: dict[str, list[float]] = {}
-    _sync(trainer.device)
-    t0 = time.perf_counter()
+    t0 = synced_clock(trainer.device)
     for _ in range(steps):
         for k, v in _step_with_phases(trainer).items():
             phases.setdefault(k, []).append(v)
-    _sync(trainer.device)
-    wall_ms = 1000 * (time.perf_counter() - t0) / steps
+    wall_ms = 1000 * (synced_clock(trainer.device) - t0) / steps
     return {"ms_per_step": round(wall_ms, 2),
             "phase_ms": {k: round(float(np.mean(v)), 2) for k, v in phases.items()}}
 
@@ -153,12 +147,11 @@ def kernel_table(trainer: Trainer, steps: int, top: int = 25) -> dict:
 
     cuda = trainer.device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    _sync(trainer.device)
-    t0 = time.perf_counter()
+    t0 = synced_clock(trainer.device)
     with profile(activities=acts) as prof:
         for _ in range(steps):
             trainer._train_step()
-        _sync(trainer.device)
+        synced_clock(trainer.device)
     wall_us = 1e6 * (time.perf_counter() - t0)
     rows = []
     # record_function ranges (e.g. "Optimizer.step#Muon.step") also appear on the GPU timeline;

@@ -175,11 +175,14 @@ class Attention(nn.Module):
         gain = self.q_gain.to(q.dtype)
         return q * (gain[:, None, None] if seq_dim == -2 else gain[:, None]), k
 
+    def _split_heads(self, q, k, v, B: int, T: int):
+        """(B, T, C) projections -> (B, T, H, D) q and (B, T, KV, D) k, v views."""
+        return (q.view(B, T, self.n_heads, self.head_dim), k.view(B, T, self.n_kv, self.head_dim),
+                v.view(B, T, self.n_kv, self.head_dim))
+
     def heads_bhtd(self, q, k, v, B: int, T: int):
         """(B, T, C) projections -> attention's (B, H, T, D) q/k/v, QK-norm, RoPE and gain applied there."""
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B,H,T,D)
-        k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B,KV,T,D)
-        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k, v = (t.transpose(1, 2) for t in self._split_heads(q, k, v, B, T))
         q, k = self.position(q, k)
         return q, k, v
 
@@ -190,9 +193,7 @@ class Attention(nn.Module):
         projection reads it with no copy; the gradient reaching attention then has the layout
         of its output, also with no copy. The arithmetic is the same op for op
         (tests/model/test_blocks.py); only the memory layout differs."""
-        q = q.view(B, T, self.n_heads, self.head_dim)
-        k = k.view(B, T, self.n_kv, self.head_dim)
-        v = v.view(B, T, self.n_kv, self.head_dim)
+        q, k, v = self._split_heads(q, k, v, B, T)
         q, k = self.position(q, k, seq_dim=-3)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 

@@ -27,7 +27,8 @@ from loopgolf.train.schedule import Progress
 PHASES = ("first_step", "other_steps", "check")
 
 
-def _synced_time(device: torch.device) -> float:
+def synced_clock(device: torch.device) -> float:
+    """time.perf_counter() once every kernel queued on a CUDA device has finished."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter()
@@ -57,11 +58,11 @@ def warm_up(trainer) -> float:
                 trainer._set_schedules(start)
                 warmup_step(trainer)  # the micro-batch halves here if it does not fit (train/micro_fit.py)
                 if i == 0:
-                    marks.append(_synced_time(trainer.device))
-            marks.append(_synced_time(trainer.device))
+                    marks.append(synced_clock(trainer.device))
+            marks.append(synced_clock(trainer.device))
             if trainer.cfg.train.compile_check:  # after the steps: zero-init projections have moved
                 checks[key] = check_trainer_graph(trainer).summary()
-            marks.append(_synced_time(trainer.device))
+            marks.append(synced_clock(trainer.device))
             by_shape[key] = {name: round(b - a, 2) for name, a, b in zip(PHASES, marks, marks[1:])}
     set_qat_enabled(trainer.raw_model, trainer.qat_on)
     trainer.stage, trainer.loader.stream.position = stage, position
@@ -69,6 +70,6 @@ def warm_up(trainer) -> float:
     trainer.raw_model.load_state_dict(model_state)
     for o, s in zip(trainer.opts, opt_states):
         o.load_state_dict(s)
-    _synced_time(trainer.device)
+    synced_clock(trainer.device)
     trainer.compile_stats["warmup"] = stats.stop()
     return time.perf_counter() - t0
