@@ -34,7 +34,7 @@ def test_single_process_is_a_no_op():
 
 
 _WORKER = textwrap.dedent("""
-    import os, sys, torch
+    import os, sys, time, torch
     from loopgolf import dist
 
     def threads():  # gloo's worker threads (torch.compile adds a tqdm monitor thread of its own)
@@ -93,6 +93,9 @@ _WORKER = textwrap.dedent("""
     assert len(calls) > 1, len(calls)
     during = threads()
     dist.cleanup()  # ddp and cddp are still alive: their Reducers must not keep the group's threads
+    deadline = time.time() + 10  # the shut-down threads exit on their own schedule: give them 10 s
+    while threads() and time.time() < deadline:
+        time.sleep(0.05)
     with open(os.path.join(sys.argv[1], f"rank{info.rank}.txt"), "w") as f:  # ranks share one stdout
         f.write(f"threads {before} {during} {threads()} graphs {len(calls)}\\n")
 """)
