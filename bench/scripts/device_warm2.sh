@@ -27,6 +27,7 @@ d = json.loads(p.read_text()) if p.exists() else {}
 c = d.get("compile", {})
 print("  warm-up s:", d.get("phases", {}).get("compile_warmup_s"), "| warmup counters:", json.dumps(c.get("warmup")),
       "| loop:", json.dumps(c.get("loop")), "| steps", d.get("steps"), "ms/step", d.get("ms_per_step"))
+print("  by shape:", json.dumps(c.get("warmup_s_by_shape")))
 PY
   grep -m3 -i "warmup\|warm-up" $R/$run.log | cut -c1-600
 done

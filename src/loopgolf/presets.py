@@ -42,11 +42,17 @@ def baseline() -> RunConfig:
     - attn_scale / mlp_scale multiplied into the output projections' weights instead of the branch
       outputs (model.fold_scales: the same function and gradients, tests/model/test_blocks.py), 1.8 %
       less time per step (226.61 vs 231.02 / 230.66 ms/step, bench/results/2026-12-03_baseline_fold_
-      scales_h200). Parameters and artifact are unchanged; not yet run through proxy-300.
+      scales_h200). Parameters and artifact are unchanged;
+    - QK-norm, RoPE and the q gain on (B, T, H, D) memory, so cuDNN attention's output needs no
+      transpose copy (model.attn_bthd: the same values and gradients, tests/model/test_blocks.py):
+      2.6 % less time per step (222.31 / 223.21 vs 228.16 / 228.95 ms/step, profiles in the order
+      plain, bthd, plain, bthd; bench/results/2026-12-04_baseline_attn_bthd_h200).
+    proxy-300 with both (that folder): 1,334 steps, 224.91 ms/step, round trip 1.3820, 1.391x the
+    reference's tokens/s on the same machine.
     """
     return RunConfig(
         name="baseline",
-        model=ModelConfig(fold_scales=True),
+        model=ModelConfig(fold_scales=True, attn_bthd=True),
         optim=OptimConfig(momentum_warmup_steps=500, warmdown_iters=1200),
         train=TrainConfig(budget_s=600.0, micro_batch_seqs=512, compile_mix_order_reduction=True),
     )

@@ -253,7 +253,7 @@ def test_row_scale_min_qmax_floors_each_grid_at_one_over_its_qmax(bits: int) -> 
 
 
 def test_qat_trains_without_the_export_only_qmax_floor() -> None:
-    from loopgolf.compress.qat import FakeQuant, apply_qat
+    from loopgolf.compress.qat import QatWeights
 
     block = torch.nn.Module()
     block.mlp = torch.nn.Module()
@@ -264,8 +264,9 @@ def test_qat_trains_without_the_export_only_qmax_floor() -> None:
         block.mlp.fc.weight.mul_(1e-2)  # rows far below the 1/31 floor
     qcfg = QuantConfig(scheme="int6_row", qat="ste", row_scale_min=0.0, row_scale_min_qmax=True,
                        passthrough_max_numel=0)
-    assert apply_qat(model, qcfg) == ["blocks.0.mlp.fc.weight"]
-    fake = next(m for m in model.modules() if isinstance(m, FakeQuant))
-    assert fake.qcfg.row_scale_min_qmax is False and qcfg.row_scale_min_qmax is True
-    raw = block.mlp.fc.parametrizations.weight.original
-    assert (block.mlp.fc.weight - raw).abs().max() < raw.abs().max() / 31  # a fine grid, not step 1/31
+    qat = QatWeights(model, qcfg)
+    assert qat.names == ["blocks.0.mlp.fc.weight"]
+    assert qat.qcfg.row_scale_min_qmax is False and qcfg.row_scale_min_qmax is True
+    raw = block.mlp.fc.weight.detach().clone()
+    with qat.applied():
+        assert (block.mlp.fc.weight - raw).abs().max() < raw.abs().max() / 31  # a fine grid, not step 1/31

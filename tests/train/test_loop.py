@@ -127,6 +127,31 @@ def test_late_qat_switches_on_mid_run_and_leaves_plain_float_weights(tiny_shards
     assert set(tr.raw_model.state_dict()) == set(plain)
 
 
+def test_ste_step_takes_the_gradient_at_the_export_grid_and_keeps_float_weights(tiny_shards, tmp_path):
+    """STE QAT in a training step (compress/qat.py QatWeights.applied): the gradients are those of
+    the same model with every QAT weight set to its exported value, and after the step's backward
+    the weights are the float ones again (the optimizer steps floats, not grid values)."""
+    from loopgolf.compress.quant import QUANTIZERS
+
+    tr = _trainer(tiny_shards, tmp_path, extra=QAT[:-1])  # on from step 0
+    assert tr.qat_on
+    floats = {n: p.detach().clone() for n, p in tr.raw_model.named_parameters()}
+    batches = tr.loader.next_step()
+    tr._forward_backward(batches)
+    assert all(torch.equal(p, floats[n]) for n, p in tr.raw_model.named_parameters())
+    twin = GPT(tr.cfg.model)
+    q = QUANTIZERS["int6_row"]
+    with torch.no_grad():
+        for n, p in twin.named_parameters():
+            w = floats[n]
+            p.copy_(q.dequantize(q.quantize(w, tr.qat.qcfg), tuple(w.shape)) if n in tr.qat_names else w)
+    inv = 1.0 / tr.loader.batch_tokens
+    for x, y in batches:
+        (twin(x, y, stage=tr.stage).sum() * inv).backward()
+    for (n, p), (_, t) in zip(tr.raw_model.named_parameters(), twin.named_parameters()):
+        assert torch.allclose(p.grad, t.grad, rtol=1e-5, atol=1e-7), n
+
+
 def test_qat_changes_training_and_resume_with_qat_matches(tiny_shards, tmp_path):
     plain = _trainer(tiny_shards, tmp_path / "p", steps=8)
     plain.run()

@@ -157,7 +157,7 @@ class Attention(nn.Module):
         """x's q, k, v. With model.fused_qkv one product with the three weights stacked,
         x [W_q; W_k; W_v]^T, split into q, k, v: the same sums as three products, but x is read once
         forward and once for the weight gradient, and its gradient is one product with K = dim + 2 kv
-        instead of three and two adds. The parameters stay three, so Muon, QAT's parametrizations,
+        instead of three and two adds. The parameters stay three, so Muon, QAT,
         GPTQ and the artifact see c_q, c_k, c_v as before. A Linear with forward hooks (GPTQ's
         Hessians, LoRA TTT's adapters) makes the call run the three modules.
         Measured slower, hence off everywhere: `baseline` on one H200 (torch 2.11, micro-batch 512),

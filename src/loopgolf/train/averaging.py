@@ -18,8 +18,8 @@ from loopgolf.model.params import kinds_of
 
 
 def plain_named_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """Parameters under their plain names: QAT's parametrization (compress/qat.py), applied after this
-    class is built, renames `x.weight` to `x.parametrizations.weight.original`, and the averages,
+    """Parameters under their plain names: noise QAT's parametrization (compress/qat.py), applied after
+    this class is built, renames `x.weight` to `x.parametrizations.weight.original`, and the averages,
     their checkpoints and swap_in keep the plain name (the raw weight is the one averaged)."""
     return {plain_name(n): p for n, p in model.named_parameters()}
 

@@ -16,7 +16,7 @@ from contextlib import nullcontext
 import torch
 
 from loopgolf import dist
-from loopgolf.compress.qat import apply_qat, plain_state_dict, remove_qat, set_qat_enabled
+from loopgolf.compress.qat import QatWeights, plain_state_dict
 from loopgolf.config import RunConfig
 from loopgolf.data.loader import BatchLoader
 from loopgolf.metrics import Logger
@@ -76,12 +76,10 @@ class Trainer:
         o = cfg.optim
         self.average = WeightAverage(model, o.ema_horizon_frac, o.swa_start_frac, o.swa_every_frac)
         self.stall = StallGuard(cfg.model.vocab_size, cfg.train.stall_frac)
-        # QAT wraps weights in parametrizations after the optimizers hold the (unchanged) Parameter
-        # objects; it switches on when the trigger row says so and is removed at the end of run(),
-        # so the artifact and the final checkpoint see the plain float weights.
-        q = cfg.quant
-        self.qat_names = apply_qat(model, q, enabled=q.qat_start_frac == 0) if q.qat != "off" else []
-        self.qat_on = bool(self.qat_names) and q.qat_start_frac == 0
+        # QAT (compress/qat.py) after the optimizers hold the (unchanged) Parameter objects; it
+        # switches on when the trigger row says so and is removed at the end of run(), so the
+        # artifact and the final checkpoint see the plain float weights.
+        self.qat = QatWeights(model, cfg.quant, enabled=cfg.quant.qat_start_frac == 0)
         self.grad_sync = cfg.train.grad_sync if dist.info().enabled else "none"
         self.ddp = self._wrap_ddp() if self.grad_sync == "ddp" else None
 
@@ -111,6 +109,14 @@ class Trainer:
                     p.grad = None
         return dist.wrap_ddp(self.model, self.device, find_unused=unused)
 
+    @property
+    def qat_names(self) -> list[str]:
+        return self.qat.names
+
+    @property
+    def qat_on(self) -> bool:
+        return self.qat.on
+
     def _set_schedules(self, row: Triggers) -> None:
         for opt in self.opts:
             for g in opt.param_groups:
@@ -126,6 +132,10 @@ class Trainer:
     def _forward_backward(self, micro_batches) -> torch.Tensor:
         """Summed loss / global tokens over this rank's micro-batches; gradients accumulate. Under
         DDP only the last micro-batch's backward all-reduces (the others run under no_sync)."""
+        with self.qat.applied():  # ste: one step's forwards and backwards on the export grid
+            return self._accumulate(micro_batches)
+
+    def _accumulate(self, micro_batches) -> torch.Tensor:
         inv_tokens = 1.0 / self.loader.batch_tokens
         loss_sum = torch.zeros((), device=self.device)
         model = self.model if self.ddp is None else self.ddp
@@ -193,10 +203,7 @@ class Trainer:
                 raise ValueError("Trainer.resume needs a checkpoint store")
             ck, path = self.store.load_latest(map_location=self.device)
         check_resumable(ck, path, self.cfg.to_dict())
-        qat = {n[: -len(".weight")] for n in self.qat_names}  # checkpoints hold plain names
-        self.raw_model.load_state_dict({
-            (f"{k[: -len('.weight')]}.parametrizations.weight.original" if k[: -len(".weight")] in qat else k): v
-            for k, v in ck["model"].items()})
+        self.raw_model.load_state_dict(self.qat.with_parametrized_names(ck["model"]))  # plain names
         for o, s in zip(self.opts, ck["optimizers"]):
             o.load_state_dict(s)
         self.step = int(ck["step"])
@@ -209,8 +216,7 @@ class Trainer:
         if "stall" in ck:
             self.stall.load_state_dict(ck["stall"])
         if self.qat_names and bool(ck.get("qat_on")) != self.qat_on:
-            set_qat_enabled(self.raw_model, bool(ck.get("qat_on")))
-            self.qat_on = bool(ck.get("qat_on"))
+            self.qat.set_enabled(bool(ck.get("qat_on")))
         rng = ck.get("rng") or {}
         if "torch" in rng:
             torch.set_rng_state(rng["torch"].cpu())
@@ -230,8 +236,7 @@ class Trainer:
             self.logger.log("plan_stage", step=self.step, frac=round(row.frac, 4), stage=row.stage,
                             plan=getattr(plan, "spec", ""), virtual_layers=getattr(plan, "n_virtual", 0))
         if self.qat_names and row.qat and not self.qat_on:
-            set_qat_enabled(self.raw_model, True)
-            self.qat_on = True
+            self.qat.set_enabled(True)
             self.logger.log("qat", step=self.step, frac=round(row.frac, 4), mode=self.cfg.quant.qat,
                             tensors=len(self.qat_names))
         self._set_schedules(row)
@@ -287,7 +292,8 @@ class Trainer:
                 if self._drain():
                     break
                 self.clock.pause()
-                res = self.val_fn(self.raw_model, t.val_tokens)  # eager: no recompiles on ragged batches
+                with self.qat.applied():
+                    res = self.val_fn(self.raw_model, t.val_tokens)  # eager: no recompiles on ragged batches
                 self.logger.log("val", step=self.step, **{k: res[k] for k in ("val_loss", "val_bpb")})
                 self.clock.start()
         self._drain(final=True)
@@ -336,9 +342,7 @@ class Trainer:
         if self.average.enabled and not self.finished:
             n_avg = self.average.swap_in()
             self.logger.log("averaging", kind="ema" if self.cfg.optim.ema_horizon_frac else "swa", snapshots=n_avg)
-        if self.qat_names:
-            remove_qat(self.raw_model)  # the plain float weights go on to GPTQ / the artifact
-            self.qat_names, self.qat_on = [], False
+        self.qat.remove()  # the plain float weights go on to GPTQ / the artifact
         if not self.finished:
             self.save(finished=True)
             self.finished = True

@@ -1,15 +1,18 @@
 """The compile warm-up: every graph a run needs, compiled and warmed before the clock starts.
 
-Each plan stage, training row length (train.seq_len_schedule) and QAT state the run will meet is
-its own graph. A graph compiled inside the timed loop costs the run its compile seconds, so
+Each plan stage and training row length (train.seq_len_schedule) the run will meet is its own
+graph, and so is each QAT state under noise QAT (STE QAT swaps weight values outside the graph:
+compress/qat.py). A graph compiled inside the timed loop costs the run its compile seconds, so
 `warm_up` runs `train.warmup_steps` steps in each, checks the compiled gradients against eager
 (train/compile_verify.py), and then restores the weights, optimizer states, data position, stage
 and row length, so the timed run starts exactly where it would have without the warm-up.
 
 It records, per "stage/row length/qat" key, the seconds of the first step (dynamo tracing plus
 compiling or loading the cached graphs), of the other steps and of the check. A slow warm-up then
-says where its time went (issue 15: a second run of seed-loop45 took 182.9 s with warm caches,
-bench/results/2026-12-03c_proxy300_baseline_vs_reference_h200).
+says where its time went. Issue 15 (a second run of seed-loop45 in <= 30 s): with every cache warm
+it took 59.5 s, of which 37.2 s were the first steps of its two QAT graphs (18.5 and 18.7 s against
+8.9 and 4.8 s without QAT: bench/results/2026-12-04_seed-loop45_warmup_h200); STE QAT now needs no
+graphs of its own.
 """
 from __future__ import annotations
 
@@ -18,7 +21,6 @@ import time
 
 import torch
 
-from loopgolf.compress.qat import set_qat_enabled
 from loopgolf.train.compile_cache import CompileStats
 from loopgolf.train.compile_verify import check_trainer_graph
 from loopgolf.train.micro_fit import warmup_step
@@ -45,14 +47,16 @@ def warm_up(trainer) -> float:
     model_state = copy.deepcopy(trainer.raw_model.state_dict())
     opt_states = [copy.deepcopy(o.state_dict()) for o in trainer.opts]
     position, stage, seq_len = trainer.loader.stream.position, trainer.stage, trainer.loader.seq_len
+    qat_on = trainer.qat.enabled
     start = trainer.table.at(Progress(0, 0.0, 0.0))
-    qat_states = (False, True) if (trainer.qat_names and not trainer.qat_on) else (trainer.qat_on,)
+    # a late QAT switch is another graph only where QAT sits in the forward (compress/qat.py)
+    qat_states = (False, True) if (trainer.qat.separate_graphs and not trainer.qat_on) else (trainer.qat_on,)
     checks = trainer.compile_stats["check"] = {}  # key -> compiled vs eager gradients
     by_shape = trainer.compile_stats["warmup_s_by_shape"] = {}  # key -> seconds per PHASES
     for trainer.stage, length in trainer.table.shapes():
         trainer.loader.set_seq_len(length)
-        for qat in qat_states:  # a late QAT switch is another graph: warm it too
-            set_qat_enabled(trainer.raw_model, qat)
+        for qat in qat_states:
+            trainer.qat.set_enabled(qat)
             key, marks = f"{trainer.stage}/{length}/{int(qat)}", [time.perf_counter()]
             for i in range(n):
                 trainer._set_schedules(start)
@@ -61,10 +65,12 @@ def warm_up(trainer) -> float:
                     marks.append(synced_clock(trainer.device))
             marks.append(synced_clock(trainer.device))
             if trainer.cfg.train.compile_check:  # after the steps: zero-init projections have moved
-                checks[key] = check_trainer_graph(trainer).summary()
+                with trainer.qat.applied():
+                    checks[key] = check_trainer_graph(trainer).summary()
             marks.append(synced_clock(trainer.device))
             by_shape[key] = {name: round(b - a, 2) for name, a, b in zip(PHASES, marks, marks[1:])}
-    set_qat_enabled(trainer.raw_model, trainer.qat_on)
+            trainer.logger.log("warmup_shape", key=key, **by_shape[key])  # a slow warm-up shows its progress
+    trainer.qat.set_enabled(qat_on)
     trainer.stage, trainer.loader.stream.position = stage, position
     trainer.loader.set_seq_len(seq_len)
     trainer.raw_model.load_state_dict(model_state)
