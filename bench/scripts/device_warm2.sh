@@ -3,10 +3,10 @@
 # same persistent compile cache (issue 15: a second run of seed-loop45 warms up in <= 30 s). Each run
 # trains briefly on the staged shards and scores a small plain slice; only its warm-up matters here.
 #   bash bench/scripts/device_warm2.sh [PRESET] [TRAIN_S]     (after device_stage.sh has staged train-00)
-# A cold seed-loop45 warm-up took over 280 s (2026-12-03c), so run it as a background job across calls:
+# A cold seed-loop45 warm-up took 379.6 s with QAT in the graph (2026-12-04), so run it as a background job:
 #   bash bench/scripts/device_bg.sh start warm2 bash bench/scripts/device_warm2.sh seed-loop45 15
 #   bash bench/scripts/device_bg.sh wait warm2 560 /root/warm2      (again until it ends)
-# Prints each run's warm-up seconds and compile counters; copies the logs and result.json to $OUT/warm2.
+# Prints each run's warm-up seconds, compile counters and seconds per graph (stage/row length/qat); copies the logs and result.json to $OUT/warm2.
 set -u
 preset=${1:-seed-loop45}; train_s=${2:-15}
 source bench/scripts/device_stage.sh || exit $?
