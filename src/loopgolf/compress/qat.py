@@ -94,9 +94,6 @@ class QatWeights:
             if isinstance(m, GridNoise):
                 m.enabled = enabled
 
-    def fake_quantized(self, w: torch.Tensor, quantizer: RowGridQuantizer) -> torch.Tensor:
-        return quantizer.fake_quantize(w, self.qcfg).to(w.dtype)
-
     @contextmanager
     def applied(self):
         """The forward's view of the weights inside the block: ste and on, the export grid (module
@@ -108,7 +105,7 @@ class QatWeights:
         with torch.no_grad():
             self._floats = [p.detach().clone() for _, p, _ in self.targets]
             for _, p, q in self.targets:
-                p.copy_(self.fake_quantized(p, q))
+                p.copy_(q.fake_quantize(p, self.qcfg))
         try:
             yield
         finally:
