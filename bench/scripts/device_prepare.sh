@@ -10,7 +10,8 @@
 #
 # usage: bash bench/scripts/device_prepare.sh [MIRROR_GIT_DIR] [PR:PATH ...]
 #   MIRROR_GIT_DIR defaults to /work/.mirror/openai+parameter-golf/repo; each PR:PATH writes
-#   .ref/prPR_train_gpt.py from refs/pull/PR/head:PATH.
+#   .ref/prPR_train_gpt.py from refs/pull/PR/head:PATH; a bare PR (e.g. 21) takes the train_gpt.py of
+#   its fidelity profile's record folder (lab/script_profiles.py), the file `loopgolf fidelity --pr` accepts.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 SHARED=${SHARED:-../shared}
@@ -31,7 +32,11 @@ if [ -d "$MIRROR" ]; then
   git -C "$MIRROR" show HEAD:train_gpt.py > .ref/train_gpt.py
   for spec in "$@"; do
     pr=${spec%%:*}; path=${spec#*:}
+    if [ "$path" = "$spec" ]; then  # a bare PR number: the record folder of its `loopgolf fidelity --pr` profile
+      path=$(PYTHONPATH=src python3 -c "from loopgolf.lab.script_profiles import profile_for as p; print(p($pr).records)")/train_gpt.py
+    fi
     git -C "$MIRROR" show "refs/pull/$pr/head:$path" > ".ref/pr${pr}_train_gpt.py"
+    echo ".ref/pr${pr}_train_gpt.py <- refs/pull/$pr/head:$path"
   done
 else
   echo "no mirror at $MIRROR: fetch openai/parameter-golf first (the published scripts stay out of the repo)" >&2

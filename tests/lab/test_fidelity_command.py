@@ -70,3 +70,43 @@ def test_the_report_names_the_environment_and_sets_that_ran():
     text = format_report({"script": [run], "preset": run, "sdpa_standin": False, "script_profile": ran,
                           "preset_vs_script": {"mean_abs_diff": 0.0, "common_steps": 1}})
     assert "script env PROG_DEPTH=1.0:4 XSA_LAST_N=0;" in text and "'model.xsa_last=0'" in text
+
+
+def test_pr_runs_refuse_a_script_that_is_not_the_published_file(tmp_path):
+    """--pr N checks the script's sha256 against PR N's published train_gpt.py before any data is
+    staged (an earlier session had PR #21's root train_gpt.py, a plain baseline, under the record's
+    name); --modified-script runs an edited copy on purpose, and the report says so."""
+    import hashlib
+
+    from loopgolf.cli import main
+    from loopgolf.lab.fidelity import format_report
+    from loopgolf.lab.fidelity_command import check_script
+    from loopgolf.lab.script_profiles import PROFILES
+
+    script = tmp_path / "train_gpt.py"
+    script.write_text(FAKE_SCRIPT)
+    digest = hashlib.sha256(FAKE_SCRIPT.encode()).hexdigest()
+    prof = {"pr": 21, "records": "records/x/ImprovedBaseline", "published_sha256": digest}
+    assert check_script(script, prof, False) == {"path": str(script), "sha256": digest, "published": True}
+    assert check_script(script, None, False)["published"] is None  # no --pr: nothing to compare with
+    edited = tmp_path / "edited.py"
+    edited.write_text(FAKE_SCRIPT + "# my patch\n")
+    with pytest.raises(SystemExit, match=r"is not PR #21's published records/x/ImprovedBaseline/train_gpt.py"
+                                         r".*refs/pull/21/head:records/x/ImprovedBaseline/train_gpt.py"):
+        check_script(edited, prof, False)
+    mine = check_script(edited, prof, True)
+    assert mine["published"] is False and mine["sha256"] != digest
+    run = {"train_loss": {"1": 5.0}, "ms_per_step": 1.0, "total_bytes": 1, "roundtrip_bpb": 2.0, "exit_code": 0}
+    text = format_report({"script": [run], "preset": run, "sdpa_standin": False, "script_file": mine,
+                          "preset_vs_script": {"mean_abs_diff": 0.0, "common_steps": 1}})
+    assert f"edited copy (sha256 {mine['sha256'][:16]}" in text
+    with pytest.raises(SystemExit, match="is not a file"):
+        check_script(tmp_path / "missing.py", prof, False)
+    # through the command line: refused before the (absent) shards are looked at
+    with pytest.raises(SystemExit, match=r"not PR #21's published .*2026-03-18_ImprovedBaseline/train_gpt.py"):
+        main(["fidelity", "--pr", "21", "--script", str(script), "--train", str(tmp_path / "no_train_*.bin"),
+              "--val", str(tmp_path / "no_val_*.bin"), "--tokenizer", "none.model", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+    for p in PROFILES.values():
+        assert len(p.sha256) == 64 and int(p.sha256, 16) >= 0
+    assert PROFILES["seed-lora-mtp"].sha256 == PROFILES["seed-lora-mtp-5x2"].sha256  # one file, two shapes

@@ -328,6 +328,9 @@ def format_report(report: dict) -> str:
         lines.append(f"note: PR #{prof['pr']} profile; script env {env}; preset --set {prof['preset_sets']}")
     if report.get("val_tokens"):
         lines.append(f"note: both scored the first {report['val_tokens']:,} val tokens only")
+    if (script := report.get("script_file")) and script.get("published") is False:
+        lines.append(f"note: the script is an edited copy (sha256 {script['sha256'][:16]}…), not the PR's "
+                     "published file (--modified-script)")
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ more than one seed to measure loopgolf's own seed-to-seed spread next to the scr
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -47,7 +48,26 @@ def resolve_pr(args) -> dict | None:
     if prof is None:
         return None
     return {"pr": prof.pr, "preset": prof.preset, "env": prof.env(args.steps, args.set),
-            "preset_sets": list(prof.preset_sets), "why": dict(prof.why)}
+            "preset_sets": list(prof.preset_sets), "why": dict(prof.why), "records": prof.records,
+            "published_sha256": prof.sha256}
+
+
+def check_script(path: Path, profile: dict | None, modified_ok: bool) -> dict:
+    """The script's identity for the report; with --pr, refuse a file that is not that PR's published
+    train_gpt.py (an earlier session ran PR #21's root train_gpt.py, a plain baseline, as if it were
+    the record) unless --modified-script says the edits are deliberate."""
+    if not path.is_file():
+        raise SystemExit(f"loopgolf fidelity: --script {path} is not a file")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    published = None if profile is None else digest == profile["published_sha256"]
+    if published is False and not modified_ok:
+        pr, records = profile["pr"], profile["records"]
+        raise SystemExit(
+            f"loopgolf fidelity: --script {path} is not PR #{pr}'s published {records}/train_gpt.py "
+            f"(sha256 {digest[:16]}…, expected {profile['published_sha256'][:16]}…). Get that file with "
+            f"`git -C <your clone of openai/parameter-golf> show refs/pull/{pr}/head:{records}/train_gpt.py "
+            f"> {path}`, or pass --modified-script to compare your edited copy on purpose")
+    return {"path": str(path), "sha256": digest, "published": published}
 
 
 def reused_script_logs(specs: list[str], dialect: str) -> dict[int, RunLog]:
@@ -113,6 +133,7 @@ def as_run(profile: dict | None, env: dict, sets: list) -> dict | None:
 def cmd_fidelity(args) -> int:
     out = Path(args.out)
     profile = resolve_pr(args)
+    script_id = check_script(Path(args.script), profile, args.modified_script)
     unknown = set(dict(s.partition("=")[::2] for s in args.script_log)) - {str(s) for s in args.script_seeds}
     if unknown:
         raise SystemExit(f"loopgolf fidelity: --script-log for seed(s) {sorted(unknown)} not in --script-seeds")
@@ -139,6 +160,7 @@ def cmd_fidelity(args) -> int:
         preset_runs.append(run_preset(cmd, out / name, out / f"{name.replace('_run', '')}.log"))
     report = fidelity_report(script_runs, preset_runs[0], args.window, standin is not None, preset_runs[1:])
     report["script_profile"], report["val_tokens"] = as_run(profile, extra, sets), args.val_tokens
+    report["script_file"] = script_id
     (out / "fidelity.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     if args.png:
         plot_report(report, Path(args.png))
@@ -155,6 +177,9 @@ def register(sub) -> None:
                    help="the script's PR (927, 21, 1453, 1290): its README env, step knobs scaled to --steps from "
                         "the preset's fractions, post-training shortcuts, the preset's matching --sets "
                         "(lab/script_profiles.py); --script-env and --set still win")
+    p.add_argument("--modified-script", action="store_true",
+                   help="with --pr: run a --script that differs from the PR's published file (your edits); "
+                        "the report records its sha256")
     p.add_argument("--train", required=True, help="glob of training shards")
     p.add_argument("--val", required=True, help="glob of validation shards")
     p.add_argument("--tokenizer", required=True)

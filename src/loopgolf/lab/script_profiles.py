@@ -44,6 +44,7 @@ class ScriptProfile:
     pr: int
     preset: str
     records: str  # the script's folder at refs/pull/N/head of openai/parameter-golf
+    sha256: str  # of that folder's train_gpt.py: `loopgolf fidelity` refuses another file (a hash, not code)
     seq_len: int
     batch_tokens: int
     published: dict[str, str]  # the README run command's environment
@@ -86,6 +87,7 @@ _LORA_MTP_WHY = {"WARMUP_STEPS": "compile priming only (weights, optimizer and l
 PROFILES: dict[str, ScriptProfile] = {p.preset: p for p in (
     ScriptProfile(
         pr=927, preset="seed-recursive-4b", records="records/track_10min_16mb/2026-03-26_RecursiveTransformer_4B7L_VE_QAT_TTT",
+        sha256="bf28da7aaf7d333e8e629368636143be588d73f3308194d2cc115c7ed01b267f",
         seq_len=2048, batch_tokens=524_288,
         published={"NUM_BLOCKS": "4", "MODEL_DIM": "1024", "NUM_HEADS": "32", "NUM_KV_HEADS": "8", "NUM_LOOPS": "7",
                    "VOCAB_SIZE": "1024", "USE_SMEAR_GATE": "1", "BIGRAM_BUCKETS": "10240", "BIGRAM_DIM": "128",
@@ -104,10 +106,12 @@ PROFILES: dict[str, ScriptProfile] = {p.preset: p for p in (
              "eval.method=plain": "the script's round trip is a plain non-overlapping eval at TRAIN_SEQ_LEN"}),
     ScriptProfile(
         pr=21, preset="seed-lora-mtp", records="records/track_10min_16mb/2026-03-18_ImprovedBaseline",
+        sha256="e00e43a0dbbcefcf6dcd59a06babf75bd0e5884ad7b77530e14deba44bc486d8",
         seq_len=1024, batch_tokens=524_288, published={"VOCAB_SIZE": "1024"},  # the log's run: script defaults
         scaled=_lora_mtp, fast={"WARMUP_STEPS": "3"}, why=_LORA_MTP_WHY),
     ScriptProfile(
         pr=21, preset="seed-lora-mtp-5x2", records="records/track_10min_16mb/2026-03-18_ImprovedBaseline",
+        sha256="e00e43a0dbbcefcf6dcd59a06babf75bd0e5884ad7b77530e14deba44bc486d8",
         seq_len=1024, batch_tokens=524_288,
         published={"VOCAB_SIZE": "1024", "NUM_UNIQUE_LAYERS": "5", "NUM_RECURRENCE": "2", "MODEL_DIM": "704",
                    "LORA_RANK": "16"},  # the PR body's shape (README "Configuration")
@@ -115,6 +119,7 @@ PROFILES: dict[str, ScriptProfile] = {p.preset: p for p in (
     ScriptProfile(
         pr=1453, preset="seed-shared-3x4",
         records="records/track_non_record_16mb/2026-04-08_DepthRecurrence_Int7MixedQuant_HedgeMixer",
+        sha256="d47180f34dbd5ab2b7761c3fc2f77dbb33b4c19e50f51fce0ab4aa40be0fc92f",
         seq_len=1024, batch_tokens=524_288,
         published={"QUANT_LEVELS": "63", "MLP_QUANT_LEVELS": "16", "MODEL_DIM": "880", "NUM_HEADS": "8",
                    "NUM_KV_HEADS": "4", "MLP_MULT": "3", "NUM_LAYERS": "3", "NUM_REPEATS": "4", "XSA_LAST_N": "4",
@@ -132,6 +137,7 @@ PROFILES: dict[str, ScriptProfile] = {p.preset: p for p in (
              "eval.method=plain": "the script's round trip is a plain non-overlapping eval at TRAIN_SEQ_LEN"}),
     ScriptProfile(
         pr=1290, preset="seed-loop45", records="records/track_10min_16mb/2026-04-03_DepthRecurrence_MuonEqR_GPTQ",
+        sha256="5ec49771f8fdff261de63e86273da4ed7b63fbb15274e17499ecefca12e2ab5c",
         seq_len=2048, batch_tokens=786_432,
         published={"BIGRAM_VOCAB_SIZE": "3072", "BIGRAM_DIM": "112", "WARMDOWN_ITERS": "4000", "RECUR_LAYERS": "4,5",
                    "RECUR_START_STEP": "3000", "TARGET_MB": "15.9"},
