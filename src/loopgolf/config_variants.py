@@ -26,6 +26,9 @@ class TrickVariants:
     fold_scales: bool = False  # attn/mlp scales multiplied into the output projections' weights (blocks.py scaled_linear)
     # QK-norm, RoPE and q gain in (B, T, H, D), attention fed transposed views (blocks.py Attention.heads_bthd)
     attn_bthd: bool = False
+    # GQA's k, v copied out to every query head before dense attention (blocks.py expanded_kv_attend;
+    # document-isolated attention keeps its own kernel)
+    attn_expand_kv: bool = False
     recurrence_scales: bool = False  # x *= s[v] before each virtual layer v (PR #21 L759)
     # residual value embeddings (model.value_embeds): table init std; 0 = model.embed_init_std
     # (PR #1453 keeps nn.Embedding's N(0, 1), L913)

@@ -269,3 +269,32 @@ def test_fold_scales_runs_a_hooked_projection_as_itself():
     with torch.no_grad():
         torch.testing.assert_close(folded(idx, idx), plain(idx, idx), rtol=1e-12, atol=1e-12)
     assert seen == [torch.Size([2, 5, 32])]
+
+
+def test_attn_expand_kv_gives_the_same_loss_and_gradients():
+    """model.attn_expand_kv copies GQA's k and v out to every query head before attention: float64
+    loss and every gradient equal grouped attention's, alone and with attn_bthd, XSA (which expands v
+    itself) and PR #29's plain block; each query head h reads kv head h // groups; MHA is untouched."""
+    from loopgolf.model.blocks import expand_kv_heads, expanded_kv_attend
+
+    base = dict(vocab_size=96, dim=32, n_heads=4, n_kv_heads=2, mlp_hidden=48)
+    cases = [dict(plan="2"), dict(plan="2", attn_bthd=True), dict(plan="1x3", xsa_last=1),
+             dict(plan="2", block="plain_prenorm", unet_skips=False, logit_softcap=0.0)]
+    idx = torch.randint(0, 96, (3, 9), generator=torch.Generator().manual_seed(3))
+    for case in cases:
+        plain, expanded = _random_copy_pair({**base, **case}, attn_expand_kv=True)
+        assert expanded.blocks[0].default_ops()["attend"] is expanded_kv_attend, case
+        l_e, g_e = _loss_and_grads(expanded, idx)
+        l_p, g_p = _loss_and_grads(plain, idx)
+        torch.testing.assert_close(l_e, l_p, rtol=1e-12, atol=1e-12)
+        assert g_e.keys() == g_p.keys(), case
+        for name in g_p:
+            torch.testing.assert_close(g_e[name], g_p[name], rtol=1e-9, atol=1e-11, msg=f"{case} {name}")
+    k = torch.arange(2 * 3 * 5 * 4, dtype=torch.float64).view(2, 3, 5, 4)  # (B, KV, T, D)
+    e = expand_kv_heads(k, 2)
+    assert e.shape == (2, 6, 5, 4) and e.transpose(1, 2).is_contiguous()
+    for h in range(6):
+        assert torch.equal(e[:, h], k[:, h // 2])
+    q = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    torch.testing.assert_close(expanded_kv_attend(q, k / 100, k / 100, None),
+                               torch.nn.functional.scaled_dot_product_attention(q, k / 100, k / 100, is_causal=True))

@@ -271,6 +271,26 @@ def plain_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx) -> torc
     return causal_attention(q, k, v)
 
 
+def expand_kv_heads(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, KV, T, D) -> (B, KV * groups, T, D), query head h reading kv head h // groups (SDPA's
+    enable_gqa order), in (B, T, H, D) memory like model.attn_bthd's q."""
+    B, KV, T, D = t.shape
+    return t.transpose(1, 2).unsqueeze(3).expand(B, T, KV, groups, D).reshape(B, T, KV * groups, D).transpose(1, 2)
+
+
+def expanded_kv_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx) -> torch.Tensor:
+    """model.attn_expand_kv: plain_attend with k and v copied out to all query heads first, so the
+    kernel runs as multi-head attention. The same values (tests/model/test_blocks.py). Why it may pay:
+    with GQA, cuDNN's backward writes dK/dV per query head and sums each group in a separate
+    `fmha_reduce_head` kernel (3.6 ms of a 222 ms `baseline` step on one H200,
+    bench/results/2026-12-04_baseline_attn_bthd_h200); expanded, the sum is the expand's backward,
+    which inductor can fuse into the k/v producers' backward. Costs two (B, T, H, D) copies forward."""
+    groups = q.size(1) // k.size(1)
+    if groups > 1:
+        k, v = expand_kv_heads(k, groups), expand_kv_heads(v, groups)
+    return causal_attention(q, k, v)
+
+
 def mix_x0(x: torch.Tensor, mix: torch.Tensor, ctx) -> torch.Tensor:
     """The baseline's resid_mix: mix[0] x + mix[1] x0 (x0 = the normalized embedding)."""
     return mix[0] * x + mix[1] * ctx.x0
@@ -292,6 +312,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self._branches = self._folded_branches if cfg.fold_scales else self._scaled_branches
+        self._attend = expanded_kv_attend if cfg.attn_expand_kv else plain_attend
         self.attn = Attention(cfg)
         self.mlp = MLPS[cfg.mlp](cfg)
         if not cfg.per_layer_scales:
@@ -302,7 +323,7 @@ class Block(nn.Module):
     def default_ops(self) -> dict:
         """The single-valued hooks of a virtual layer running this block, before any trick."""
         return {"controls": self.controls, "norm": rms_norm, "residual": sequential_residual, "mlp": self.mlp,
-                "attend": plain_attend}
+                "attend": self._attend}
 
     def controls(self, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.attn_scale, self.mlp_scale, self.resid_mix
@@ -354,9 +375,10 @@ class PlainBlock(nn.Module):
         self.attn = PlainAttention(cfg)
         self.mlp_norm = RMSNorm(cfg.dim)
         self.mlp = MLPS[cfg.mlp](cfg)
+        self._attend = expanded_kv_attend if cfg.attn_expand_kv else plain_attend
 
     def default_ops(self) -> dict:
-        return {"controls": None, "norm": None, "residual": None, "mlp": self.mlp, "attend": plain_attend}
+        return {"controls": None, "norm": None, "residual": None, "mlp": self.mlp, "attend": self._attend}
 
     def forward(self, x: torch.Tensor, ctx, layer) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), ctx, layer)
