@@ -284,7 +284,9 @@ def expanded_kv_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx) -
     with GQA, cuDNN's backward writes dK/dV per query head and sums each group in a separate
     `fmha_reduce_head` kernel (3.6 ms of a 222 ms `baseline` step on one H200,
     bench/results/2026-12-04_baseline_attn_bthd_h200); expanded, the sum is the expand's backward,
-    which inductor can fuse into the k/v producers' backward. Costs two (B, T, H, D) copies forward."""
+    which inductor can fuse into the k/v producers' backward. Costs two (B, T, H, D) copies forward.
+    Measured slower, hence off everywhere: `baseline` on one H200 223.78 against 221.13 ms/step
+    (attention -4.5 ms, the copies +5.1 ms; bench/results/2026-12-04b_baseline_expand_kv_h200)."""
     groups = q.size(1) // k.size(1)
     if groups > 1:
         k, v = expand_kv_heads(k, groups), expand_kv_heads(v, groups)
