@@ -235,6 +235,16 @@ def test_fold_scales_gives_the_same_loss_and_gradients():
             torch.testing.assert_close(g_f[name], g_p[name], rtol=1e-9, atol=1e-11, msg=f"{case} {name}")
 
 
+def _assert_same_loss_and_grads(model, reference, idx, case) -> None:
+    """float64 loss and every gradient of `model` equal `reference`'s on `idx`."""
+    l_m, g_m = _loss_and_grads(model, idx)
+    l_r, g_r = _loss_and_grads(reference, idx)
+    torch.testing.assert_close(l_m, l_r, rtol=1e-12, atol=1e-12)
+    assert g_m.keys() == g_r.keys(), case
+    for name in g_r:
+        torch.testing.assert_close(g_m[name], g_r[name], rtol=1e-9, atol=1e-11, msg=f"{case} {name}")
+
+
 def test_attn_bthd_gives_the_same_loss_and_gradients():
     """model.attn_bthd runs QK-norm, RoPE and the q gain on (B, T, H, D) memory and hands attention
     transposed views: float64 loss and every gradient equal the (B, H, T, D) path's, with full and
@@ -247,12 +257,7 @@ def test_attn_bthd_gives_the_same_loss_and_gradients():
     idx = torch.randint(0, 96, (3, 9), generator=torch.Generator().manual_seed(2))
     for case in cases:
         plain, bthd = _random_copy_pair({**base, **case}, attn_bthd=True)
-        l_b, g_b = _loss_and_grads(bthd, idx)
-        l_p, g_p = _loss_and_grads(plain, idx)
-        torch.testing.assert_close(l_b, l_p, rtol=1e-12, atol=1e-12)
-        assert g_b.keys() == g_p.keys(), case
-        for name in g_p:
-            torch.testing.assert_close(g_b[name], g_p[name], rtol=1e-9, atol=1e-11, msg=f"{case} {name}")
+        _assert_same_loss_and_grads(bthd, plain, idx, case)
     attn = bthd.blocks[0].attn
     q, k, v = attn.heads(*(torch.randn(3, 9, n, dtype=torch.float64) for n in attn.qkv_sizes), 3, 9)
     assert q.shape == (3, 4, 9, 8) and q.transpose(1, 2).is_contiguous() and not q.is_contiguous()
@@ -284,12 +289,7 @@ def test_attn_expand_kv_gives_the_same_loss_and_gradients():
     for case in cases:
         plain, expanded = _random_copy_pair({**base, **case}, attn_expand_kv=True)
         assert expanded.blocks[0].default_ops()["attend"] is expanded_kv_attend, case
-        l_e, g_e = _loss_and_grads(expanded, idx)
-        l_p, g_p = _loss_and_grads(plain, idx)
-        torch.testing.assert_close(l_e, l_p, rtol=1e-12, atol=1e-12)
-        assert g_e.keys() == g_p.keys(), case
-        for name in g_p:
-            torch.testing.assert_close(g_e[name], g_p[name], rtol=1e-9, atol=1e-11, msg=f"{case} {name}")
+        _assert_same_loss_and_grads(expanded, plain, idx, case)
     k = torch.arange(2 * 3 * 5 * 4, dtype=torch.float64).view(2, 3, 5, 4)  # (B, KV, T, D)
     e = expand_kv_heads(k, 2)
     assert e.shape == (2, 6, 5, 4) and e.transpose(1, 2).is_contiguous()
