@@ -11,7 +11,9 @@ the same warm-up, every plan stage primed), then for each plan stage:
 3. `--profile-steps` steps run under torch.profiler and every GPU kernel (aten op on CPU) is put in a category
    (`KERNEL_CATEGORIES`, first match wins): the top kernels by self GPU time and the totals per
    category, and the GPU's busy share of the wall clock (the rest is launch gaps and host waits);
-4. one step runs under `torch.cuda.set_sync_debug_mode("warn")`: every host sync it makes is listed.
+4. one step runs under `torch.cuda.set_sync_debug_mode("warn")`: every host sync it makes is listed;
+5. `--steps` steps run back to back as training runs them, with the host's launch time and the
+   allocator's traffic per step (lab/profile_pipeline.py).
 
 Output: profile.json (everything) and profile.md (the tables to commit) under --out. Data are random
 tokens unless `--shards` is given: a step's speed does not depend on the token values.
@@ -31,6 +33,7 @@ from loopgolf.data.loader import BatchLoader, token_stream
 from loopgolf.data.shards import write_shard
 from loopgolf.metrics import Logger
 from loopgolf.model.gpt import GPT
+from loopgolf.lab.profile_pipeline import markdown_line, pipelined_timing
 from loopgolf.train.loop import Trainer
 from loopgolf.train.warmup import synced_clock
 
@@ -223,7 +226,8 @@ def profile_run(cfg, out: Path, steps: int = 10, profile_steps: int = 3, shards:
         entry = {"stage": stage, "plan": spec, **timing, "tokens_per_s": round(tok_s),
                  "model_tflops_per_s": round(tflops, 1), "mfu_datasheet": round(tflops / DATASHEET_BF16_TFLOPS, 4),
                  "mfu_measured_peak": round(tflops / peak, 4) if peak else None,
-                 "kernels": kernel_table(trainer, profile_steps), "host_syncs": host_syncs(trainer)}
+                 "kernels": kernel_table(trainer, profile_steps), "host_syncs": host_syncs(trainer),
+                 "pipeline": pipelined_timing(trainer, steps)}
         if device.type == "cuda":
             entry["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         result["stages"].append(entry)
@@ -247,6 +251,7 @@ def format_markdown(r: dict) -> str:
                   f"- profiled: {k['wall_ms_per_step']} ms/step wall, GPU busy {k['gpu_busy_ms_per_step']} ms "
                   f"({100 * (k['gpu_busy_frac'] or 0):.1f} %), {k['kernels_per_step']} kernels/step",
                   f"- host syncs in one step: {len(s['host_syncs'])}" + "".join(f"\n  - `{m}`" for m in s["host_syncs"]),
+                  markdown_line(s),
                   "", "| category | ms/step | share of busy |", "|---|---|---|"]
         busy = k["gpu_busy_ms_per_step"] or 1.0
         lines += [f"| {c} | {v} | {100 * v / busy:.1f} % |" for c, v in k["categories"].items()]
