@@ -35,3 +35,21 @@ def test_a_cpu_profile_writes_json_and_markdown(tmp_path):
     assert pipe["pipelined_ms_per_step"] > 0 and pipe["host_launch_ms"] > 0
     assert pipe["allocator_per_step"] == {}
     assert "pipelined (as training runs)" in (out / "profile.md").read_text()
+
+
+def test_idle_gaps_counts_uncovered_time_once_and_names_both_sides():
+    from loopgolf.lab.profile_pipeline import gap_markdown, idle_gaps
+
+    # two steps; b overlaps a (another stream), then a 100 µs gap before c, a 10 µs gap before d
+    ivs = [("a", 0.0, 50.0), ("b", 40.0, 60.0), ("c", 160.0, 200.0), ("d", 210.0, 300.0),
+           ("a", 1000.0, 1050.0), ("c", 1150.0, 1200.0)]
+    g = idle_gaps(ivs, steps=2, min_gap_us=20.0)
+    assert g["idle_ms_per_step"] == round((100 + 10 + 700 + 100) / 1000 / 2, 3)
+    assert g["span_ms_per_step"] == 0.6  # 0 .. 1200 µs over 2 steps
+    assert g["gaps_over_min"] == 3  # 100 (b->c), 700 (d->a), 100 (a->c); the 10 µs one is below the floor
+    top = {(r["after"], r["before"]): r for r in g["top"]}
+    assert top[("d", "a")]["ms_per_step"] == 0.35 and top[("d", "a")]["max_us"] == 700.0
+    assert top[("b", "c")]["gaps_per_step"] == 0.5  # b ends last before the gap, not a
+    assert g["top"][0]["after"] == "d"  # largest total first
+    assert "| idle after kernel |" in "\n".join(gap_markdown(g))
+    assert idle_gaps([], steps=1)["idle_ms_per_step"] == 0.0 and gap_markdown(idle_gaps([], 1)) == []

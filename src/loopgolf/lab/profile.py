@@ -33,7 +33,7 @@ from loopgolf.data.loader import BatchLoader, token_stream
 from loopgolf.data.shards import write_shard
 from loopgolf.metrics import Logger
 from loopgolf.model.gpt import GPT
-from loopgolf.lab.profile_pipeline import markdown_line, pipelined_timing
+from loopgolf.lab.profile_pipeline import device_intervals, gap_markdown, idle_gaps, markdown_line, pipelined_timing
 from loopgolf.train.loop import Trainer
 from loopgolf.train.warmup import synced_clock
 
@@ -172,7 +172,8 @@ def kernel_table(trainer: Trainer, steps: int, top: int = 25) -> dict:
     for r in rows:
         cats[r["category"]] = cats.get(r["category"], 0.0) + r["ms_per_step"]
     wall_ms = wall_us / 1000 / steps
-    return {"wall_ms_per_step": round(wall_ms, 2), "gpu_busy_ms_per_step": round(busy_ms, 2),
+    gaps = idle_gaps(device_intervals(prof, annotations), steps) if cuda else None
+    return {"gaps": gaps, "wall_ms_per_step": round(wall_ms, 2), "gpu_busy_ms_per_step": round(busy_ms, 2),
             "gpu_busy_frac": round(busy_ms / wall_ms, 4) if wall_ms else None,
             "kernels_per_step": sum(r["calls"] for r in rows),
             "categories": {k: round(v, 2) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
@@ -255,7 +256,8 @@ def format_markdown(r: dict) -> str:
                   "", "| category | ms/step | share of busy |", "|---|---|---|"]
         busy = k["gpu_busy_ms_per_step"] or 1.0
         lines += [f"| {c} | {v} | {100 * v / busy:.1f} % |" for c, v in k["categories"].items()]
-        lines += ["", "| kernel | category | calls/step | ms/step |", "|---|---|---|---|"]
+        lines += [""] + gap_markdown(k.get("gaps"))
+        lines += ["| kernel | category | calls/step | ms/step |", "|---|---|---|---|"]
         lines += [f"| `{t['kernel'][:90]}` | {t['category']} | {t['calls']} | {t['ms_per_step']} |" for t in k["top"]]
         lines.append("")
     return "\n".join(lines) + "\n"
